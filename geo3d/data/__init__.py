@@ -1,0 +1,1 @@
+"""The LIBERO data layer shared by both stages (see ARCHITECTURE.md)."""
