@@ -1,7 +1,76 @@
-"""Verb module (being built)."""
+"""`geo3d demo`: stage 1 -> verify -> stage 2 on the embedded demo dataset, end to end.
 
+Each step runs as its own `geo3d` subprocess, exactly as a user (or a SLURM job) would run it, so the
+training process never has the encoder in memory and every step's own config/provenance files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from geo3d.cliutil import handle_errors
 from geo3d.errors import Geo3dError
 
 
-def demo() -> None:
-    raise Geo3dError("'demo' is not built yet")
+def _run_step(title: str, args: list[str], log_dir: Path) -> float:
+    """Run one `geo3d` verb, streaming its output to the terminal and to `log_dir/<title>.log`."""
+    cmd = [sys.executable, "-m", "geo3d.cli", *args]
+    print(f"\n=== {title}: geo3d {shlex.join(args)}", flush=True)
+    start = time.perf_counter()
+    log_path = log_dir / f"{title}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise Geo3dError(f"demo step '{title}' failed with exit code {code}; its log: {log_path}")
+    return time.perf_counter() - start
+
+
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the store, run and logs go."),
+    compressor: str = typer.Option("qformer", "--compressor", help="none | mean | pool | per_layer | qformer"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: configs/train/demo.yaml)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the store if one exists at OUT/store.zarr."),
+) -> None:
+    """Run stage 1 (tiny encoder) -> verify-cache -> stage 2 (tiny Qwen2.5-VL + compressor + DiT) on `demo`."""
+    out = out.resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    store, run_dir = out / "store.zarr", out / f"train_{compressor}"
+    precompute = ["precompute", "--suite", "demo", "--encoder", "tiny", "--store", str(store)]
+    train = ["train", "--compressor", compressor, "--suite", "demo", "--store", str(store), "--out", str(run_dir),
+             "--config", "train/demo"]
+    if overwrite:
+        precompute.append("--overwrite")
+    if max_steps is not None:
+        train += ["--max-steps", str(max_steps)]
+    timings = {
+        "precompute": _run_step("precompute", precompute, logs),
+        "verify": _run_step("verify", ["verify-cache", str(store)], logs),
+        "train": _run_step("train", train, logs),
+    }
+    summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
+               "seconds": {k: round(v, 1) for k, v in timings.items()},
+               "checkpoints": sorted(str(p) for p in run_dir.glob("**/steps_*_pytorch_model.pt"))}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n=== demo finished")
+    print(f"  features store : {store}  (verified)")
+    print(f"  training run   : {run_dir}  (metrics.jsonl, resolved_config.yaml, checkpoints)")
+    for ckpt in summary["checkpoints"]:
+        print(f"  checkpoint     : {ckpt}")
+    print(f"  step logs      : {logs}")
+    print(f"  timings (s)    : {summary['seconds']}")
+    print(f"  summary        : {out / 'demo_summary.json'}")
