@@ -1,0 +1,78 @@
+"""One writer per shard: an exclusive, non-blocking `fcntl.flock` on a per-shard lock file.
+
+Why flock: the kernel drops the lock when the holder dies (even kill -9 or an OOM kill), so a crashed
+SLURM task never leaves a stale claim that needs manual cleanup, unlike "lock file exists" schemes.
+
+Filesystem caveats (document for cluster users):
+- Local disks, ext4/xfs, and NFSv4 (flock is mapped to byte-range locks since Linux 2.6.12) work across
+  hosts. On NFSv3 locking needs the NLM lock daemon (`lockd`); mounts with `nolock`/`local_lock=all` make
+  locks host-local, so two hosts could both "own" a shard.
+- Lustre: mount with `-o flock` for cluster-coherent locks; `localflock` is host-local only and the
+  default (`noflock`) makes flock fail with ENOSYS, which we report as a StoreError.
+- A lock is held per open file description: a child forked while holding a lease shares it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from geo3d.errors import StoreError
+
+
+class ShardLease:
+    """A held claim on one shard. Use as a context manager (or call `release()`); released on process death."""
+
+    def __init__(self, path: Path, shard: int, fd: int, on_release=None) -> None:
+        self.path, self.shard, self._fd, self._on_release = path, shard, fd, on_release
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            if self._on_release is not None:
+                self._on_release(self)
+
+    def __enter__(self) -> "ShardLease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a forgotten lease must not keep the shard locked for the process lifetime
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"ShardLease(shard={self.shard}, held={self.held})"
+
+
+def try_lock(path: Path, shard: int, on_release=None) -> ShardLease | None:
+    """Take the exclusive lock on `path` without waiting; None when another holder has it."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise StoreError(f"cannot lock {path}: {e}. The filesystem does not support flock (on Lustre mount with "
+                         "-o flock; on NFS enable lockd); put the store on a filesystem with working locks") from e
+    # Who holds it, for humans debugging a stuck run (informational only; the flock is the truth).
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(), 0)
+    return ShardLease(path, shard, fd, on_release)

@@ -1,0 +1,61 @@
+"""The store's self-describing metadata (root group attributes) and the schema-version gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
+from geo3d.errors import StoreError
+
+
+def build_metadata(spec: StoreSpec) -> dict[str, Any]:
+    """Everything needed to interpret the store without geo3d's code at hand, plus how it was made."""
+    from geo3d import __version__
+    from geo3d.provenance import provenance, utc_now
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dtype": DTYPE,
+        "storage_dtype": STORAGE_DTYPE,
+        "shape": [spec.frames, *spec.frame_shape],
+        "checksum": CHECKSUM_ALGO,
+        "spec": spec.to_dict(),
+        "tool_version": __version__,
+        "created_utc": utc_now(),
+        "provenance": provenance(),
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Read and validate the geo3d metadata of a store; clear errors for 'not a store' and 'too new'."""
+    path = Path(path)
+    zjson = path / "zarr.json"
+    if not path.exists():
+        raise StoreError(f"no features store at {path}: the path does not exist (run `geo3d precompute` first)")
+    try:
+        root = json.loads(zjson.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path} is not a features store: {zjson} is missing") from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read store metadata {zjson}: {e}") from e
+    meta = root.get("attributes", {}).get(META_KEY)
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path} is a zarr store but not a geo3d features store (no '{META_KEY}' attributes)")
+    version = meta.get("schema_version")
+    if not isinstance(version, int):
+        raise StoreError(f"store {path}: metadata has no integer schema_version; the store is damaged")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store {path} has schema version {version}, newer than this geo3d understands "
+                         f"({SCHEMA_VERSION}); upgrade geo3d (store written by tool {meta.get('tool_version')})")
+    if meta.get("dtype") != DTYPE or meta.get("storage_dtype") != STORAGE_DTYPE:
+        raise StoreError(f"store {path}: unsupported dtype {meta.get('dtype')}/{meta.get('storage_dtype')}")
+    return meta
+
+
+def spec_from_metadata(meta: dict[str, Any]) -> StoreSpec:
+    try:
+        return StoreSpec.from_dict(meta["spec"])
+    except (KeyError, TypeError) as e:
+        raise StoreError(f"store metadata has a malformed spec ({e}); the store is damaged") from e
