@@ -1,0 +1,147 @@
+"""Exact normalization statistics over every frame, and the action normalizer built on them.
+
+Quantiles are computed over the concatenated per-frame values of all episodes of all datasets (parquet
+columns only, never video). Merging per-episode summaries gives wrong q01/q99 (lerobot PR #3804), so it
+is never done here. Quantiles use numpy's default (linear interpolation); std is the population std.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from geo3d.data.layout import ACTION_KEY, STATE_KEY
+from geo3d.errors import DataError
+
+FIELDS = {"action": ACTION_KEY, "state": STATE_KEY}  # our stats key -> parquet column / meta/stats.json key
+STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
+
+
+def _datasets(source: Any) -> list:
+    """A LiberoMixture (its datasets) or a single LeRobotDataset."""
+    return list(getattr(source, "datasets", [source]))
+
+
+def exact_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """min/max/mean/std/q01/q99 per dimension of [N, D] values, computed in float64 over all N rows."""
+    x = np.asarray(x, dtype=np.float64)
+    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+            "std": x.std(0).tolist(), "q01": np.quantile(x, 0.01, axis=0).tolist(),
+            "q99": np.quantile(x, 0.99, axis=0).tolist()}
+
+
+def compute_norm_stats(source: Any) -> dict[str, Any]:
+    """Exact stats of action and state over all frames of a LiberoMixture (or one LeRobotDataset)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
+    for ds in _datasets(source):
+        cols = ds.read_columns(list(FIELDS.values()))
+        for key, col in FIELDS.items():
+            parts[key].append(cols[col])
+    out: dict[str, Any] = {key: exact_stats(np.concatenate(v)) for key, v in parts.items()}
+    out["num_frames"] = int(sum(len(p) for p in parts["action"]))
+    out["datasets"] = [ds.identity() for ds in _datasets(source)]
+    return out
+
+
+def save_norm_stats(stats: dict[str, Any], path: str | Path) -> Path:
+    """Write stats as JSON atomically (beside every run's outputs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load_norm_stats(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"norm stats file {path} is missing; recompute it (it is written beside every run)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"norm stats file {path} is corrupt: {e}; delete it and recompute") from e
+    bad = [k for k in FIELDS if not isinstance(stats.get(k), dict) or any(s not in stats[k] for s in STAT_NAMES)]
+    if bad:
+        raise DataError(f"norm stats file {path} lacks {STAT_NAMES} for {bad}; recompute it")
+    return stats
+
+
+def _like(x: Any, arr: np.ndarray) -> Any:
+    """`arr` as the same array type (numpy or torch), dtype and device as `x`."""
+    if isinstance(x, np.ndarray):
+        return arr.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+    import torch
+
+    return torch.as_tensor(arr, dtype=x.dtype, device=x.device)
+
+
+class ActionNormalizer:
+    """Min-max actions to [-1, 1] per dimension; gripper dims stay raw (already -1/+1 in LIBERO).
+
+    A dimension with max == min maps to 0 and back to its constant value, so `unnormalize` is the exact
+    inverse of `normalize` (up to float rounding) on every dimension.
+    """
+
+    def __init__(self, stats: dict[str, Any], gripper_dims: Sequence[int] = (6,)):
+        lo = np.asarray(stats["action"]["min"], np.float64)
+        hi = np.asarray(stats["action"]["max"], np.float64)
+        if lo.shape != hi.shape or np.any(hi < lo):
+            raise DataError("action stats are inconsistent (min > max or shapes differ); recompute norm stats")
+        self.center = (hi + lo) / 2
+        half = (hi - lo) / 2
+        self.half = np.where(half > 0, half, 1.0)
+        self.raw = np.zeros(lo.shape, bool)
+        self.raw[list(gripper_dims)] = True
+        self.const = half <= 0
+
+    def normalize(self, actions: Any) -> Any:
+        """[..., D] raw -> [..., D] in [-1, 1] (gripper dims unchanged)."""
+        out = (actions - _like(actions, self.center)) / _like(actions, self.half)
+        out = out * _like(actions, (~self.const).astype(np.float64))
+        return _where(actions, self.raw, actions, out)
+
+    def unnormalize(self, normalized: Any) -> Any:
+        """Exact inverse of `normalize`."""
+        out = normalized * _like(normalized, self.half) + _like(normalized, self.center)
+        return _where(normalized, self.raw, normalized, out)
+
+
+def _where(x: Any, mask: np.ndarray, a: Any, b: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.where(mask, a, b)
+    import torch
+
+    return torch.where(torch.as_tensor(mask, device=x.device), a, b)
+
+
+def _pooled(entries: list[tuple[int, dict[str, Any]]]) -> dict[str, np.ndarray]:
+    """Exact whole-set min/max/mean/std from per-dataset (count, stats) -- only for the comparison."""
+    n = np.array([c for c, _ in entries], np.float64)[:, None]
+    get = lambda k: np.array([np.asarray(s[k], np.float64).reshape(-1) for _, s in entries])  # noqa: E731
+    mean = (n * get("mean")).sum(0) / n.sum()
+    var = (n * (get("std") ** 2 + (get("mean") - mean) ** 2)).sum(0) / n.sum()
+    return {"min": get("min").min(0), "max": get("max").max(0), "mean": mean, "std": np.sqrt(var)}
+
+
+def compare_with_meta_stats(stats: dict[str, Any], source: Any) -> dict[str, Any]:
+    """Max |ours - meta/stats.json| for min/max/mean/std of action and state, over datasets that have one."""
+    entries, compared, missing = {k: [] for k in FIELDS}, [], []
+    for ds in _datasets(source):
+        meta = ds.meta_stats()
+        if not meta or any(col not in meta for col in FIELDS.values()):
+            missing.append(ds.name)
+            continue
+        compared.append(ds.name)
+        for key, col in FIELDS.items():
+            entries[key].append((ds.num_frames, meta[col]))
+    diffs: dict[str, Any] = {}
+    if compared and not missing:  # a partial comparison would compare different frame sets
+        for key in FIELDS:
+            pooled = _pooled(entries[key])
+            diffs[key] = {s: float(np.max(np.abs(pooled[s] - np.asarray(stats[key][s])))) for s in pooled}
+    return {"compared": compared, "missing": missing, "max_abs_diff": diffs}
