@@ -1,7 +1,58 @@
-"""Verb module (being built)."""
+"""`geo3d train`: stage 2. Light at import time (no torch / transformers): heavy imports happen inside."""
 
-from geo3d.errors import Geo3dError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, handle_errors
+
+# Exit code after a preemption signal (SIGTERM / SIGUSR1) once the resume checkpoint is written; the same
+# value as train.preemption.PREEMPTED_EXIT_CODE (kept literal here so this module stays import-light).
+PREEMPTED_EXIT_CODE = 75
 
 
-def train() -> None:
-    raise Geo3dError("'train' is not built yet")
+@handle_errors
+def train(
+    overrides: Optional[List[str]] = OVERRIDES_ARG,
+    compressor: Optional[str] = typer.Option(None, help="Geometry compressor: none | mean | pool | per_layer | "
+                                                        "qformer (sets model.compressor.type)."),
+    suite: Optional[str] = typer.Option(None, help="LIBERO suite: libero_spatial|object|goal|10|all|demo."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding the suite folders (else "
+                                                        "$GEO3D_DATA_ROOT; demo falls back to demo_data/)."),
+    store: Optional[Path] = typer.Option(None, help="Features store made by `geo3d precompute` for this suite."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<train.run_name>)."),
+    config: Optional[List[Path]] = CONFIG_OPTION,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the run directory from its latest "
+                                                        "checkpoint (starts fresh if it has none)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build the model on the meta device, print parameter "
+                                                          "counts per module as JSON, and exit."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for (train.max_steps)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (train.seed)."),
+) -> None:
+    """Train Qwen2.5-VL + geometry compressor + DiT action head on raw frames and cached geometry tokens.
+
+    Exit codes: 0 done; 2 bad input (nothing trained); 75 preempted by SIGTERM/SIGUSR1 after saving a
+    resume checkpoint (re-run the same command with --resume to continue).
+    """
+    import json
+
+    from train.run_config import compose_train_config
+
+    flags = {"compressor": compressor, "suite": suite, "data_root": str(data_root) if data_root else None,
+             "store": str(store) if store else None, "out": str(out) if out else None,
+             "max_steps": max_steps, "seed": seed}
+    cfg = compose_train_config(config, overrides, flags)
+    if dry_run:
+        from train.launch import dry_run as build_dry_run
+        typer.echo(json.dumps(build_dry_run(cfg), indent=2))
+        return
+    from train.launch import run_training
+    result = run_training(cfg, resume)
+    if result.preempted_by is not None:
+        typer.echo(f"preempted by {result.preempted_by} at step {result.step}; saved {result.last_checkpoint}; "
+                   f"re-run with --resume to continue (exit {PREEMPTED_EXIT_CODE})", err=True)
+        raise typer.Exit(PREEMPTED_EXIT_CODE)
+    typer.echo(f"done: step {result.step}, checkpoint {result.last_checkpoint}")

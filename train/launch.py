@@ -1,0 +1,111 @@
+"""`geo3d train` end to end: validate inputs, build the parts, restore a checkpoint, run the loop.
+
+Also the dry run: build the model on the meta device (no memory, no weights read) and report sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from geo3d.errors import Geo3dError
+from train import setup
+from train.checkpoint import TrainerState
+from train.trainer import TrainingParts, TrainResult, train_loop
+
+
+def make_accelerator(cfg: DictConfig) -> Any:
+    from accelerate import Accelerator
+    precision = str(cfg.train.mixed_precision)
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
+                      step_scheduler_with_optimizer=False)
+    _check_deepspeed(acc, cfg)
+    return acc
+
+
+def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    want = {"gradient_accumulation_steps": int(cfg.train.grad_accum_steps),
+            "gradient_clipping": float(cfg.train.max_grad_norm)}
+    bad = {k: (ds.get(k), v) for k, v in want.items() if ds.get(k) not in (v, "auto")}
+    if bad:
+        raise Geo3dError(f"the DeepSpeed config disagrees with the train config (deepspeed, train): {bad}; make "
+                         f"configs/accelerate/deepspeed_zero2.yaml match train.grad_accum_steps/max_grad_norm")
+
+
+def dry_run(cfg: DictConfig) -> dict[str, Any]:
+    """Parameter counts per top-level module (total and trainable, after the freeze list) — no memory used."""
+    from train.modeling.policy import build_policy
+    from train.optim import apply_freeze
+    compressor = setup.compressor_type(cfg)
+    policy = build_policy(cfg.model, device="cpu", meta=True)
+    apply_freeze(policy.module_groups(), list(cfg.train.freeze))
+    return {"model_config": cfg.model_config, "compressor": compressor, "freeze": list(cfg.train.freeze),
+            "params": policy.param_counts()}
+
+
+def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerState, acc: Any) -> tuple[Any, Any]:
+    from torch.utils.data import DataLoader
+    from train.sampler import ResumableSampler
+    sampler = ResumableSampler(len(dataset), seed=int(cfg.train.seed), rank=acc.process_index,
+                               world_size=acc.num_processes, consumed=state.consumed, shuffle=bool(cfg.train.shuffle))
+    workers = int(cfg.train.num_workers)
+    loader = DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), sampler=sampler,
+                        num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                        prefetch_factor=int(cfg.train.prefetch_factor) if workers else None,
+                        persistent_workers=False, drop_last=True,
+                        generator=torch.Generator().manual_seed(int(cfg.train.seed)))
+    return loader, sampler
+
+
+def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
+    """Validate, build, (resume,) train. Raises Geo3dError for bad input before any training step."""
+    from accelerate.utils import set_seed
+    from train.dataset import GeoTrainDataset, TrainCollator
+    from train.metrics import MetricsLogger
+    from train.modeling.policy import build_policy
+    from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
+
+    store = setup.check_store_path(cfg)
+    run_dir, ckpt = setup.prepare_run_dir(cfg, resume)
+    acc = make_accelerator(cfg)
+    mixture = setup.open_mixture(cfg)
+    reader = setup.open_checked_store(cfg, store, mixture) if store else None
+    spec = reader.spec if reader is not None else None
+    del reader  # workers open their own handles
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    norm_stats, stats_path = setup.norm_stats_for_run(run_dir, mixture, ckpt is not None, acc.is_main_process,
+                                                      acc.wait_for_everyone)
+    from geo3d.data.norm_stats import ActionNormalizer
+    set_seed(int(cfg.train.seed))
+    policy = build_policy(cfg.model, device=str(acc.device))
+    apply_freeze(policy.module_groups(), list(cfg.train.freeze))
+    optimizer = build_optimizer(policy.module_groups(), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    state = TrainerState()
+    if cfg.train.ema.enabled:
+        state.ema = EMA(policy, float(cfg.train.ema.decay))
+    model, optimizer = acc.prepare(policy, optimizer)
+    acc.register_for_checkpointing(scheduler, state)
+    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name))
+    if ckpt is not None:
+        acc.load_state(str(ckpt / "resume"))
+        logger.truncate_after(state.step)
+        acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")
+    if acc.is_main_process:
+        setup.write_run_records(cfg, run_dir, spec)
+    dataset = GeoTrainDataset(mixture, ActionNormalizer(norm_stats), store)
+    loader, sampler = _build_loader(cfg, dataset, TrainCollator(policy.processor), state, acc)
+    parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
+                          scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
+                          norm_stats_path=stats_path, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+    return train_loop(parts)

@@ -1,0 +1,121 @@
+"""Training diagnostics: metrics.jsonl (one JSON object per logged step), optional wandb, grad norms, timing.
+
+metrics.jsonl is the run's source of truth for loss curves and the seed's diagnostics (gradient flow into
+the compressor, attention mass on geometry tokens per DiT layer); `geo3d report` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def module_grad_norms(groups: Mapping[str, nn.Module]) -> dict[str, float | None]:
+    """L2 norm of the gradients of each module group; None when it has no gradients (frozen, or partitioned
+    away by DeepSpeed ZeRO, where only the total norm is known)."""
+    out: dict[str, float | None] = {}
+    for name, module in groups.items():
+        sq = [p.grad.detach().float().pow(2).sum() for p in module.parameters() if p.grad is not None]
+        out[name] = float(torch.stack(sq).sum().sqrt()) if sq else None
+    return out
+
+
+class StepTimer:
+    """Splits wall time into data wait (blocked on the loader) and compute (forward/backward/step)."""
+
+    def __init__(self) -> None:
+        self.data = 0.0
+        self.compute = 0.0
+        self._t = time.perf_counter()
+
+    def mark_data(self) -> None:
+        now = time.perf_counter()
+        self.data += now - self._t
+        self._t = now
+
+    def mark_compute(self) -> None:
+        now = time.perf_counter()
+        self.compute += now - self._t
+        self._t = now
+
+    def pop(self) -> dict[str, float]:
+        out = {"time_data_s": self.data, "time_compute_s": self.compute}
+        self.data = self.compute = 0.0
+        return out
+
+
+class MetricsLogger:
+    """Appends to <run>/metrics.jsonl on the main process; mirrors to wandb when `train.wandb.enabled`."""
+
+    def __init__(self, run_dir: Path, enabled: bool, wandb_cfg: DictConfig | None = None,
+                 full_config: DictConfig | None = None, run_name: str | None = None) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self._wandb = None
+        if enabled and wandb_cfg is not None and wandb_cfg.get("enabled", False):
+            self._wandb = _start_wandb(wandb_cfg, full_config, run_name, Path(run_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (written after the checkpoint a resumed run restarts from)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(_flatten(record), step=int(record["step"]))
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, list):
+            out.update({f"{key}/{i}": x for i, x in enumerate(v)})
+        else:
+            out[key] = v
+    return out
+
+
+def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name: str | None, run_dir: Path):
+    """wandb is optional (pip install 'geo3d[wandb]'); offline unless train.wandb.mode says otherwise."""
+    try:
+        import wandb  # type: ignore[import-not-found]
+    except ImportError as e:
+        from geo3d.errors import Geo3dError
+        raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]' "
+                         "or set train.wandb.enabled=false") from e
+    config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else None
+    return wandb.init(project=wandb_cfg.get("project", "geo3d"), entity=wandb_cfg.get("entity"),
+                      mode=wandb_cfg.get("mode", "offline"), name=run_name, dir=str(run_dir),
+                      config=config, resume="allow", id=run_name)

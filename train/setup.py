@@ -1,0 +1,120 @@
+"""Turn a composed config into the parts of a run, validating every input before anything is trained.
+
+Order matters: cheap checks first (compressor name, store path, run directory state), then the data and
+the store join check, then the model. Nothing here imports the geometry encoder (`precompute`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from geo3d.config import data_root_from, save_resolved
+from geo3d.errors import Geo3dError, StoreError
+from geo3d.provenance import provenance
+from train.checkpoint import latest_checkpoint
+from train.metrics import METRICS_FILE
+from train.run_config import resume_differences, run_dir_of
+
+NORM_STATS_FILE = "norm_stats.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+
+
+def compressor_type(cfg: DictConfig) -> str:
+    """The configured compressor, refused early (before data or model) when the policy does not know it."""
+    from train.modeling.compressors import COMPRESSOR_TYPES
+    name = OmegaConf.select(cfg, "model.compressor.type", default=None)
+    if name not in COMPRESSOR_TYPES:
+        raise Geo3dError(f"unknown compressor {name!r}; use --compressor one of {list(COMPRESSOR_TYPES)}")
+    return str(name)
+
+
+def uses_geometry(cfg: DictConfig) -> bool:
+    return compressor_type(cfg) != "none"
+
+
+def check_store_path(cfg: DictConfig) -> str | None:
+    """The store path when the compressor needs geometry (required then, and must exist)."""
+    store = cfg.train.store
+    if not uses_geometry(cfg):
+        return None
+    if not store:
+        raise StoreError(f"compressor {compressor_type(cfg)!r} needs cached geometry tokens: pass --store PATH "
+                         f"(made by `geo3d precompute --suite {cfg.data.suite} --store PATH`), or use "
+                         f"--compressor none")
+    if not Path(store).exists():
+        raise StoreError(f"features store not found: {store}; run `geo3d precompute --suite {cfg.data.suite} "
+                         f"--store {store}` first, or fix --store")
+    return str(store)
+
+
+def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from). A finished or started run is never overwritten silently."""
+    run_dir = run_dir_of(cfg)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    started = (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists()
+    if not resume and started:
+        raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
+                         f"--out NEW_DIR for a new run")
+    if ckpt is not None:
+        saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
+        diffs = resume_differences(saved, cfg)  # type: ignore[arg-type]
+        if diffs:
+            raise Geo3dError(f"--resume: the config differs from the run's {run_dir / RESOLVED_CONFIG}:\n  "
+                             + "\n  ".join(diffs) + "\nresume with the same config (only max_steps, intervals, "
+                             "workers, wandb and paths may change), or start a new run with --out")
+    return run_dir, ckpt
+
+
+def open_mixture(cfg: DictConfig) -> Any:
+    from geo3d.data.mixture import LiberoMixture
+    return LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg), action_horizon=int(cfg.data.action_horizon),
+                         image_size=int(cfg.data.image_size))
+
+
+def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
+    """Open the store and refuse it unless it matches the model's token shape and this dataset."""
+    from features_store.reader import FeatureReader
+    from train.store_check import check_store_matches_dataset, check_token_shape
+    reader = FeatureReader(store)
+    check_token_shape(reader.spec, cfg.model.geometry, store)
+    check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))
+    return reader
+
+
+def norm_stats_for_run(run_dir: Path, mixture: Any, resuming: bool, is_main: bool, wait: Any) -> tuple[Any, Path]:
+    """The run's norm stats: computed once over all frames at the start, then always read from the run dir."""
+    from geo3d.data.norm_stats import compute_norm_stats, load_norm_stats, save_norm_stats
+    path = run_dir / NORM_STATS_FILE
+    if not (resuming and path.exists()):
+        if is_main:
+            save_norm_stats(compute_norm_stats(mixture), path)
+        wait()
+    return load_norm_stats(path), path
+
+
+def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
+    """resolved_config.yaml and provenance.json (the latter appended per launch so resumes are recorded)."""
+    save_resolved(cfg, run_dir, RESOLVED_CONFIG)
+    path = run_dir / "provenance.json"
+    launches = json.loads(path.read_text()) if path.exists() else []
+    launches.append({**provenance(), "store": _store_record(cfg, store_spec)})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(launches, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    return {"path": str(cfg.train.store), "frames": spec.frames, "shape": [spec.views, spec.tokens, spec.dim],
+            "encoder": dict(spec.encoder), "preprocessing": dict(spec.preprocessing)}
+
+
+def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
+    """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
+    return {"compressor": compressor_type(cfg), "store": _store_record(cfg, spec), "provenance": provenance()}

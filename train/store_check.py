@@ -1,0 +1,81 @@
+"""Refuse to train on a features store that does not belong to the dataset (or to the model) — before
+any model is built or step taken — and say exactly what differs.
+
+Checks: frame count; the dataset identity recorded in the store vs `mixture.identity()`; the view order;
+the per-frame content identity on a spread sample of frames; the token shape vs `model.geometry`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from geo3d.errors import StoreError
+
+
+def check_token_shape(spec: Any, geometry_cfg: Mapping[str, Any], store_path: str | Path) -> None:
+    """The store's [V,T,D] must equal model.geometry.{views,tokens_per_view,dim}."""
+    store_shape = (int(spec.views), int(spec.tokens), int(spec.dim))
+    model_shape = (int(geometry_cfg["views"]), int(geometry_cfg["tokens_per_view"]), int(geometry_cfg["dim"]))
+    if store_shape != model_shape:
+        raise StoreError(
+            f"store {store_path} holds tokens [V,T,D]={list(store_shape)} but the model expects "
+            f"model.geometry (views, tokens_per_view, dim)={list(model_shape)}; use a store made with the matching "
+            f"encoder, or set model.geometry.views/tokens_per_view/dim to the store's shape")
+
+
+def sample_frames(num_frames: int, count: int) -> list[int]:
+    """A deterministic spread (first, last, and evenly spaced between) of `count` frame indices."""
+    if num_frames <= count:
+        return list(range(num_frames))
+    return sorted(set(np.linspace(0, num_frames - 1, count).round().astype(int).tolist()))
+
+
+def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Path, check_frames: int) -> None:
+    """Frame count, dataset identity and content identities of sampled frames must agree."""
+    spec = reader.spec
+    problems = []
+    if int(spec.frames) != len(mixture):
+        problems.append(f"frames: store has {spec.frames}, dataset has {len(mixture)}")
+    problems += _identity_differences(dict(spec.dataset), mixture.identity())
+    if problems:
+        raise StoreError(f"store {store_path} was not made from this dataset ({_suite_of(mixture)}):\n  "
+                         + "\n  ".join(problems)
+                         + "\nrun `geo3d precompute` for this suite/data root, or pass the matching --store")
+    bad = [i for i in sample_frames(len(mixture), check_frames)
+           if _store_content_id(reader, i) != _dataset_content_id(mixture, i)]
+    if bad:
+        raise StoreError(f"store {store_path}: the content identity of {len(bad)} of the sampled frames differs "
+                         f"from the dataset's (first: frame {bad[0]}); the dataset changed after the store was "
+                         f"made. Re-run `geo3d precompute`, or `geo3d verify-cache --deep` to see the damage")
+
+
+def _identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    from features_store.spec import diff_specs  # the store's own differ, so messages read the same
+    return [f"dataset identity {d}".replace("requested", "dataset has")
+            for d in diff_specs(dict(stored), _jsonable(current))]
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _suite_of(mixture: Any) -> str:
+    return str(getattr(mixture, "suite", "?"))
+
+
+def _store_content_id(reader: Any, i: int) -> Any:
+    return _as_key(reader.content_id(i))
+
+
+def _dataset_content_id(mixture: Any, i: int) -> Any:
+    return _as_key(mixture.content_id(i))
+
+
+def _as_key(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    return value
