@@ -7,7 +7,7 @@ keeps every value bit-exact, including NaN payloads and signed zeros.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,41 +49,10 @@ def nonfinite_frames(bits: np.ndarray) -> np.ndarray:
     return np.flatnonzero(((flat & _EXP_MASK) == _EXP_MASK).any(axis=1))
 
 
-def encode_content_ids(ids: Sequence[Any] | np.ndarray, nbytes: int) -> np.ndarray:
-    """Content ids (hex strings, bytes, or unsigned ints) -> uint8 [n, nbytes]; longer ids keep their prefix.
-
-    Kept as raw bytes because zarr v3 has no stable fixed-length string dtype.
-    """
-    arr = np.asarray(ids)
-    out = np.zeros((len(arr), nbytes), dtype=np.uint8)
-    for i, v in enumerate(arr.tolist()):
-        raw = _content_id_bytes(v)
-        raw = raw[:nbytes]
-        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return out
-
-
-def decode_content_ids(arr: np.ndarray) -> np.ndarray:
-    """uint8 [n, nbytes] -> hex strings (numpy unicode array), the form verify compares and reports."""
-    return np.array([bytes(row).hex() for row in np.asarray(arr, dtype=np.uint8)], dtype=f"<U{2 * arr.shape[1]}")
-
-
-def normalize_content_id(value: Any, nbytes: int) -> str:
-    """The hex form of a content id as it is stored (prefix of `nbytes`, zero padded): for comparisons."""
-    raw = _content_id_bytes(value)[:nbytes]
-    return (raw + bytes(nbytes - len(raw))).hex()
-
-
-def _content_id_bytes(v: Any) -> bytes:
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    if isinstance(v, str):
-        try:
-            return bytes.fromhex(v)
-        except ValueError as e:
-            raise StoreError(f"content id {v!r} is not a hex string") from e
-    if isinstance(v, (int, np.integer)):
-        if v < 0:
-            raise StoreError(f"content id {v} is negative; use unsigned ids")
-        return int(v).to_bytes(8, "big")
-    raise StoreError(f"content id must be hex str, bytes or unsigned int, got {type(v).__name__}")
+def encode_content_ids(ids: Any) -> np.ndarray:
+    """Per-frame content ids from the data layer (`geo3d.data.frame_content_id`: ints in [0, 2**64)) -> uint64."""
+    try:
+        arr = np.asarray([int(v) for v in np.asarray(ids).tolist()], dtype=np.uint64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise StoreError(f"content ids must be unsigned 64-bit ints (geo3d.data.frame_content_id): {e}") from e
+    return arr

@@ -4,7 +4,7 @@ Directory layout (one store per suite mixture x encoder configuration):
     zarr.json                 root group; attributes["geo3d"] = self-describing metadata (schema, spec, provenance)
     tokens/                   uint16 [N, V, T, D] = bf16 bits; chunk (chunk_frames, V, T, D), shard (shard_frames, ...)
     index/{dataset_id,episode_index,frame_index}   int32 [N]
-    index/content_id          uint8 [N, content_id_bytes]  source-frame content identity from the data layer
+    index/content_id          uint64 [N]  source-frame content identity from the data layer (frame_content_id)
     index/checksum            uint64 [N]  sha256/64 of each frame's stored bytes
     commits/shard-XXXXXX.json completion markers (atomic); only committed shards count
     locks/shard-XXXXXX.lock   flock leases (one writer per shard)
@@ -71,11 +71,9 @@ def create_arrays(root: Path, spec: StoreSpec, attributes: dict[str, Any]) -> No
     for key in INT_INDEX:
         group.create_array(index_array_name(key), shape=(n,), dtype="int32", chunks=(lay.shard_frames,),
                            compressors=small, fill_value=-1, config={"write_empty_chunks": True})
-    group.create_array(index_array_name(CONTENT_ID), shape=(n, lay.content_id_bytes), dtype="uint8",
-                       chunks=(lay.shard_frames, lay.content_id_bytes), compressors=small, fill_value=0,
-                       config={"write_empty_chunks": True})
-    group.create_array(index_array_name(CHECKSUM), shape=(n,), dtype="uint64", chunks=(lay.shard_frames,),
-                       compressors=small, fill_value=0, config={"write_empty_chunks": True})
+    for key in (CONTENT_ID, CHECKSUM):
+        group.create_array(index_array_name(key), shape=(n,), dtype="uint64", chunks=(lay.shard_frames,),
+                           compressors=small, fill_value=0, config={"write_empty_chunks": True})
     for d in (COMMITS, LOCKS, DAMAGED):
         (root / d).mkdir()
 
@@ -90,8 +88,7 @@ def chunk_files(spec: StoreSpec, shard: int) -> list[str]:
         first = shard * per
         last = min(first + per, -(-spec.frames // lay.chunk_frames))
         tok = [f"{TOKENS}/c/{j}/0/0/0" for j in range(first, last)]
-    idx = [f"index/{k}/c/{shard}" for k in (*INT_INDEX, CHECKSUM)] + [f"index/{CONTENT_ID}/c/{shard}/0"]
-    return tok + idx
+    return tok + [f"index/{k}/c/{shard}" for k in (*INT_INDEX, CONTENT_ID, CHECKSUM)]
 
 
 def index_digest(int_index: dict[str, np.ndarray], content_id: np.ndarray, checksum: np.ndarray) -> str:
@@ -101,6 +98,6 @@ def index_digest(int_index: dict[str, np.ndarray], content_id: np.ndarray, check
     h = hashlib.sha256()
     for key in INT_INDEX:
         h.update(np.ascontiguousarray(int_index[key], dtype="<i4").tobytes())
-    h.update(np.ascontiguousarray(content_id, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(content_id, dtype="<u8").tobytes())
     h.update(np.ascontiguousarray(checksum, dtype="<u8").tobytes())
     return h.hexdigest()

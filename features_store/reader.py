@@ -90,7 +90,7 @@ class FeatureReader:
 
     # ---- index arrays (small: loaded once per process) -------------------------------------------
     def index(self, key: str) -> np.ndarray:
-        """Per-frame array: dataset_id, episode_index, frame_index (int32), content_id (hex str), checksum.
+        """Per-frame array: dataset_id, episode_index, frame_index (int32), content_id, checksum (uint64).
 
         Entries of uncommitted frames hold fill values; check `committed_mask()`.
         """
@@ -115,14 +115,11 @@ class FeatureReader:
         return self.index("content_id")
 
     def _load_index(self) -> dict[str, np.ndarray]:
-        from features_store.frames import decode_content_ids
         from features_store.store import open_arrays
 
         self._ensure_open()
         arrays = open_arrays(self.path, mode="r")
-        out = {k: np.asarray(arrays[k][:]) for k in (*L.INT_INDEX, L.CHECKSUM)}
-        out[L.CONTENT_ID] = decode_content_ids(np.asarray(arrays[L.CONTENT_ID][:]))
-        return out
+        return {k: np.asarray(arrays[k][:]) for k in (*L.INT_INDEX, L.CONTENT_ID, L.CHECKSUM)}
 
     # ---- lazy, per-process zarr handle -----------------------------------------------------------
     def _ensure_open(self) -> None:

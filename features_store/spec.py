@@ -35,7 +35,6 @@ class StoreLayout:
     sharding: bool = True
     compressor: str = "none"
     compression_level: int = 3
-    content_id_bytes: int = 16
 
     def __post_init__(self) -> None:
         if self.shard_frames < 1 or self.chunk_frames < 1 or self.shard_frames % self.chunk_frames:
@@ -43,8 +42,6 @@ class StoreLayout:
                              f"chunk_frames ({self.chunk_frames}); fix configs/store.yaml or the overrides")
         if self.compressor not in COMPRESSORS:
             raise StoreError(f"store layout: unknown compressor {self.compressor!r}; use one of {COMPRESSORS}")
-        if not 1 <= self.content_id_bytes <= 64:
-            raise StoreError("store layout: content_id_bytes must be in 1..64")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "StoreLayout":

@@ -168,7 +168,7 @@ class FeatureStore:
         for k, v in ints.items():
             if v.min(initial=0) < 0 or v.max(initial=0) > np.iinfo(np.int32).max:
                 raise StoreError(f"shard {shard}: index '{k}' out of int32 range")
-        cid = encode_content_ids(index[L.CONTENT_ID], self.spec.layout.content_id_bytes)
+        cid = encode_content_ids(index[L.CONTENT_ID])
         sums = frame_checksums(bits)
         sl = slice(rng.start, rng.stop)
         arrays[L.TOKENS][sl] = bits  # whole shard at once: no read-modify-write of a shared shard file
