@@ -26,7 +26,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 
 def compressor_type(cfg: DictConfig) -> str:
     """The configured compressor, refused early (before data or model) when the policy does not know it."""
-    from train.modeling.compressors import COMPRESSOR_TYPES
+    from train.modeling.configuration_policy import COMPRESSOR_TYPES
     name = OmegaConf.select(cfg, "model.compressor.type", default=None)
     if name not in COMPRESSOR_TYPES:
         raise Geo3dError(f"unknown compressor {name!r}; use --compressor one of {list(COMPRESSOR_TYPES)}")
@@ -78,7 +78,7 @@ def open_mixture(cfg: DictConfig) -> Any:
 
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
-    from features_store.reader import FeatureReader
+    from features_store import FeatureReader
     from train.store_check import check_store_matches_dataset, check_token_shape
     reader = FeatureReader(store)
     check_token_shape(reader.spec, cfg.model.geometry, store)

@@ -40,10 +40,17 @@ def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Pat
     if int(spec.frames) != len(mixture):
         problems.append(f"frames: store has {spec.frames}, dataset has {len(mixture)}")
     problems += _identity_differences(dict(spec.dataset), mixture.identity())
+    problems += _view_order_differences(dict(spec.preprocessing))
+    if not problems:
+        problems += _frame_map_differences(reader, mixture)
     if problems:
         raise StoreError(f"store {store_path} was not made from this dataset ({_suite_of(mixture)}):\n  "
                          + "\n  ".join(problems)
                          + "\nrun `geo3d precompute` for this suite/data root, or pass the matching --store")
+    if not reader.complete:
+        missing = int((~reader.committed_mask()).sum())
+        raise StoreError(f"store {store_path} is incomplete: {missing} of {spec.frames} frames are not committed; "
+                         f"finish `geo3d precompute --store {store_path}` (it resumes) before training")
     bad = [i for i in sample_frames(len(mixture), check_frames)
            if _store_content_id(reader, i) != _dataset_content_id(mixture, i)]
     if bad:
@@ -58,6 +65,19 @@ def _identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any])
             for d in diff_specs(dict(stored), _jsonable(current))]
 
 
+# The dataset's camera order (geo3d.data.layout.CAMERA_KEYS) under the names stores record in preprocessing.views.
+CAMERA_NAMES = {"observation.images.image": "agentview", "observation.images.wrist_image": "wrist"}
+
+
+def _view_order_differences(preprocessing: Mapping[str, Any]) -> list[str]:
+    from geo3d.data.layout import CAMERA_KEYS
+    dataset_views = [CAMERA_NAMES.get(k, k) for k in CAMERA_KEYS]
+    stored = preprocessing.get("views")
+    if stored is None or list(stored) == dataset_views:
+        return []
+    return [f"view order: store has {list(stored)}, dataset and policy use {dataset_views}"]
+
+
 def _jsonable(value: Any) -> Any:
     import json
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -67,15 +87,24 @@ def _suite_of(mixture: Any) -> str:
     return str(getattr(mixture, "suite", "?"))
 
 
-def _store_content_id(reader: Any, i: int) -> Any:
-    return _as_key(reader.content_id(i))
+def _store_content_id(reader: Any, i: int) -> int:
+    return int(reader.content_id[i])
 
 
 def _dataset_content_id(mixture: Any, i: int) -> Any:
-    return _as_key(mixture.content_id(i))
+    from geo3d.data.content_id import frame_content_id
+    return int(frame_content_id(mixture.read_stored_frames(i)))
 
 
-def _as_key(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tobytes()
-    return value
+def _frame_map_differences(reader: Any, mixture: Any) -> list[str]:
+    """Every frame's (dataset_id, episode_index, frame_index) must be the same in store and dataset."""
+    out = []
+    committed = reader.committed_mask()
+    for key in ("dataset_id", "episode_index", "frame_index"):
+        a = np.asarray(getattr(reader, key), dtype=np.int64)
+        b = np.asarray(getattr(mixture, key), dtype=np.int64)
+        bad = np.flatnonzero((a != b) & committed)
+        if len(bad):
+            i = int(bad[0])
+            out.append(f"{key}: {len(bad)} frames differ (first: frame {i}, store {a[i]}, dataset {b[i]})")
+    return out

@@ -1,0 +1,52 @@
+"""Helpers for the train tests: a synthetic dataset plus a features store that truly matches it (written
+with the store's real writer API and the data layer's real content ids; tokens are seeded random)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from features_store import FeatureStore, StoreLayout, StoreSpec
+from geo3d.config import REPO_ROOT
+
+ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {"seed": 0}}
+
+
+def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, shard_frames: int = 16,
+                        seed: int = 0, preprocessing: dict | None = None) -> Path:
+    """A complete store for `mixture`: index arrays and content ids from the data layer, random bf16 tokens."""
+    n = len(mixture)
+    content = np.zeros(n, dtype=np.uint64)
+    for span in mixture.episodes():
+        for k, (_, cid) in enumerate(mixture.iter_episode(span.dataset_id, span.episode_index)):
+            content[span.start + k] = cid
+    spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER,
+                     preprocessing=preprocessing or {"views": ["agentview", "wrist"]},
+                     dataset=mixture.identity(), layout=StoreLayout(shard_frames=shard_frames))
+    store = FeatureStore.open_or_create(path, spec)
+    g = torch.Generator().manual_seed(seed)
+    all_tokens = torch.randn((n, views, tokens, dim), generator=g).to(torch.bfloat16)
+    for i in range(spec.num_shards):
+        r = store.shard_range(i)
+        sl = slice(r.start, r.stop)
+        index = {"dataset_id": mixture.dataset_id[sl], "episode_index": mixture.episode_index[sl],
+                 "frame_index": mixture.frame_index[sl], "content_id": content[sl]}
+        store.write_shard(i, all_tokens[sl], index)
+    return Path(path)
+
+
+def geo3d_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "geo3d.cli", *args]
+
+
+def run_geo3d(args: Sequence[str], timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`geo3d ...` in a real subprocess from the repo root (threads pinned so CPU results are reproducible)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env_extra or {})}
+    return subprocess.run(geo3d_cmd(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
