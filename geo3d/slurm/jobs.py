@@ -1,0 +1,157 @@
+"""Build the job scripts of `geo3d submit` from the resolved config (configs/slurm.yaml + flags).
+
+Each builder returns a JobScript (its file name and rendered text); nothing here touches the cluster.
+Paths given by the user are made absolute at submit time, because jobs run elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from geo3d.config import REPO_ROOT, data_root_from
+from geo3d.errors import Geo3dError
+from geo3d.slurm.render import render
+
+LOG_DIR = "logs"
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """One rendered script: `file` is its name inside the submission dir; `log` its SLURM output pattern."""
+
+    name: str
+    file: str
+    text: str
+    log: str | None = None
+
+
+def absolute(path: str | os.PathLike | None) -> str | None:
+    return None if path in (None, "") else str(Path(os.path.expanduser(str(path))).resolve())
+
+
+def require(cfg: DictConfig, key: str, flag: str) -> str:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value in (None, ""):
+        raise Geo3dError(f"{key} is not set: pass {flag} (or set {key} in a --config file)")
+    return str(value)
+
+
+def default_activate() -> str:
+    """Put the environment running `geo3d submit` on the job's PATH: its venv/conda env, else its bin dir."""
+    if sys.prefix != sys.base_prefix and Path(sys.prefix, "bin", "activate").is_file():
+        return f"source {shlex.quote(str(Path(sys.prefix, 'bin', 'activate')))}"
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\""
+
+
+def setup_lines(cfg: DictConfig) -> list[str]:
+    activate = cfg.slurm.activate or default_activate()
+    return [activate, *[str(line) for line in cfg.slurm.setup]]
+
+
+def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: bool) -> list[str]:
+    """#SBATCH options for `stage` (precompute|verify|train): resources, site keys, signal, requeue, log."""
+    s, res = cfg.slurm, cfg.slurm[stage]
+    opts = [f"--job-name=geo3d-{name}", f"--output={log}", "--open-mode=append", f"--time={res.time}",
+            f"--cpus-per-task={res.cpus}", f"--mem={res.mem}"]
+    gpus = int(res.gpus)
+    if gpus > 0:
+        opts.append(f"--gres=gpu:{s.gpu_type}:{gpus}" if s.gpu_type else f"--gres=gpu:{gpus}")
+    for key in ("partition", "account", "qos", "constraint"):
+        if s[key]:
+            opts.append(f"--{key}={s[key]}")
+    if requeue:
+        opts += ["--requeue", f"--signal=B:USR1@{int(s.signal_seconds)}"]
+    opts += [o if str(o).startswith("-") else f"--{o}" for o in s.extra_sbatch]
+    return opts
+
+
+def _common_settings(cfg: DictConfig, job_dir: Path) -> dict:
+    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code))}
+
+
+def _data_root_args(cfg: DictConfig) -> list[str]:
+    root = data_root_from(cfg)
+    return ["--data-root", absolute(root)] if root else []  # type: ignore[list-item]
+
+
+def precompute_job(cfg: DictConfig, job_dir: Path) -> JobScript:
+    """The stage-1 array: tasks 0..num_shards-1; geo3d precompute takes its shard from the array env."""
+    p = cfg.slurm.precompute
+    n = int(p.num_shards)
+    if n < 1:
+        raise Geo3dError(f"slurm.precompute.num_shards must be >= 1, got {n}")
+    array = f"--array=0-{n - 1}" + (f"%{int(p.max_parallel)}" if p.max_parallel else "")
+    log = job_dir / LOG_DIR / "precompute_%A_%a.out"
+    extra = _data_root_args(cfg)
+    if cfg.stage.weights:
+        extra += ["--weights", absolute(cfg.stage.weights)]
+    settings = {**_common_settings(cfg, job_dir), "SUITE": require(cfg, "data.suite", "--suite"),
+                "ENCODER": require(cfg, "stage.encoder", "--encoder"),
+                "STORE": absolute(require(cfg, "stage.store", "--store")), "EXTRA_ARGS": extra}
+    text = render("precompute.sbatch", sbatch=[*sbatch_options(cfg, "precompute", "precompute", log, True), array],
+                  settings=settings, setup=setup_lines(cfg))
+    return JobScript("precompute", "precompute.sbatch", text, str(log))
+
+
+def verify_job(cfg: DictConfig, job_dir: Path) -> JobScript:
+    log = job_dir / LOG_DIR / "verify_%j.out"
+    settings = {**_common_settings(cfg, job_dir), "STORE": absolute(require(cfg, "stage.store", "--store")),
+                "EXTRA_ARGS": _data_root_args(cfg)}
+    text = render("verify.sbatch", sbatch=sbatch_options(cfg, "verify", "verify", log, False), settings=settings,
+                  setup=setup_lines(cfg))
+    return JobScript("verify", "verify.sbatch", text, str(log))
+
+
+def _config_arg(path: str) -> str:
+    """A --train-config value: a file that exists here is made absolute; else it names a configs/ file."""
+    return absolute(path) if Path(path).expanduser().exists() else path  # type: ignore[return-value]
+
+
+def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobScript:
+    """One compressor run; nodes > 1 selects the multi-node template (accelerate launch per node)."""
+    t = cfg.slurm.train
+    name = f"train_{compressor}"
+    log = job_dir / LOG_DIR / f"{name}_%j.out"
+    extra = _data_root_args(cfg)
+    for c in cfg.stage.train_configs:
+        extra += ["--config", _config_arg(str(c))]
+    extra += [str(o) for o in cfg.stage.train_overrides]
+    settings = {**_common_settings(cfg, job_dir), "COMPRESSOR": compressor,
+                "SUITE": require(cfg, "data.suite", "--suite"),
+                "STORE": absolute(require(cfg, "stage.store", "--store")), "OUT": absolute(out),
+                "CHECKPOINT_GLOB": str(cfg.slurm.checkpoint_glob), "EXTRA_ARGS": extra}
+    opts = sbatch_options(cfg, "train", name, log, True)
+    nodes = int(t.nodes)
+    template = "train.sbatch"
+    if nodes > 1:
+        template = "train_multinode.sbatch"
+        opts += [f"--nodes={nodes}", "--ntasks-per-node=1"]
+        accel = Path(str(t.accelerate_config))
+        accel = accel if accel.is_absolute() or accel.exists() else REPO_ROOT / accel
+        settings |= {"GPUS_PER_NODE": str(int(t.gpus)), "ACCELERATE_CONFIG": str(accel.resolve()),
+                     "MAIN_PROCESS_PORT": str(int(t.main_process_port)),
+                     # torchrun reports a worker's exit 75 as 1
+                     "REQUEUE_EXIT_CODES": f"{int(cfg.slurm.requeue_exit_code)} 1"}
+    text = render(template, sbatch=opts, settings=settings, setup=setup_lines(cfg))
+    return JobScript(name, f"{name}.sbatch", text, str(log))
+
+
+def ablation_jobs(cfg: DictConfig, job_dir: Path) -> list[JobScript]:
+    """precompute -> verify -> one train job per compressor (run dirs <out>/<compressor>), plus the launcher."""
+    compressors = [str(c) for c in cfg.slurm.ablation.compressors]
+    if not compressors:
+        raise Geo3dError("no compressors to run: pass --compressors pool,per_layer,qformer "
+                         "(or set slurm.ablation.compressors)")
+    if len(set(compressors)) != len(compressors):
+        raise Geo3dError(f"compressors repeat: {compressors}; each run needs its own compressor")
+    out_root = Path(require(cfg, "stage.out", "--out"))
+    jobs = [precompute_job(cfg, job_dir), verify_job(cfg, job_dir)]
+    jobs += [train_job(cfg, job_dir, c, str(out_root / c)) for c in compressors]
+    launcher = render("ablation.sh", settings={"JOB_DIR": str(job_dir), "COMPRESSORS": compressors})
+    return [*jobs, JobScript("ablation", "ablation.sh", launcher)]

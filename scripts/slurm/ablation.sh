@@ -1,0 +1,25 @@
+#!/bin/bash
+# The geo3d ablation chain, run on the login node by `geo3d submit ablation` (and kept beside the logs,
+# so `bash ablation.sh` resubmits the same chain): precompute array -> verify -> one train job per
+# compressor, each stage starting only when the previous one succeeded (--dependency=afterok); if a stage
+# fails, the jobs waiting on it are cancelled (--kill-on-invalid-dep=yes) instead of pending forever.
+# Prints one `geo3d-job <name> <id>` line per submitted job.
+# @SETTINGS
+set -euo pipefail
+
+submit() {  # submit NAME [sbatch options...] SCRIPT
+  local name=$1 id
+  shift
+  id=$(sbatch --parsable "$@")
+  id=${id%%;*}
+  echo "geo3d-job $name $id"
+  LAST_ID=$id
+}
+
+submit precompute "$JOB_DIR/precompute.sbatch"
+submit verify --dependency="afterok:$LAST_ID" --kill-on-invalid-dep=yes "$JOB_DIR/verify.sbatch"
+VERIFY_ID=$LAST_ID
+for compressor in "${COMPRESSORS[@]}"; do
+  submit "train_$compressor" --dependency="afterok:$VERIFY_ID" --kill-on-invalid-dep=yes \
+    "$JOB_DIR/train_$compressor.sbatch"
+done
