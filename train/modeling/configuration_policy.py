@@ -1,0 +1,151 @@
+"""Typed, validated view of the `model:` config section (configs/model/*.yaml).
+
+The YAML stays the single source of values; these dataclasses only check names and types so a typo fails at
+build time with a message listing the valid keys, instead of deep inside a training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from geo3d.errors import Geo3dError
+
+COMPRESSOR_TYPES = ("none", "mean", "pool", "per_layer", "qformer")
+VLM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class TinyVLMConfig:
+    """Dims of the offline random-init Qwen2.5-VL used by the demo and tests."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    mrope_section: list[int] = field(default_factory=lambda: [4, 6, 6])
+    vision_depth: int = 2
+    vision_hidden: int = 64
+    vision_heads: int = 4
+    vision_intermediate: int = 128
+    vocab_size: int = 400
+    min_pixels: int = 56 * 56
+    max_pixels: int = 224 * 224
+    seed: int = 0
+
+
+@dataclass
+class VLMConfig:
+    source: str = "tiny"  # "tiny" or a local directory holding a Qwen2.5-VL checkpoint
+    dtype: str = "bfloat16"
+    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
+
+
+@dataclass
+class CompressorConfig:
+    type: str = "pool"
+    num_tokens: int = 16
+    heads: int = 8
+
+
+@dataclass
+class GeometryConfig:
+    views: int = 2
+    tokens_per_view: int = 196
+    dim: int = 1536
+
+    @property
+    def num_tokens(self) -> int:
+        return self.views * self.tokens_per_view
+
+
+@dataclass
+class ActionHeadConfig:
+    num_layers: int = 16
+    hidden: int = 2048
+    num_heads: int = 32
+    head_dim: int = 64
+    dropout: float = 0.2
+    action_dim: int = 7
+    state_dim: int = 8
+    horizon: int = 8
+    num_future_tokens: int = 32
+    mlp_hidden: int = 1024  # width of the state encoder and the action decoder MLPs (GR00T: 1024)
+    repeats: int = 4
+    num_inference_steps: int = 4
+    beta_alpha: float = 1.5
+    beta_beta: float = 1.0
+    noise_s: float = 0.999
+    timestep_buckets: int = 1000
+
+
+@dataclass
+class PolicyConfig:
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
+
+    @classmethod
+    def from_cfg(cls, model_cfg: Any) -> "PolicyConfig":
+        """Accept the whole run config (with a `model:` key), the `model` node itself, or a plain dict."""
+        raw = _to_container(model_cfg)
+        if "model" in raw and isinstance(raw["model"], Mapping):
+            raw = raw["model"]
+        cfg = _build(cls, raw, "model")
+        cfg.validate()
+        return cfg
+
+    @property
+    def uses_geometry(self) -> bool:
+        return self.compressor.type != "none"
+
+    def validate(self) -> None:
+        c, h = self.compressor, self.action_head
+        if c.type not in COMPRESSOR_TYPES:
+            raise Geo3dError(f"unknown model.compressor.type {c.type!r}; valid: {', '.join(COMPRESSOR_TYPES)}")
+        if self.vlm.dtype not in VLM_DTYPES:
+            raise Geo3dError(f"model.vlm.dtype {self.vlm.dtype!r} is not one of {', '.join(VLM_DTYPES)}")
+        if h.num_heads * h.head_dim != h.hidden:
+            raise Geo3dError(f"model.action_head: num_heads*head_dim ({h.num_heads}*{h.head_dim}) must equal "
+                             f"hidden ({h.hidden}); set num_heads = hidden / head_dim")
+        if c.type in ("pool", "per_layer") and self.geometry.num_tokens < c.num_tokens:
+            raise Geo3dError(f"model.compressor.num_tokens={c.num_tokens} exceeds the geometry tokens per sample "
+                             f"(views*tokens_per_view={self.geometry.num_tokens}); lower num_tokens")
+        if c.type == "qformer" and h.hidden % c.heads:
+            raise Geo3dError(f"model.compressor.heads={c.heads} must divide the hidden size {h.hidden}")
+        for name in ("num_layers", "horizon", "repeats", "num_inference_steps", "timestep_buckets"):
+            if getattr(h, name) < 1:
+                raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
+
+
+def _to_container(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        pass
+    if not isinstance(cfg, Mapping):
+        raise Geo3dError(f"model config must be a mapping, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+def _build(dc: type, raw: Mapping, where: str) -> Any:
+    """Build dataclass `dc` from `raw`, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(raw, Mapping):
+        raise Geo3dError(f"{where} must be a mapping, got {raw!r}")
+    known = {f.name: f for f in fields(dc)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise Geo3dError(f"unknown key(s) {unknown} in {where}; valid: {sorted(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None  # type: ignore[misc]
+        if default is not None and hasattr(default, "__dataclass_fields__"):
+            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return dc(**kwargs)

@@ -1,0 +1,105 @@
+"""The semantic path: Qwen2.5-VL (real 3B from a local dir, or the offline tiny model) -> last N hidden states.
+
+Layer mapping (the same rule for every size): `output_hidden_states=True` yields L+1 states (the embeddings,
+then each of the L decoder layers); DiT block i (0-based) cross-attends to state `L+1-N+i`, i.e. the last N.
+3B: L=36, N=16 -> layers 21..36. Tiny (configs/model/tiny.yaml): L=4, N=4 -> layers 1..4.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from geo3d.errors import Geo3dError
+from train.modeling.configuration_policy import VLMConfig
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+# Published config.json of Qwen/Qwen2.5-VL-3B-Instruct. Used ONLY for meta-device builds (param counts in
+# `geo3d train --dry-run`) when the local checkpoint dir is not on this machine; real builds read the dir.
+QWEN2_5_VL_3B_ARCH = dict(
+    text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                     num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                     rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                                         "rope_theta": 1_000_000.0}),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                       fullatt_block_indexes=[7, 15, 23, 31], window_size=112, spatial_merge_size=2,
+                       patch_size=14, temporal_patch_size=2, tokens_per_second=2),
+    tie_word_embeddings=True,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """A real Qwen2.5-VL dir needs config.json, tokenizer files and weights; say exactly what is missing."""
+    if not path.is_dir():
+        raise Geo3dError(f"Qwen2.5-VL checkpoint dir not found: {path}. Download Qwen/Qwen2.5-VL-3B-Instruct on a "
+                         f"machine with internet (huggingface-cli download ... --local-dir {path}) and set "
+                         "model.vlm.source to that dir, or use model.vlm.source=tiny for the offline demo model")
+    missing = [f for f in ("config.json", *TOKENIZER_FILES) if not (path / f).is_file()]
+    if not any(next(path.glob(g), None) for g in WEIGHT_GLOBS):
+        missing.append("model weights (*.safetensors)")
+    if missing:
+        raise Geo3dError(f"Qwen2.5-VL checkpoint dir {path} is incomplete, missing: {', '.join(missing)}; "
+                         "re-download the full model snapshot into it")
+
+
+class QwenVLBackbone(nn.Module):
+    """Wraps `Qwen2_5_VLForConditionalGeneration`; returns the hidden states the DiT layers read."""
+
+    def __init__(self, model: nn.Module, model_dir: Path | None):
+        super().__init__()
+        self.model = model
+        self.model_dir = model_dir  # where the processor is loaded from (None: meta build without the dir)
+        text = model.config.text_config
+        self.hidden_size: int = text.hidden_size
+        self.num_hidden_states: int = text.num_hidden_layers + 1
+
+    @classmethod
+    def build(cls, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
+        dtype = DTYPES[cfg.dtype]
+        if cfg.source == "tiny":
+            from train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
+            model_dir = tiny_model_dir(cfg.tiny)
+            return cls(build_tiny_model(cfg.tiny, model_dir, dtype, cfg.attn_implementation, meta), model_dir)
+        return cls._build_local(Path(cfg.source).expanduser(), dtype, cfg.attn_implementation, meta)
+
+    @classmethod
+    def _build_local(cls, path: Path, dtype: torch.dtype, attn: str, meta: bool) -> "QwenVLBackbone":
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        if meta:
+            if (path / "config.json").is_file():
+                config = Qwen2_5_VLConfig.from_pretrained(path, local_files_only=True)
+            else:
+                warnings.warn(f"{path} not found: meta build uses the published Qwen2.5-VL-3B-Instruct architecture")
+                config, path = Qwen2_5_VLConfig(**QWEN2_5_VL_3B_ARCH), None
+            with torch.device("meta"):
+                model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
+            return cls(model, path)
+        check_checkpoint_dir(path)
+        try:
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                path, local_files_only=True, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:
+            raise Geo3dError(f"cannot load Qwen2.5-VL from {path}: {e}") from e
+        return cls(model, path)
+
+    def check_depth(self, num_layers: int) -> None:
+        if num_layers > self.num_hidden_states:
+            raise Geo3dError(f"model.action_head.num_layers={num_layers} exceeds the VLM's {self.num_hidden_states} "
+                             "hidden states (embeddings + decoder layers); lower num_layers or use a deeper VLM")
+
+    def forward(self, inputs: dict, num_layers: int) -> list[torch.Tensor]:
+        """Run the language model (no LM head: only hidden states are used) and return the last `num_layers`."""
+        kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
+                                         "mm_token_type_ids") if inputs.get(k) is not None}
+        if "pixel_values" in kwargs:
+            kwargs["pixel_values"] = kwargs["pixel_values"].to(self.model.dtype)
+        out = self.model.model(**kwargs, output_hidden_states=True, use_cache=False, return_dict=True)
+        return list(out.hidden_states[-num_layers:])
