@@ -108,4 +108,4 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
                           norm_stats_path=stats_path, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
-    return train_loop(parts)
+    return train_loop(parts, resumed_from=ckpt)

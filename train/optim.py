@@ -16,21 +16,25 @@ from torch import nn
 
 from geo3d.errors import Geo3dError
 
+# Every module group a policy can have; a variant may lack one (the `none` compressor has no compressor),
+# so config keys naming these are valid even when this model has no such module.
+MODULE_GROUPS = ("vlm", "compressor", "action_head")
+
 
 def apply_freeze(groups: Mapping[str, nn.Module], freeze: list[str]) -> None:
     """Set requires_grad=False on every parameter of each frozen group; unknown names are an error."""
-    unknown = sorted(set(freeze) - set(groups))
+    unknown = sorted(set(freeze) - set(groups) - set(MODULE_GROUPS))
     if unknown:
         raise Geo3dError(f"train.freeze names unknown module(s) {unknown}; the policy's modules are "
                          f"{sorted(groups)}")
-    for name in freeze:
+    for name in (n for n in freeze if n in groups):
         for p in groups[name].parameters():
             p.requires_grad_(False)
 
 
 def group_learning_rates(groups: Mapping[str, nn.Module], lr_cfg: Mapping[str, Any]) -> dict[str, float]:
     """Peak LR per module group: `train.lr.<group>`, else `train.lr.base`."""
-    unknown = sorted(set(lr_cfg) - set(groups) - {"base"})
+    unknown = sorted(set(lr_cfg) - set(groups) - set(MODULE_GROUPS) - {"base"})
     if unknown:
         raise Geo3dError(f"train.lr has keys {unknown} that are not policy modules {sorted(groups)} (or 'base')")
     return {name: float(lr_cfg.get(name, lr_cfg["base"])) for name in groups}

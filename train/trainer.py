@@ -87,6 +87,7 @@ def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], tim
             masses.append(mass.detach().float())
         extra.update(ex)
         timer.mark_compute()
+    lrs = {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(parts.optimizer.param_groups)}
     parts.scheduler.step()
     parts.state.step += 1
     if parts.state.ema is not None:
@@ -94,7 +95,7 @@ def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], tim
     record: dict[str, Any] = {"loss": torch.stack(losses).float().mean()}
     if masses:
         record["geom_attention_mass"] = torch.stack(masses).mean(0)
-    return {**record, **extra}
+    return {**record, **extra, "lr": lrs}
 
 
 def _finalize_record(parts: TrainingParts, raw: dict[str, Any], timer: StepTimer) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def _finalize_record(parts: TrainingParts, raw: dict[str, Any], timer: StepTimer
     if "geom_attention_mass" in raw:
         mass = acc.reduce(raw["geom_attention_mass"].to(acc.device), reduction="mean")
         record["geom_attention_mass"] = [float(x) for x in mass.cpu()]
-    record["lr"] = {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(parts.optimizer.param_groups)}
+    record["lr"] = raw["lr"]  # the learning rates this step used
     record["grad_norm"] = raw.get("grad_norm", {})
     record["grad_norm_total"] = raw.get("grad_norm_total")
     record.update(timer.pop())
@@ -131,7 +132,7 @@ def _save(parts: TrainingParts) -> Path:
     return path
 
 
-def train_loop(parts: TrainingParts) -> TrainResult:
+def train_loop(parts: TrainingParts, resumed_from: Path | None = None) -> TrainResult:
     """Run until train.max_steps or a preemption signal; checkpoints at save_interval, the end and on signal."""
     train_cfg, acc = parts.cfg.train, parts.accelerator
     max_steps, save_every = int(train_cfg.max_steps), int(train_cfg.save_interval)
@@ -140,7 +141,7 @@ def train_loop(parts: TrainingParts) -> TrainResult:
     parts.model.train()
     batches = iter(parts.loader)
     timer = StepTimer()
-    last: Path | None = None
+    last: Path | None = resumed_from
     bar = tqdm(total=max_steps, initial=parts.state.step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:
