@@ -1,0 +1,98 @@
+"""The image path and token post-processing shared by every geometry encoder.
+
+Both the tiny stand-in and the real MapAnything adapter go through these functions, so CI exercises the exact
+code that turns LIBERO frames into model inputs and model outputs into stored tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geo3d.errors import Geo3dError
+
+PATCH_SIZE = 14
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VIEW_ORDER = ("agentview", "wrist")  # camera order of every stored frame; the model sees view 0 as reference
+
+
+def check_image_size(image_size: int, patch_size: int = PATCH_SIZE) -> None:
+    """MapAnything's ViT needs sides that are multiples of the patch; fail early with the nearest valid sizes."""
+    if image_size <= 0 or image_size % patch_size:
+        lo = max(patch_size, image_size // patch_size * patch_size)
+        raise Geo3dError(f"image size {image_size} is not a multiple of the patch size {patch_size}; "
+                         f"use e.g. {lo} or {lo + patch_size} (224 gives 16x16 patches per view)")
+
+
+def grid_side(tokens_per_view: int) -> int:
+    """Tokens per view are a square grid (196 = 14x14) pooled from the patch grid."""
+    side = math.isqrt(tokens_per_view)
+    if side * side != tokens_per_view or side == 0:
+        raise Geo3dError(f"encoder.tokens_per_view={tokens_per_view} is not a square number (e.g. 196 = 14x14)")
+    return side
+
+
+def frames_to_model_input(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """Stored frames uint8 [V,H,W,3] (rotated 180 degrees) -> upright, resized uint8 [V,S,S,3].
+
+    Runs in decode workers (numpy, cheap) so the device only sees fixed-size uint8 batches.
+    """
+    from geo3d.data.transforms import resize, upright
+
+    check_image_size(image_size)
+    return np.ascontiguousarray(resize(upright(frames), image_size))
+
+
+def normalize_views(images: torch.Tensor, device: torch.device | str) -> list[torch.Tensor]:
+    """uint8 [B,V,S,S,3] -> V tensors [B,3,S,S] float32, ImageNet-normalized (MapAnything's 'dinov2' norm)."""
+    if images.dim() != 5 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B,V,S,S,3], got {tuple(images.shape)}")
+    x = images.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
+    x = (x - mean) / std
+    return [x[:, v].contiguous() for v in range(x.shape[1])]
+
+
+def pool_view_features(features: Sequence[torch.Tensor], tokens_per_view: int) -> torch.Tensor:
+    """Per-view grids [B,D,h,w] -> stored tokens bf16 [B,V,T,D] (adaptive average pool to sqrt(T) x sqrt(T)).
+
+    Pooling runs in float32 so the only rounding is the final cast to bf16.
+    """
+    side = grid_side(tokens_per_view)
+    pooled = []
+    for f in features:
+        g = F.adaptive_avg_pool2d(f.float(), (side, side))  # [B,D,s,s]
+        pooled.append(g.flatten(2).transpose(1, 2))  # [B,T,D] row-major over the grid
+    return torch.stack(pooled, dim=1).to(torch.bfloat16).contiguous()
+
+
+def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: str) -> dict[str, Any]:
+    """What was done to a frame before and after the model: written into the store and compared on reopen."""
+    side = image_size // PATCH_SIZE
+    t_side = grid_side(tokens_per_view)
+    return {
+        "views": list(VIEW_ORDER),
+        "orientation": "stored frames rotated 180 degrees -> upright (geo3d.data.transforms.upright)",
+        "resize": {"size": [image_size, image_size], "fn": "geo3d.data.transforms.resize"},
+        "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data_norm_type": "dinov2"},
+        "patch_size": PATCH_SIZE,
+        "patch_grid": [side, side],
+        "token_pool": {"fn": "adaptive_avg_pool2d", "grid": [t_side, t_side], "tokens_per_view": tokens_per_view},
+        "autocast_dtype": autocast_dtype,
+        "stored_dtype": "bfloat16",
+    }
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """bf16 autocast on the device (CPU too: AMX/AVX512-bf16), or no autocast for dtype=float32."""
+    if dtype == "float32":
+        return torch.autocast(device.type, enabled=False)
+    if dtype != "bfloat16":
+        raise Geo3dError(f"encoder dtype must be bfloat16 or float32, got {dtype!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)

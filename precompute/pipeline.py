@@ -1,0 +1,100 @@
+"""Stage 1 for one worker: claim store shards, decode, encode on the device, commit in the background.
+
+decode (background processes, whole episodes, ahead) -> encode (this thread, batches that never cross a
+store shard, so a shard's bytes do not depend on which worker made it) -> write + checksum + commit
+(background thread). The three overlap; memory stays bounded (prefetch episodes + writer queue depth).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from precompute.encoders.base import GeometryEncoder
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    shards: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    encode_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class TokenBuffers:
+    """Reusable (pinned, on CUDA) CPU buffers for a shard's tokens: the writer hands them back after commit."""
+
+    def __init__(self, shape: tuple[int, ...], pinned: bool, count: int):
+        self.shape, self.pinned = shape, pinned
+        self.free: "queue.Queue[torch.Tensor]" = queue.Queue()
+        for _ in range(count):
+            self.free.put(torch.empty(shape, dtype=torch.bfloat16, pin_memory=pinned))
+
+    def take(self, n: int) -> torch.Tensor:
+        return self.free.get()[:n]
+
+    def give_back(self, t: torch.Tensor) -> None:
+        base = t._base if t._base is not None else t
+        self.free.put(base)
+
+
+def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tensor, batch_size: int,
+                  stop: Callable[[int], bool] | None = None, on_batch: Callable[[int], None] | None = None) -> bool:
+    """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] in fixed batches; False if `stop(done)` said so."""
+    device = encoder.device
+    for a in range(0, len(frames), batch_size):
+        if stop is not None and stop(a):
+            return False
+        x = torch.from_numpy(frames[a:a + batch_size]).to(device)
+        out[a:a + len(x)].copy_(encoder.encode(x), non_blocking=device.type == "cuda")
+        if on_batch is not None:
+            on_batch(len(x))
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return True
+
+
+def run_worker(encoder: GeometryEncoder, store: Any, planner: Any, feeder: Any, writer: Any, buffers: TokenBuffers,
+               batch_size: int, preempt: Any, grace_s: float, bar: Any) -> RunStats:
+    """The shard loop. Returns what this worker encoded; leaves dropped shards unclaimed for a later run."""
+    stats = RunStats()
+    for lease in planner:
+        if preempt.requested:
+            lease.release()
+            break
+        rng = store.shard_range(lease.shard)
+        frames, index = feeder.shard(rng)
+        out = buffers.take(len(rng))
+        t0 = time.perf_counter()
+
+        def stop(done: int) -> bool:  # on preemption: finish this shard only if the rest is quick
+            if not preempt.requested:
+                return False
+            fps = stats.frames / stats.encode_s if stats.encode_s > 0 else 0.0
+            return fps <= 0 or (len(rng) - done) / fps > grace_s
+
+        finished = encode_frames(encoder, frames, out, batch_size, stop, bar.update)
+        dt = time.perf_counter() - t0
+        stats.encode_s += dt
+        if not finished:
+            buffers.give_back(out)
+            lease.release()
+            stats.dropped.append(lease.shard)
+            break
+        stats.frames += len(rng)
+        stats.shards.append(lease.shard)
+        bar.set_postfix_str(f"shard {lease.shard}/{store.num_shards}", refresh=False)
+        writer.submit(lease, out, index, dt)
+        if preempt.requested:
+            break
+    return stats

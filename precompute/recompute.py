@@ -1,0 +1,77 @@
+"""Rebuild a store's encoder from its recorded identity and re-encode chosen frames (`verify-cache --recompute`).
+
+Lives here, not in features_store, so the store package never imports an encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from geo3d.errors import StoreError
+
+WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
+
+
+def _encoder_from_spec(spec: Any, device: str) -> Any:
+    from precompute.encoders.mapanything import MapAnythingEncoder
+    from precompute.encoders.tiny import TinyEncoder
+
+    enc, pre = dict(spec.encoder), dict(spec.preprocessing)
+    try:
+        image_size = int(pre["resize"]["size"][0])
+        common = dict(image_size=image_size, tokens_per_view=int(spec.tokens), device=device,
+                      dtype=str(pre["autocast_dtype"]))
+    except (KeyError, TypeError, IndexError) as e:
+        raise StoreError(f"the store's preprocessing record lacks {e}; it was not written by this precompute") from e
+    if enc["name"] == "tiny":
+        cfg = {k: v for k, v in enc["config"].items() if k != "layer"}
+        return TinyEncoder(**cfg, **common)
+    if enc["name"] == "mapanything":
+        weights = os.environ.get(WEIGHTS_ENV)
+        if not weights:
+            raise StoreError(f"to recompute MapAnything tokens set {WEIGHTS_ENV}=DIR (the weights directory with "
+                             "config.json + model.safetensors used to build this store)")
+        return MapAnythingEncoder(weights=weights, **common)
+    raise StoreError(f"store encoder {enc['name']!r} is unknown to this version of precompute")
+
+
+def _as_json(value: Any) -> Any:
+    """Compare records the way the store does: as plain JSON values."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray], torch.Tensor]:
+    """fn(global frame indices) -> bf16 [k,V,T,D] on CPU, encoded exactly as `geo3d precompute` does.
+
+    Refuses when the rebuilt encoder's identity or preprocessing differs from the store's record.
+    `fn.device` tells the verifier where the encoder ran (bit-exact comparisons only make sense CPU vs CPU).
+    """
+    from geo3d.data.mixture import LiberoMixture
+    from precompute.encoders.views import frames_to_model_input
+    from precompute.sharding import resolve_device
+
+    device = resolve_device("auto", None)
+    encoder = _encoder_from_spec(spec, device)
+    for what, mine, theirs in (("encoder identity", encoder.identity(), spec.encoder),
+                               ("preprocessing", encoder.preprocessing(), spec.preprocessing)):
+        if _as_json(mine) != _as_json(theirs):
+            raise StoreError(f"the rebuilt encoder's {what} differs from the store's record "
+                             f"({_as_json(mine)} vs {_as_json(theirs)}): cannot recompute")
+    suite = spec.dataset.get("suite")
+    mixture = LiberoMixture(suite, data_root, image_size=encoder.image_size)
+
+    def recompute(frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+        images = np.stack([frames_to_model_input(mixture.read_stored_frames(int(i)), encoder.image_size)
+                           for i in np.asarray(frames).ravel()])
+        out = [encoder.encode(torch.from_numpy(images[a:a + batch_size])).cpu()
+               for a in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty((0, *spec.frame_shape), dtype=torch.bfloat16)
+
+    recompute.device = str(device)  # type: ignore[attr-defined]
+    return recompute
+

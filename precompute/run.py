@@ -1,0 +1,108 @@
+"""Set up and run one precompute worker from a resolved config; print progress and a summary line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from geo3d.errors import Geo3dError
+
+LOG_DIR = "precompute_logs"  # inside the store: resolved configs and per-worker shard logs
+
+
+@dataclass
+class RunResult:
+    frames: int
+    seconds: float
+    bytes_written: int
+    shards: list[int]
+    dropped: list[int]
+    preempted_by: str | None
+    store_complete: bool
+    missing_shards: int
+
+
+def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
+    """The store's identity: encoder fingerprint + preprocessing + dataset identity + layout."""
+    from features_store import StoreLayout, StoreSpec
+
+    layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
+    return StoreSpec(frames=len(mixture), views=2, tokens=encoder.tokens_per_view, dim=encoder.dim,
+                     encoder=encoder.identity(), preprocessing=encoder.preprocessing(),
+                     dataset=mixture.identity(), layout=StoreLayout.from_config(layout_cfg))
+
+
+def _log_paths(store_path: Path) -> tuple[Path, Path]:
+    d = store_path / LOG_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}"
+    return d / f"{stem}.config.yaml", d / f"{stem}.shards.jsonl"
+
+
+def run_precompute(cfg: DictConfig) -> RunResult:
+    """One worker: open/create the store, then encode shards until none is left to claim."""
+    import torch
+    from tqdm import tqdm
+
+    from features_store import FeatureStore
+    from geo3d.config import data_root_from, save_resolved
+    from geo3d.data.mixture import LiberoMixture
+    from precompute.decode import DataSource, EpisodeFeeder
+    from precompute.encoders import build_encoder
+    from precompute.pipeline import TokenBuffers, run_worker
+    from precompute.planner import ShardPlanner
+    from precompute.preemption import PreemptionFlag
+    from precompute.sharding import resolve_device, worker_slot
+    from precompute.writer import ShardWriter
+
+    p = cfg.precompute
+    if not p.store:
+        raise Geo3dError("no store path: pass --store PATH (or precompute.store=PATH)")
+    if int(p.batch_size) < 1:
+        raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
+    slot = worker_slot(p.shard, p.num_shards)
+    device = resolve_device(str(p.device), slot.local_rank)
+    image_size = int(cfg.data.image_size)
+    data_root = data_root_from(cfg)
+    encoder = build_encoder(cfg.encoder, image_size, device)  # fails fast on bad weights / image size
+    mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size)
+    spec = build_spec(encoder, mixture, cfg.store)
+    store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
+    cfg_path, log_path = _log_paths(store.path)
+    save_resolved(cfg, cfg_path.parent, cfg_path.name)
+    missing = store.missing_shards()
+    todo = sum(len(store.shard_range(i)) for i in missing)
+    print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
+          f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
+          file=sys.stderr, flush=True)
+    buffers = TokenBuffers((spec.shard_frames, *spec.frame_shape), pinned=str(device).startswith("cuda"), count=3)
+    writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
+    writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1,
+                         recycle=buffers.give_back)
+    feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
+                           workers=int(p.decode_workers), prefetch=int(p.prefetch_episodes))
+    preempt = PreemptionFlag().install()
+    bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
+    try:
+        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world), feeder, writer, buffers,
+                           int(p.batch_size), preempt, float(p.preempt_grace_s), bar)
+        writer.close()  # commits every shard already encoded, even after a signal
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        bar.close()
+        feeder.close()
+        preempt.restore()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    left = store.missing_shards()
+    return RunResult(stats.frames, stats.seconds, writer.bytes_written, stats.shards, stats.dropped,
+                     preempt.signal_name, not left, len(left))

@@ -1,0 +1,86 @@
+"""Background writer: checksums, writes and commits finished shards while the next ones are encoded."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class ShardWriter:
+    """One thread; a bounded queue (so at most `depth` encoded-but-uncommitted shards sit in memory)."""
+
+    def __init__(self, store: Any, writer_info: dict[str, Any], log_path: Path | None, depth: int = 1,
+                 on_commit: Callable[[int, int], None] | None = None,
+                 recycle: Callable[[Any], None] | None = None):
+        self.store, self.writer_info, self.log_path = store, writer_info, log_path
+        self.on_commit, self.recycle = on_commit, recycle  # recycle: hand the token buffer back for reuse
+        self.queue: "queue.Queue[tuple | None]" = queue.Queue(maxsize=max(1, depth))
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+        self.shards_committed: list[int] = []
+        self.thread = threading.Thread(target=self._run, name="geo3d-shard-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, lease: Any, tokens: Any, index: dict[str, np.ndarray], encode_s: float) -> None:
+        """Queue a shard (blocks while the queue is full); re-raises a failure of an earlier write."""
+        self.raise_if_failed()
+        self.queue.put((lease, tokens, index, encode_s))
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            lease, tokens, index, encode_s = item
+            try:
+                if self.error is None:
+                    self._write(lease, tokens, index, encode_s)
+            except BaseException as e:  # surfaced to the main thread on its next submit/close
+                self.error = e
+            finally:
+                lease.release()
+                if self.recycle is not None:
+                    self.recycle(tokens)
+
+    def _write(self, lease: Any, tokens: Any, index: dict[str, np.ndarray], encode_s: float) -> None:
+        t0 = time.perf_counter()
+        marker = self.store.write_shard(lease.shard, tokens, index, writer_info=self.writer_info)
+        nbytes = int(tokens.numel()) * 2
+        self.bytes_written += nbytes
+        self.shards_committed.append(lease.shard)
+        if self.log_path is not None:  # an append-only record of every shard this worker encoded
+            rec = {"shard": lease.shard, "frames": [marker["start"], marker["stop"]], "encode_s": round(encode_s, 3),
+                   "write_s": round(time.perf_counter() - t0, 3), "bytes": nbytes, "host": socket.gethostname(),
+                   "pid": os.getpid(), "written_utc": marker["written_utc"]}
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.on_commit is not None:
+            self.on_commit(lease.shard, nbytes)
+
+    def close(self) -> None:
+        """Drain the queue (every queued shard is committed), stop the thread, re-raise a write failure."""
+        self.queue.put(None)
+        self.thread.join()
+        self.raise_if_failed()
+
+    def abandon(self) -> None:
+        """Stop after the shard being written; release queued leases uncommitted (nothing half-written counts)."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].release()
+                if self.recycle is not None:
+                    self.recycle(item[1])
+        self.close()
