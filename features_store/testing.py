@@ -42,7 +42,8 @@ def synthetic_index(spec: StoreSpec, frames: range, episode_len: int = 5) -> dic
 def write_all_shards(store: FeatureStore, shards: list[int] | None = None, seed: int = 0) -> None:
     for i in store.missing_shards() if shards is None else shards:
         rng = store.shard_range(i)
-        store.write_shard(i, synthetic_tokens(store.spec, rng, seed), synthetic_index(store.spec, rng))
+        store.write_shard(i, synthetic_tokens(store.spec, rng, seed), synthetic_index(store.spec, rng),
+                          writer_info={"device": "cpu"})
 
 
 def make_synthetic_store(path: str | Path, seed: int = 0, **spec_kwargs: Any) -> FeatureStore:
