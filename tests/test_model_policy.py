@@ -1,0 +1,175 @@
+"""The tiny policy end to end: every compressor trains and predicts through the one forward/predict path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from geo3d.config import CONFIG_DIR
+from geo3d.errors import Geo3dError
+from train.modeling.configuration_policy import COMPRESSOR_TYPES
+from train.modeling.policy import GeoVLAPolicy, build_policy
+
+B = 2
+
+
+@pytest.fixture(autouse=True)
+def _tiny_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GEO3D_CACHE", str(tmp_path_factory.getbasetemp() / "geo3d_cache"))
+
+
+def tiny_cfg(compressor: str = "pool", **head):
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
+    cfg.model.compressor.type = compressor
+    for k, v in head.items():
+        cfg.model.action_head[k] = v
+    return cfg
+
+
+def make_batch(policy: GeoVLAPolicy, seed: int = 0, size: int = 56) -> dict:
+    """Processor output for B image pairs + instructions, plus geometry/state/actions (one row padded)."""
+    g = np.random.default_rng(seed)
+    images = g.integers(0, 256, (B, 2, size, size, 3), dtype=np.uint8)
+    batch = policy.processor(images, ["pick up the black bowl", "open the top drawer of the cabinet"])
+    t = torch.Generator().manual_seed(seed)
+    geo = policy.cfg.geometry
+    pad = torch.zeros(B, 8, dtype=torch.bool)
+    pad[1, 5:] = True
+    batch.update(geometry=torch.randn(B, geo.views * geo.tokens_per_view, geo.dim, generator=t).bfloat16(),
+                 state=torch.randn(B, 8, generator=t), actions=torch.rand(B, 8, 7, generator=t) * 2 - 1,
+                 action_pad=pad)
+    return batch
+
+
+def seeded_loss(policy: GeoVLAPolicy, batch: dict, seed: int = 123):
+    torch.manual_seed(seed)
+    return policy(batch)
+
+
+@pytest.mark.parametrize("kind", COMPRESSOR_TYPES)
+def test_forward_backward_predict_every_compressor(kind):
+    torch.manual_seed(0)
+    policy = build_policy(tiny_cfg(kind))
+    batch = make_batch(policy)
+    out = policy(batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    mass = out.geom_attention_mass
+    assert mass.shape == (4,) and not mass.requires_grad
+    assert bool(((mass >= 0) & (mass <= 1)).all())
+    if kind == "none":
+        assert policy.compressor is None and set(policy.module_groups()) == {"vlm", "action_head"}
+        assert torch.count_nonzero(mass) == 0
+    else:
+        assert set(policy.module_groups()) == {"vlm", "compressor", "action_head"}
+        assert bool((mass > 0).all())
+        for name, p in policy.compressor.named_parameters():
+            assert p.grad is not None and torch.count_nonzero(p.grad) > 0, f"no gradient reaches {name}"
+    vlm_grads = [p.grad for p in policy.vlm.model.model.language_model.layers[-1].parameters()]
+    assert all(g is not None for g in vlm_grads)
+    actions = policy.predict_action(batch)
+    assert actions.shape == (B, 8, 7) and torch.isfinite(actions).all()
+    assert policy.training  # predict_action restores the mode it found
+
+
+def test_none_ignores_geometry():
+    policy = build_policy(tiny_cfg("none"))
+    batch = make_batch(policy)
+    base = seeded_loss(policy, batch).loss
+    batch["geometry"] = torch.randn_like(batch["geometry"].float()).bfloat16()
+    assert torch.equal(seeded_loss(policy, batch).loss, base)
+    batch.pop("geometry")
+    assert torch.equal(seeded_loss(policy, batch).loss, base)
+
+
+def test_geometry_changes_the_loss_when_used():
+    policy = build_policy(tiny_cfg("qformer"))
+    batch = make_batch(policy)
+    base = seeded_loss(policy, batch).loss
+    batch["geometry"] = torch.randn_like(batch["geometry"].float()).bfloat16()
+    assert not torch.equal(seeded_loss(policy, batch).loss, base)
+    with pytest.raises(Geo3dError, match="needs batch\\['geometry'\\]"):
+        policy({k: v for k, v in batch.items() if k != "geometry"})
+
+
+def test_pad_mask_masks_targets():
+    """Padded target steps change neither the loss nor anything the real steps attend to."""
+    policy = build_policy(tiny_cfg("pool"))
+    batch = make_batch(policy)
+    base = seeded_loss(policy, batch).loss
+    batch["actions"][1, 5:] = torch.randn(3, 7) * 5
+    assert torch.equal(seeded_loss(policy, batch).loss, base)
+    batch["actions"][1, 2] += 1.0  # a real step: the loss must notice
+    assert not torch.equal(seeded_loss(policy, batch).loss, base)
+
+
+def test_predict_action_is_deterministic_under_a_seed():
+    policy = build_policy(tiny_cfg("per_layer"))
+    batch = make_batch(policy)
+    a = policy.predict_action(batch, generator=torch.Generator().manual_seed(7))
+    b = policy.predict_action(batch, generator=torch.Generator().manual_seed(7))
+    c = policy.predict_action(batch, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = policy.predict_action(batch, num_steps=2)
+    torch.manual_seed(3)
+    assert torch.equal(d, policy.predict_action(batch, num_steps=2))
+
+
+def test_cached_context_equals_recomputed_context():
+    """The R repeats share one context K/V: the loss equals running the repeated batch with R=1."""
+    policy = build_policy(tiny_cfg("pool", dropout=0.0, repeats=3))
+    batch = make_batch(policy)
+    shared = seeded_loss(policy, batch).loss
+    flat = build_policy(tiny_cfg("pool", dropout=0.0, repeats=1))
+    flat.load_state_dict(policy.state_dict())
+    rep = {k: v for k, v in make_batch(flat).items()}
+    images = np.repeat(np.random.default_rng(0).integers(0, 256, (B, 2, 56, 56, 3), dtype=np.uint8), 3, axis=0)
+    rep.update(flat.processor(images, [s for s in ["pick up the black bowl",
+                                                   "open the top drawer of the cabinet"] for _ in range(3)]))
+    for key in ("geometry", "state", "actions", "action_pad"):
+        rep[key] = batch[key].repeat_interleave(3, 0)
+    torch.manual_seed(123)
+    assert torch.allclose(flat(rep).loss, shared, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_layer_mapping_is_the_last_n_hidden_states():
+    policy = build_policy(tiny_cfg("none"))
+    batch = make_batch(policy)
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+    with torch.no_grad():
+        ref = policy.vlm.model.model(**{k: batch[k] for k in keys}, output_hidden_states=True).hidden_states
+        got = policy.vlm(batch, 4)
+    assert len(ref) == 5 and len(got) == 4  # embeddings + 4 decoder layers; DiT block i reads layer i+1
+    for g, r in zip(got, ref[1:]):
+        assert torch.equal(g, r)
+    with pytest.raises(Geo3dError, match="exceeds the VLM's 5 hidden states"):
+        build_policy(tiny_cfg("none", num_layers=6))
+
+
+def test_tiny_build_is_seeded():
+    a, b = build_policy(tiny_cfg("pool")), build_policy(tiny_cfg("pool"))
+    for (name, pa), pb in zip(a.vlm.state_dict().items(), b.vlm.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_config_errors_name_the_valid_choices():
+    with pytest.raises(Geo3dError, match="valid: none, mean, pool, per_layer, qformer"):
+        build_policy(tiny_cfg("kmeans"))
+    cfg = tiny_cfg("pool")
+    cfg.model.action_head.num_layer = 3
+    with pytest.raises(Geo3dError, match="unknown key\\(s\\) \\['num_layer'\\] in model.action_head"):
+        build_policy(cfg)
+
+
+def test_missing_or_incomplete_vlm_dir_is_a_clear_error(tmp_path):
+    cfg = tiny_cfg("pool")
+    cfg.model.vlm.source = str(tmp_path / "Qwen2.5-VL-3B-Instruct")
+    with pytest.raises(Geo3dError, match="checkpoint dir not found: .*Qwen2.5-VL-3B-Instruct"):
+        build_policy(cfg)
+    (tmp_path / "Qwen2.5-VL-3B-Instruct").mkdir()
+    (tmp_path / "Qwen2.5-VL-3B-Instruct" / "config.json").write_text("{}")
+    with pytest.raises(Geo3dError, match="incomplete, missing: tokenizer.json, tokenizer_config.json, model weights"):
+        build_policy(cfg)
