@@ -48,7 +48,7 @@ def verify_cache(
     if as_json:
         import json
 
-        print(json.dumps({**report.to_dict(), "marked_damaged": marked}, indent=1, default=str))
+        print(json.dumps({**report.to_dict(), "marked_damaged": marked}, default=str))
     else:
         print(report.summary())
         if marked:

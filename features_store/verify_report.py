@@ -57,7 +57,7 @@ class VerifyReport:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=str)
+        return json.dumps(self.to_dict(), default=str)
 
     def summary(self) -> str:
         h = self.header
