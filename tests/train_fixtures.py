@@ -50,3 +50,30 @@ def run_geo3d(args: Sequence[str], timeout: float = 600, env_extra: dict | None 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            **(env_extra or {})}
     return subprocess.run(geo3d_cmd(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# Small geometry so synthetic stores stay tiny; the model config is told the same shape.
+TOKENS, DIM, IMAGE = 16, 32, 64
+SMALL_MODEL = [f"model.geometry.tokens_per_view={TOKENS}", f"model.geometry.dim={DIM}", f"data.image_size={IMAGE}"]
+
+
+def make_train_data(root: Path, episodes: int = 2, length: int = 12) -> tuple[Path, Path]:
+    """(data root with libero_spatial + libero_object, a store matching libero_spatial)."""
+    from data_fixtures import make_synthetic_libero
+
+    from geo3d.data.mixture import LiberoMixture
+    make_synthetic_libero(root / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=episodes,
+                          length=length, size=IMAGE)
+    mixture = LiberoMixture("libero_spatial", root / "data", image_size=IMAGE)
+    store = make_matching_store(mixture, root / "store", views=2, tokens=TOKENS, dim=DIM, shard_frames=8)
+    return root / "data", store
+
+
+def train_args(data: Path, store: Path | None, out: Path, compressor: str = "qformer", steps: int = 30,
+               *extra: str) -> list[str]:
+    """`geo3d train` on the synthetic libero_spatial with the demo preset (tiny model) and small geometry."""
+    args = ["train", "--compressor", compressor, "--suite", "libero_spatial", "--data-root", str(data),
+            "--config", "train/demo", "--out", str(out), "--max-steps", str(steps)]
+    if store is not None:
+        args += ["--store", str(store)]
+    return args + SMALL_MODEL + list(extra)
