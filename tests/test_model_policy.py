@@ -173,3 +173,22 @@ def test_missing_or_incomplete_vlm_dir_is_a_clear_error(tmp_path):
     (tmp_path / "Qwen2.5-VL-3B-Instruct" / "config.json").write_text("{}")
     with pytest.raises(Geo3dError, match="incomplete, missing: tokenizer.json, tokenizer_config.json, model weights"):
         build_policy(cfg)
+
+
+def test_local_checkpoint_dir_loads_offline_like_the_3b(tmp_path):
+    """The real-model path (from_pretrained, local_files_only) on a dir in the HF layout: same weights back."""
+    tiny = build_policy(tiny_cfg("pool"))
+    ckpt = tmp_path / "qwen_local"
+    tiny.vlm.model.save_pretrained(ckpt)
+    tiny.processor.hf.save_pretrained(ckpt)
+    cfg = tiny_cfg("pool")
+    cfg.model.vlm.source = str(ckpt)
+    loaded = build_policy(cfg)
+    assert loaded.vlm.model_dir == ckpt
+    for (name, a), b in zip(tiny.vlm.state_dict().items(), loaded.vlm.state_dict().values()):
+        assert torch.equal(a, b), name
+    batch = make_batch(loaded)
+    assert torch.equal(batch["input_ids"], make_batch(tiny)["input_ids"])
+    assert torch.isfinite(loaded(batch).loss)
+    meta = build_policy(cfg, meta=True)  # reads the dir's config.json, no weights
+    assert meta.param_counts()["vlm"] == tiny.param_counts()["vlm"]

@@ -39,8 +39,9 @@ def check_checkpoint_dir(path: Path) -> None:
     """A real Qwen2.5-VL dir needs config.json, tokenizer files and weights; say exactly what is missing."""
     if not path.is_dir():
         raise Geo3dError(f"Qwen2.5-VL checkpoint dir not found: {path}. Download Qwen/Qwen2.5-VL-3B-Instruct on a "
-                         f"machine with internet (huggingface-cli download ... --local-dir {path}) and set "
-                         "model.vlm.source to that dir, or use model.vlm.source=tiny for the offline demo model")
+                         f"machine with internet (huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct --local-dir DIR), "
+                         "then set model.vlm.source=DIR (or $GEO3D_QWEN_VL_DIR); model.vlm.source=tiny is the "
+                         "offline demo model")
     missing = [f for f in ("config.json", *TOKENIZER_FILES) if not (path / f).is_file()]
     if not any(next(path.glob(g), None) for g in WEIGHT_GLOBS):
         missing.append("model weights (*.safetensors)")
