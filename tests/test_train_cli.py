@@ -1,0 +1,86 @@
+"""`geo3d train` as users run it: bad input fails with a clear message before any training step, --dry-run
+prints parameter counts, and the training process never imports the geometry encoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from geo3d.config import REPO_ROOT
+from train_fixtures import make_train_data, run_geo3d, train_args
+
+
+@pytest.fixture(scope="module")
+def data_store(tmp_path_factory):
+    return make_train_data(tmp_path_factory.mktemp("cli"))
+
+
+def _refused(r: subprocess.CompletedProcess, out, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for n in needles:
+        assert n in r.stderr, r.stderr
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()  # no step was taken
+
+
+def test_store_from_another_suite_is_refused_saying_what_differs(data_store, tmp_path):
+    data, store = data_store
+    out = tmp_path / "run"
+    args = train_args(data, store, out)
+    args[args.index("libero_spatial")] = "libero_object"
+    _refused(run_geo3d(args), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset '
+                                                                     'has "libero_object"')
+
+
+def test_token_shape_mismatch_unknown_compressor_and_missing_store_are_refused(data_store, tmp_path):
+    data, store = data_store
+    out = tmp_path / "run"
+    shape = [a for a in train_args(data, store, out) if not a.startswith("model.geometry.tokens_per_view")]
+    _refused(run_geo3d(shape), out, "[2, 196, 32]", "model.geometry")
+    _refused(run_geo3d(train_args(data, store, out, "transformer")), out, "unknown compressor 'transformer'",
+             "qformer")
+    _refused(run_geo3d(train_args(data, tmp_path / "nope.zarr", out)), out, "features store not found",
+             "geo3d precompute")
+    _refused(run_geo3d(train_args(data, None, out, "pool")), out, "needs cached geometry tokens", "--store")
+
+
+def test_dry_run_prints_parameter_counts_per_module_as_json():
+    r = run_geo3d(["train", "--config", "configs/train/ablation_per_layer.yaml", "--dry-run"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    params = report["params"]
+    assert report["compressor"] == "per_layer" and report["model_config"] == "qwen2_5_vl_3b"
+    assert set(params) == {"vlm", "compressor", "action_head", "total"}
+    assert round(params["compressor"]["total"] / 1e6, 2) == 50.36  # the seed's per_layer size
+    assert params["total"]["trainable"] == params["total"]["total"]
+    r = run_geo3d(["train", "--suite", "demo", "--compressor", "qformer", "--dry-run", "train.freeze=[vlm]"])
+    counts = json.loads(r.stdout)["params"]
+    assert counts["vlm"]["trainable"] == 0 and counts["compressor"]["trainable"] > 0
+
+
+PROBE = """
+import json, sys
+from geo3d.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("MODULES=" + json.dumps({"code": code, "modules": sorted(m for m in sys.modules
+      if m.split(".")[0] in ("precompute", "mapanything") or "mapanything" in m)}))
+"""
+
+
+def test_training_never_imports_the_geometry_encoder(data_store, tmp_path):
+    data, store = data_store
+    args = train_args(data, store, tmp_path / "run", "qformer", 3)
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("MODULES=")][-1]
+    probe = json.loads(line[len("MODULES="):])
+    assert probe["code"] in (0, None), r.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "steps_3").is_dir()  # it really trained
+    # the CLI assembler imports each verb's light module (precompute/cli.py); nothing else of stage 1
+    assert set(probe["modules"]) <= {"precompute", "precompute.cli"}, probe["modules"]
