@@ -99,8 +99,8 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name))
     if ckpt is not None:
         acc.load_state(str(ckpt / "resume"))
-        logger.truncate_after(state.step)
         acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")
+    logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
     dataset = GeoTrainDataset(mixture, ActionNormalizer(norm_stats), store)

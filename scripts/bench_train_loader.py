@@ -1,0 +1,161 @@
+"""Benchmark the stage-2 data path, side by side in one run:
+
+1. loader throughput (samples/s) with and without cached geometry tokens — same dataset, sampler, batch size,
+   workers and VLM processor; the only difference is reading each frame's [V,T,D] tokens from the store.
+   Goal: geometry adds <= 10%. Modes alternate (ABAB...) so machine noise hits both.
+2. peak RSS of a real `geo3d train` process over one pass (epoch) of the dataset.
+
+    python scripts/bench_train_loader.py                         # demo suite; builds a tiny-encoder store
+    python scripts/bench_train_loader.py --suite libero_10 --data-root DIR --store PATH --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="demo")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--store", default=None, help="features store (default: `geo3d precompute --encoder tiny` "
+                                                 "into a temp dir)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batches", type=int, default=25, help="batches per timed pass")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per mode (alternating)")
+    p.add_argument("--config", action="append", default=[], help="extra train configs (as geo3d train)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (as geo3d train)")
+    return p.parse_args()
+
+
+def geo3d(*args: str) -> list[str]:
+    return [sys.executable, "-m", "geo3d.cli", *args]
+
+
+def ensure_store(a: argparse.Namespace, tmp: Path) -> str:
+    if a.store:
+        return a.store
+    store = tmp / "store"
+    cmd = geo3d("precompute", "--suite", a.suite, "--encoder", "tiny", "--store", str(store))
+    if a.data_root:
+        cmd += ["--data-root", a.data_root]
+    print("building a store:", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return str(store)
+
+
+def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float]]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
+    from train import setup
+    from train.dataset import GeoTrainDataset, TrainCollator
+    from train.modeling.policy import build_policy
+    from train.run_config import compose_train_config
+    from train.sampler import ResumableSampler
+
+    cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
+    mixture = setup.open_mixture(cfg)
+    setup.open_checked_store(cfg, store, mixture)
+    normalizer = ActionNormalizer(compute_norm_stats(mixture))
+    collate = TrainCollator(build_policy(cfg.model).processor)
+    rates: dict[str, list[float]] = {"with_geometry": [], "without_geometry": []}
+    consumed = 0
+    for _ in range(a.repeats):
+        for mode, path in (("without_geometry", None), ("with_geometry", store)):
+            ds = GeoTrainDataset(mixture, normalizer, path)
+            # the same frames for both modes within a repeat; fresh frames each repeat (no page-cache replay)
+            sampler = ResumableSampler(len(ds), seed=0, consumed=consumed)
+            loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.workers,
+                                collate_fn=collate, prefetch_factor=2 if a.workers else None,
+                                generator=torch.Generator().manual_seed(0))
+            it = iter(loader)
+            next(it)  # worker start-up and first open are not throughput
+            t = time.perf_counter()
+            for _ in range(a.batches):
+                next(it)
+            rates[mode].append(a.batches * a.batch_size / (time.perf_counter() - t))
+            del it
+        consumed += (a.batches + 1) * a.batch_size
+    return rates
+
+
+def peak_rss_of_training(a: argparse.Namespace, store: str, tmp: Path) -> dict[str, float]:
+    """Run `geo3d train` for one epoch; poll the RSS of its process tree (psutil) every 20 ms."""
+    import psutil
+
+    from train.run_config import compose_train_config
+    from geo3d.data.mixture import LiberoMixture
+    from geo3d.config import data_root_from
+
+    cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
+    frames = len(LiberoMixture(cfg.data.suite, data_root_from(cfg), image_size=None))
+    per_step = a.batch_size * int(cfg.train.grad_accum_steps)
+    steps = math.ceil(frames / per_step)
+    cmd = geo3d("train", "--suite", a.suite, "--store", store, "--out", str(tmp / "run"), "--max-steps", str(steps),
+                *(["--data-root", a.data_root] if a.data_root else []), *sum((["--config", c] for c in a.config), []),
+                f"train.per_device_batch_size={a.batch_size}", f"train.num_workers={a.workers}",
+                f"train.save_interval={steps}", *a.overrides)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = {"process": 0, "tree": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                own = p.memory_info().rss
+                tree = own + sum(c.memory_info().rss for c in p.children(recursive=True))
+            except psutil.Error:
+                break
+            peak["process"], peak["tree"] = max(peak["process"], own), max(peak["tree"], tree)
+            time.sleep(0.02)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    t = time.perf_counter()
+    _, err = proc.communicate()
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"geo3d train failed:\n{err[-3000:]}")
+    return {"frames": frames, "steps": steps, "seconds": time.perf_counter() - t,
+            "peak_rss_mib": peak["process"] / 2**20, "peak_rss_tree_mib": peak["tree"] / 2**20}
+
+
+def main() -> None:
+    a = parse()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as d:
+        tmp = Path(d)
+        store = ensure_store(a, tmp)
+        rates = loader_throughput(a, store)
+        with_g = sorted(rates["with_geometry"])[len(rates["with_geometry"]) // 2]
+        without = sorted(rates["without_geometry"])[len(rates["without_geometry"]) // 2]
+        print(f"\nloader ({a.suite}, batch {a.batch_size}, workers {a.workers}, {a.batches} batches x "
+              f"{a.repeats} alternating passes per mode; median):")
+        print(f"  without geometry: {without:8.1f} samples/s   passes {[round(r, 1) for r in rates['without_geometry']]}")
+        print(f"  with geometry:    {with_g:8.1f} samples/s   passes {[round(r, 1) for r in rates['with_geometry']]}")
+        overhead = without / with_g - 1.0
+        print(f"  geometry overhead: {100 * overhead:+.1f}% time per sample (goal <= +10%): "
+              f"{'MET' if overhead <= 0.10 else 'NOT MET'}")
+        rss = peak_rss_of_training(a, store, tmp)
+        print(f"\ntraining one pass ({rss['frames']} frames, {rss['steps']} steps, {rss['seconds']:.1f} s): "
+              f"peak RSS {rss['peak_rss_mib']:.0f} MiB (process), {rss['peak_rss_tree_mib']:.0f} MiB (with workers)")
+
+
+if __name__ == "__main__":
+    main()
