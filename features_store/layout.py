@@ -42,6 +42,18 @@ def lock_name(shard: int) -> str:
     return f"shard-{shard:06d}.lock"
 
 
+def require_zarr3() -> Any:
+    """zarr-python >= 3.1 (zarr v3 format, sharding codec); older installs would fail obscurely."""
+    import zarr
+
+    major, minor = (int(x) for x in zarr.__version__.split(".")[:2])
+    if (major, minor) < (3, 1):
+        from geo3d.errors import StoreError
+
+        raise StoreError(f"features stores need zarr-python >= 3.1, found {zarr.__version__}: pip install 'zarr>=3.1'")
+    return zarr
+
+
 def _compressors(spec: StoreSpec) -> Any:
     from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -55,7 +67,7 @@ def _compressors(spec: StoreSpec) -> Any:
 
 def create_arrays(root: Path, spec: StoreSpec, attributes: dict[str, Any]) -> None:
     """Create the root group (with metadata) and every array under `root` (a fresh, private directory)."""
-    import zarr
+    zarr = require_zarr3()
     from zarr.codecs import ZstdCodec
 
     lay = spec.layout

@@ -243,7 +243,7 @@ def committed_shards(path: Path) -> list[int]:
 
 
 def open_arrays(path: Path, mode: str = "r") -> dict[str, Any]:
-    import zarr
+    zarr = L.require_zarr3()
 
     group = zarr.open_group(zarr.storage.LocalStore(path, read_only=(mode == "r")), mode=mode, zarr_format=3)
     arrays = {L.TOKENS: group[L.TOKENS]}
