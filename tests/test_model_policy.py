@@ -92,6 +92,8 @@ def test_geometry_changes_the_loss_when_used():
     assert not torch.equal(seeded_loss(policy, batch).loss, base)
     with pytest.raises(Geo3dError, match="needs batch\\['geometry'\\]"):
         policy({k: v for k, v in batch.items() if k != "geometry"})
+    with pytest.raises(Geo3dError, match="model.geometry expects"):
+        policy({**batch, "geometry": batch["geometry"][:, :100]})
 
 
 def test_pad_mask_masks_targets():
@@ -192,3 +194,10 @@ def test_local_checkpoint_dir_loads_offline_like_the_3b(tmp_path):
     assert torch.isfinite(loaded(batch).loss)
     meta = build_policy(cfg, meta=True)  # reads the dir's config.json, no weights
     assert meta.param_counts()["vlm"] == tiny.param_counts()["vlm"]
+
+
+def test_config_value_types_are_checked():
+    cfg = tiny_cfg("pool")
+    cfg.model.compressor.num_tokens = "sixteen"
+    with pytest.raises(Geo3dError, match="model.compressor.num_tokens must be int"):
+        build_policy(cfg)

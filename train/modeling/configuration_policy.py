@@ -147,5 +147,17 @@ def _build(dc: type, raw: Mapping, where: str) -> Any:
         if default is not None and hasattr(default, "__dataclass_fields__"):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _check_type(known[name].default, value, f"{where}.{name}")
     return dc(**kwargs)
+
+
+def _check_type(default: Any, value: Any, where: str) -> Any:
+    """Scalars must match their default's type (an int is accepted where a float is expected)."""
+    want = type(default)
+    if want in (int, float, str, bool):
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise Geo3dError(f"{where} must be {want.__name__}, got {value!r}")
+    return value

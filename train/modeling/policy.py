@@ -67,6 +67,10 @@ class GeoVLAPolicy(nn.Module):
         if geometry is None:
             raise Geo3dError(f"compressor {self.cfg.compressor.type!r} needs batch['geometry'] [B, V*T, D]; "
                              "train with a features store (or use model.compressor.type=none)")
+        geo = self.cfg.geometry
+        if tuple(geometry.shape[1:]) != (geo.num_tokens, geo.dim):
+            raise Geo3dError(f"batch['geometry'] is {tuple(geometry.shape)}, model.geometry expects "
+                             f"[B, {geo.views}*{geo.tokens_per_view}, {geo.dim}]; use a store made for this config")
         geom = [g.to(head_dtype) for g in self.compressor(geometry.to(hidden[0].device))]
         k = geom[0].shape[1]
         contexts = [torch.cat([h, g], dim=1) for h, g in zip(hidden, geom, strict=True)]
