@@ -69,6 +69,8 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
     slot = worker_slot(p.shard, p.num_shards)
     device = resolve_device(str(p.device), slot.local_rank)
+    if device == "cpu":  # oversubscribed OpenMP threads (decode workers, other jobs) slow a CPU encoder ~10x
+        torch.set_num_threads(int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers)))))
     image_size = int(cfg.data.image_size)
     data_root = data_root_from(cfg)
     encoder = build_encoder(cfg.encoder, image_size, device)  # fails fast on bad weights / image size

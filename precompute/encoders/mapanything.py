@@ -11,7 +11,6 @@ import copy
 import hashlib
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,12 @@ def check_weights_dir(weights: str | Path | None) -> Path:
 
 def import_mapanything_class() -> type:
     """`mapanything.models.MapAnything`, or a message saying exactly what to install."""
-    if importlib.util.find_spec("mapanything") is None:
-        raise Geo3dError(f"the `mapanything` package is not installed; {INSTALL_HINT}")
     try:
         return importlib.import_module("mapanything.models").MapAnything
-    except ImportError as e:  # a dependency of mapanything (uniception, hydra, cv2, ...) is missing
+    except ImportError as e:
+        if (getattr(e, "name", None) or "").split(".")[0] == "mapanything":
+            raise Geo3dError(f"the `mapanything` package is not installed; {INSTALL_HINT}") from e
+        # a dependency of mapanything (uniception, hydra, cv2, ...) is missing
         raise Geo3dError(f"`mapanything` is installed but cannot be imported ({e}); {INSTALL_HINT}") from e
 
 

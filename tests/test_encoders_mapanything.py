@@ -1,0 +1,195 @@
+"""The MapAnything adapter without the real model: its error paths for real, and its forward path on stand-ins.
+
+The real package and weights cannot be here (not on PyPI, GBs of weights). These tests run the adapter's own
+code against (a) the real environment, where `mapanything` is absent, and (b) a stand-in `mapanything` +
+`uniception` on PYTHONPATH that records how the adapter calls `from_pretrained` and what it feeds each module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from geo3d.errors import Geo3dError
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE_MODELS = textwrap.dedent('''
+    import json, os
+    from types import SimpleNamespace
+    import torch, torch.nn as nn
+
+    class _Encoder(nn.Module):
+        data_norm_type = "dinov2"
+        def __init__(self, dim):
+            super().__init__()
+            self.proj = nn.Conv2d(3, dim, 14, 14)
+        def forward(self, inp):
+            f = self.proj(inp.image)
+            return SimpleNamespace(features=f, registers=f.mean((2, 3))[:, :, None])
+
+    class _InfoSharing(nn.Module):
+        def forward(self, inp):
+            assert inp.additional_input_tokens.shape[-1] == 1 and len(inp.additional_input_tokens_per_view) == 2
+            assert all(f.dtype == torch.float32 for f in inp.features)  # fusion norm ran in fp32
+            mixed = sum(inp.features) / len(inp.features)
+            return SimpleNamespace(features=[f + mixed for f in inp.features]), []
+
+    class MapAnything(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.encoder, self.info_sharing = _Encoder(dim), _InfoSharing()
+            self.fusion_norm_layer = nn.LayerNorm(dim)
+            self.scale_token = nn.Parameter(torch.zeros(dim))
+        @classmethod
+        def from_pretrained(cls, path, **kw):
+            with open(os.environ["FAKE_MA_LOG"], "w") as f:
+                json.dump({"path": str(path), **kw}, f)
+            if os.environ.get("FAKE_MA_STRICT_FAIL"):
+                raise RuntimeError("Error(s) in loading state_dict for MapAnything: Missing key(s): encoder.x")
+            return cls(kw["info_sharing_config"]["module_args"]["dim"])
+        def _encode_n_views(self, views):
+            out = self.encoder(SimpleNamespace(image=torch.cat([v["img"] for v in views]),
+                                               data_norm_type=views[0]["data_norm_type"][0]))
+            return out.features.chunk(len(views)), list(out.registers.chunk(len(views)))
+''')
+FAKE_UNICEPTION = textwrap.dedent('''
+    from dataclasses import dataclass
+    from typing import Any
+    @dataclass
+    class MultiViewTransformerInput:
+        features: Any
+        additional_input_tokens: Any = None
+        additional_input_tokens_per_view: Any = None
+''')
+CONFIG = {"name": "mapanything", "pretrained_checkpoint_path": "/somewhere/else/ckpt.pth",
+          "encoder_config": {"encoder_str": "dinov2", "uses_torch_hub": True, "torch_hub_pretrained": True},
+          "info_sharing_config": {"model_type": "alternating_attention", "model_return_type": "intermediate_features",
+                                  "module_args": {"dim": 24, "pretrained_checkpoint_path": "/x/aat_init.pth"}}}
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    d = tmp_path / "map-anything-apache"
+    _write(d / "config.json", json.dumps(CONFIG))
+    (d / "model.safetensors").write_bytes(b"\0" * 64)
+    return d
+
+
+@pytest.fixture
+def fake_pkgs(tmp_path: Path) -> Path:
+    root = tmp_path / "pkgs"
+    for f in ("mapanything/__init__.py", "uniception/__init__.py", "uniception/models/__init__.py",
+              "uniception/models/info_sharing/__init__.py"):
+        _write(root / f, "")
+    _write(root / "mapanything/models/__init__.py", FAKE_MODELS)
+    _write(root / "uniception/models/info_sharing/base.py", FAKE_UNICEPTION)
+    return root
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Path:
+    torch_home = tmp_path / "torch_home"
+    _write(torch_home / "hub/facebookresearch_dinov2_main/hubconf.py", "dependencies = ['torch']\n")
+    return torch_home
+
+
+def _cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "geo3d.cli", "precompute", "--encoder", "mapanything", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def _one_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
+    store = str(tmp_path / "s")
+    # bad weights path
+    _one_clear_error(_cli(["--weights", str(tmp_path / "nope"), "--store", store], {}),
+                     "is not a directory", "huggingface-cli download facebook/map-anything-apache")
+    # weights dir without the safetensors
+    partial = tmp_path / "partial"
+    _write(partial / "config.json", "{}")
+    _one_clear_error(_cli(["--weights", str(partial), "--store", store], {}), "lacks model.safetensors")
+    # the package is not installed here (real environment)
+    _one_clear_error(_cli(["--weights", str(weights), "--store", store], {}),
+                     "`mapanything` package is not installed", "git+https://github.com/facebookresearch/map-anything")
+    # package present (stand-in) but no DINOv2 hub code in TORCH_HOME
+    empty_home = tmp_path / "empty_torch_home"
+    _one_clear_error(_cli(["--weights", str(weights), "--store", store],
+                          {"PYTHONPATH": f"{fake_pkgs}{os.pathsep}{REPO}", "TORCH_HOME": str(empty_home),
+                           "FAKE_MA_LOG": str(tmp_path / "log.json")}),
+                     "DINOv2 torch hub code is missing", "git clone https://github.com/facebookresearch/dinov2",
+                     str(empty_home / "hub"))
+    # image size not a multiple of 14: refused before the (slow) model build
+    _one_clear_error(_cli(["--weights", str(weights), "--store", store, "data.image_size=200"], {}),
+                     "image size 200 is not a multiple of the patch size 14")
+    assert not Path(store).exists()  # nothing written on error
+
+
+def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_path, weights, fake_pkgs, hub):
+    from precompute.encoders.mapanything import MapAnythingEncoder
+
+    log = tmp_path / "log.json"
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("FAKE_MA_LOG", str(log))
+    enc = MapAnythingEncoder(weights=weights, image_size=56, tokens_per_view=4, device="cpu")
+    call = json.loads(log.read_text())
+    assert call["strict"] is True and call["local_files_only"] is True and call["path"] == str(weights)
+    assert call["encoder_config"]["torch_hub_pretrained"] is False
+    assert call["info_sharing_config"]["module_args"]["pretrained_checkpoint_path"] is None
+    assert call["pretrained_checkpoint_path"] is None
+    assert CONFIG["encoder_config"]["torch_hub_pretrained"] is True  # the file's config object is not mutated
+    x = torch.randint(0, 256, (3, 2, 56, 56, 3), dtype=torch.uint8)
+    out = enc.encode(x)
+    assert out.shape == (3, 2, 4, 24) and out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    ident = enc.identity()
+    assert ident["name"] == "mapanything" and ident["fingerprint"].startswith("sha256:")
+    assert set(ident["config"]["files_sha256"]) == {"config.json", "model.safetensors"}
+    assert enc.preprocessing()["autocast_dtype"] == "bfloat16"
+
+
+def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fake_pkgs, hub):
+    from precompute.encoders.mapanything import MapAnythingEncoder
+
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
+    monkeypatch.setenv("FAKE_MA_STRICT_FAIL", "1")
+    with pytest.raises(Geo3dError, match="do not match the model built from its config.json"):
+        MapAnythingEncoder(weights=weights, image_size=56, tokens_per_view=4, device="cpu")
+
+
+def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
+    from precompute.encoders.mapanything import import_mapanything_class
+
+    bad = fake_pkgs / "mapanything/models/__init__.py"
+    bad.write_text("import uniception_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    for mod in [m for m in sys.modules if m.startswith("mapanything")]:
+        monkeypatch.delitem(sys.modules, mod)
+    with pytest.raises(Geo3dError, match="installed but cannot be imported.*uniception_missing_dependency_xyz"):
+        import_mapanything_class()
+    monkeypatch.setitem(sys.modules, "mapanything", None)  # as if uninstalled
+    with pytest.raises(Geo3dError, match="package is not installed"):
+        import_mapanything_class()

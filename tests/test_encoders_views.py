@@ -1,0 +1,68 @@
+"""The image path and token pooling shared by the tiny and the MapAnything encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geo3d.errors import Geo3dError
+from precompute.encoders.views import (IMAGENET_MEAN, IMAGENET_STD, check_image_size, frames_to_model_input,
+                                       grid_side, normalize_views, pool_view_features, preprocessing_record)
+
+
+@pytest.mark.parametrize("size", [200, 256, 0, 13])
+def test_image_size_must_be_multiple_of_14(size):
+    with pytest.raises(Geo3dError, match="not a multiple of the patch size 14"):
+        check_image_size(size)
+
+
+def test_valid_sizes_pass():
+    for size in (14, 196, 224, 518):
+        check_image_size(size)
+
+
+def test_tokens_per_view_must_be_square():
+    assert grid_side(196) == 14
+    with pytest.raises(Geo3dError, match="not a square"):
+        grid_side(200)
+
+
+def test_frames_are_turned_upright_then_resized():
+    stored = np.zeros((2, 28, 28, 3), np.uint8)
+    stored[0, -1, -1] = 255  # bottom-right as stored = top-left upright
+    stored[1, 0, 0] = 200  # wrist: top-left as stored = bottom-right upright
+    out = frames_to_model_input(stored, 28)
+    assert out.shape == (2, 28, 28, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0, 0] == 255 and out[1, -1, -1, 0] == 200
+    assert frames_to_model_input(stored, 56).shape == (2, 56, 56, 3)
+
+
+def test_imagenet_normalization_per_view():
+    img = torch.zeros((1, 2, 14, 14, 3), dtype=torch.uint8)
+    img[:, 1] = 255
+    views = normalize_views(img, "cpu")
+    assert len(views) == 2 and views[0].shape == (1, 3, 14, 14)
+    for c in range(3):
+        assert torch.allclose(views[0][0, c], torch.tensor(-IMAGENET_MEAN[c] / IMAGENET_STD[c]))
+        assert torch.allclose(views[1][0, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+
+
+def test_pool_16x16_grid_to_196_tokens_row_major():
+    b, d = 3, 8
+    grid = torch.arange(16, dtype=torch.float32).view(1, 1, 1, 16).expand(b, d, 16, 16)  # value = column
+    rows = torch.arange(16, dtype=torch.float32).view(1, 1, 16, 1).expand(b, d, 16, 16)
+    out = pool_view_features([grid, rows], 196)
+    assert out.shape == (b, 2, 196, d) and out.dtype == torch.bfloat16
+    cols = out[0, 0, :, 0].float().view(14, 14)
+    assert torch.all(cols[:, 1:] > cols[:, :-1])  # columns increase left -> right within a row
+    r = out[0, 1, :, 0].float().view(14, 14)
+    assert torch.all(r[1:] > r[:-1])  # rows increase top -> bottom
+    assert cols[0, 0] == 0.5 and cols[0, -1] == 14.5  # adaptive pool windows of 2 at the borders
+
+
+def test_preprocessing_record_names_every_step():
+    rec = preprocessing_record(224, 196, "bfloat16")
+    assert rec["patch_grid"] == [16, 16] and rec["token_pool"]["grid"] == [14, 14]
+    assert rec["views"] == ["agentview", "wrist"] and "upright" in rec["orientation"]
+    assert rec["normalize"]["mean"] == list(IMAGENET_MEAN)
