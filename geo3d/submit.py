@@ -3,7 +3,8 @@ resolved config and submit them with plain `sbatch --parsable` (no extra depende
 
 Config: configs/data.yaml < configs/slurm.yaml < --config files < flags < key=value overrides. Overrides
 under `slurm.`/`stage.` (and data.suite / data.data_root) configure the submission; any other key=value is
-passed on to `geo3d train`. --dry-run prints the scripts and submits nothing.
+passed on to the stage command (ablation: precompute./encoder./store. keys to `geo3d precompute`, the rest
+to `geo3d train`). --dry-run prints the scripts and submits nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from geo3d.errors import Geo3dError
 submit_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 SUBMIT_KEYS = ("slurm.", "stage.", "data.suite=", "data.data_root=")
+PRECOMPUTE_KEYS = ("precompute.", "encoder.", "store.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the rendered scripts; write and submit nothing.")
 ACTIVATE = typer.Option(None, help="Shell line that puts geo3d on PATH in the job (slurm.activate), e.g. "
                                    "'source /path/.venv/bin/activate'. Default: the env running this command.")
@@ -31,22 +33,26 @@ STORE = typer.Option(None, help="Features store path (stage.store).")
 TIME = typer.Option(None, help="Time limit per job, e.g. 04:00:00 or 2-00:00:00.")
 
 
-def split_overrides(overrides: Optional[List[str]]) -> tuple[list[str], list[str]]:
-    """(submission overrides, overrides passed on to geo3d train)."""
-    mine, theirs = [], []
+def split_overrides(overrides: Optional[List[str]], stage_keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """Route key=value overrides: submission keys, then those for `geo3d precompute`, the rest for train."""
+    routed: dict[str, list[str]] = {"submit": [], "precompute": [], "train": []}
     for o in overrides or []:
-        (mine if o.startswith(SUBMIT_KEYS) else theirs).append(o)
-    return mine, theirs
+        dest = "submit" if o.startswith(SUBMIT_KEYS) else "precompute" if o.startswith(stage_keys) else "train"
+        routed[dest].append(o)
+    return routed
 
 
 def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags: dict[str, Any],
-            forward_train: bool) -> DictConfig:
-    mine, theirs = split_overrides(overrides)
-    if theirs and not forward_train:
-        raise Geo3dError(f"these overrides are neither slurm.* nor stage.* keys: {theirs}; this job takes none "
-                         f"(key=value overrides are passed on to `geo3d train` only)")
-    cfg = build_config(["data", "slurm"], config, mine, flags)
-    cfg.stage.train_overrides = [*cfg.stage.train_overrides, *theirs]
+            forward_to: str | None) -> DictConfig:
+    """The submission config; other overrides go to stage `forward_to` (precompute|train|ablation|None)."""
+    routed = split_overrides(overrides, PRECOMPUTE_KEYS if forward_to == "ablation" else ("",) if
+                             forward_to == "precompute" else ())
+    if forward_to is None and (routed["precompute"] or routed["train"]):
+        raise Geo3dError(f"these overrides are not slurm.*/stage.* keys: {routed['precompute'] + routed['train']}; "
+                         f"this job passes none on")
+    cfg = build_config(["data", "slurm"], config, routed["submit"], flags)
+    cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
+    cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
     return cfg
 
 
@@ -85,7 +91,7 @@ def precompute_cmd(
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "slurm.precompute.num_shards": num_shards, "slurm.precompute.time": time,
-        "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_train=False)
+        "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_to="precompute")
     submit_jobs(cfg, "precompute", lambda c, d: [precompute_job(c, d)], dry_run)
 
 
@@ -101,7 +107,7 @@ def verify_cmd(
     from geo3d.slurm.jobs import verify_job
     cfg = resolve(config, overrides, {
         "stage.store": _s(store), "data.data_root": _s(data_root), "slurm.verify.time": time,
-        "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_train=False)
+        "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_to=None)
     submit_jobs(cfg, "verify", lambda c, d: [verify_job(c, d)], dry_run)
 
 
@@ -124,7 +130,7 @@ def train_cmd(
         "stage.compressor": compressor, "data.suite": suite, "data.data_root": _s(data_root),
         "stage.store": _s(store), "stage.out": _s(out), "slurm.train.nodes": nodes, "slurm.train.gpus": gpus,
         "slurm.train.time": time, "slurm.partition": partition, "slurm.account": account,
-        "slurm.activate": activate}, forward_train=True)
+        "slurm.activate": activate}, forward_to="train")
     if train_config:
         cfg.stage.train_configs = [*cfg.stage.train_configs, *map(str, train_config)]
     submit_jobs(cfg, "train", lambda c, d: [train_job(c, d, require(c, "stage.compressor", "--compressor"),
@@ -150,7 +156,7 @@ def ablation_cmd(
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "stage.out": _s(out), "slurm.partition": partition,
-        "slurm.account": account, "slurm.activate": activate}, forward_train=True)
+        "slurm.account": account, "slurm.activate": activate}, forward_to="ablation")
     if compressors:
         cfg.slurm.ablation.compressors = [c.strip() for c in compressors.split(",") if c.strip()]
     if train_config:

@@ -91,6 +91,7 @@ def precompute_job(cfg: DictConfig, job_dir: Path) -> JobScript:
     extra = _data_root_args(cfg)
     if cfg.stage.weights:
         extra += ["--weights", absolute(cfg.stage.weights)]
+    extra += [str(o) for o in cfg.stage.precompute_overrides]
     settings = {**_common_settings(cfg, job_dir), "SUITE": require(cfg, "data.suite", "--suite"),
                 "ENCODER": require(cfg, "stage.encoder", "--encoder"),
                 "STORE": absolute(require(cfg, "stage.store", "--store")), "EXTRA_ARGS": extra}
@@ -102,7 +103,7 @@ def precompute_job(cfg: DictConfig, job_dir: Path) -> JobScript:
 def verify_job(cfg: DictConfig, job_dir: Path) -> JobScript:
     log = job_dir / LOG_DIR / "verify_%j.out"
     settings = {**_common_settings(cfg, job_dir), "STORE": absolute(require(cfg, "stage.store", "--store")),
-                "EXTRA_ARGS": _data_root_args(cfg)}
+                "EXTRA_ARGS": [*_data_root_args(cfg), "--no-progress"]}
     text = render("verify.sbatch", sbatch=sbatch_options(cfg, "verify", "verify", log, False), settings=settings,
                   setup=setup_lines(cfg))
     return JobScript("verify", "verify.sbatch", text, str(log))

@@ -1,0 +1,172 @@
+"""geo3d on a REAL SLURM: a throwaway single-node cluster (munged + slurmctld + slurmd, 2 CPUs, 2 fake GPUs).
+
+- the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run,
+  ending in a verified store and a checkpoint;
+- `scontrol requeue` of a precompute array task mid-run: the task resumes and the store is bit-identical
+  to the uninterrupted one;
+- the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
+  with --resume, and ends with weights identical to the uninterrupted run.
+Installs slurm-wlm + munge with apt when missing; skips (with the reason) only without root or apt.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import make_synthetic_libero
+from geo3d.config import REPO_ROOT
+from slurm_cluster import SlurmCluster, cannot_run_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+GEO3D = str(Path(sys.executable).parent / "geo3d")
+ACTIVATE = f"source {REPO_ROOT / '.venv' / 'bin' / 'activate'}"
+STEPS = 3
+# Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
+JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",
+            "slurm.precompute.time=00:15:00", "slurm.verify.cpus=1", "slurm.verify.mem=1G",
+            "slurm.verify.time=00:10:00", "slurm.train.cpus=1", "slurm.train.mem=2G",
+            "slurm.train.time=00:20:00"]
+PRECOMPUTE_ARGS = ["store.shard_frames=8", "precompute.decode_workers=0", "precompute.batch_size=8"]
+TRAIN_ARGS = [f"train.max_steps={STEPS}", "train.save_interval=100", "train.log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    reason = cannot_run_reason()
+    if reason:
+        print(f"SKIP real-SLURM tests: {reason}")
+        pytest.skip(reason)
+    failed_before = request.session.testsfailed
+    c = SlurmCluster(cpus=2, gpus=2, memory_mb=16000)
+    with c:
+        yield c
+        if request.session.testsfailed > failed_before:
+            print(c.logs())
+    c.cleanup()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm")
+    make_synthetic_libero(root / "data")  # demo layout: libero_spatial + libero_object, 48 frames
+    return root
+
+
+def submit(cluster: SlurmCluster, *args: str) -> tuple[Path, dict[str, str]]:
+    """Run `geo3d submit ...` against the cluster; return (submission dir, {job name: id})."""
+    r = subprocess.run([GEO3D, "submit", *args, "--activate", ACTIVATE, *JOB_SIZE], env=cluster.env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"geo3d submit failed:\n{r.stdout}\n{r.stderr}"
+    job_dir = Path(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    jobs = {row["name"]: row["job_id"] for row in json.loads((job_dir / "jobs.json").read_text())}
+    return job_dir, jobs
+
+
+def logs_text(job_dir: Path) -> str:
+    return "\n".join(f"==== {p.name}\n{p.read_text(errors='replace')}" for p in sorted((job_dir / "logs").glob("*")))
+
+
+def assert_completed(cluster: SlurmCluster, job_dir: Path, jobs: dict[str, str], timeout: float = 600) -> None:
+    states = cluster.wait(list(jobs.values()), timeout=timeout)
+    bad = {n: states[j] for n, j in jobs.items() if any(s != "COMPLETED" for s in states[j])}
+    assert not bad, f"jobs did not complete: {bad}\n{logs_text(job_dir)}\n{cluster.logs()}"
+
+
+def chunk_files(store: Path) -> dict[str, bytes]:
+    """Every data chunk and commit marker of a store (metadata with timestamps and run logs excluded)."""
+    files = {}
+    for p in sorted(store.rglob("*")):
+        rel = p.relative_to(store).as_posix()
+        if p.is_file() and ("/c/" in rel or rel.startswith("commits/")):
+            files[rel] = p.read_bytes() if "/c/" in rel else b""
+    return files
+
+
+def final_weights(run: Path) -> dict:
+    import torch
+    return torch.load(run / "checkpoints" / f"steps_{STEPS}" / f"steps_{STEPS}_pytorch_model.pt",
+                      map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def chain(cluster, work):
+    """The full chain once: precompute array (2 tasks) -> verify -> train (pool), via `geo3d submit ablation`."""
+    job_dir, jobs = submit(cluster, "ablation", "--suite", "demo", "--data-root", str(work / "data"),
+                           "--encoder", "tiny", "--store", str(work / "store.zarr"), "--out", str(work / "runs"),
+                           "--compressors", "pool", f"slurm.submit_dir={work / 'submissions'}",
+                           *PRECOMPUTE_ARGS, *TRAIN_ARGS)
+    assert list(jobs) == ["precompute", "verify", "train_pool"]
+    assert_completed(cluster, job_dir, jobs)
+    return job_dir, jobs
+
+
+def test_chain_precompute_verify_train(chain, cluster, work):
+    job_dir, jobs = chain
+    store = work / "store.zarr"
+    # both array tasks ran, each on its own fake GPU, and the verify job ran after them and found no fault
+    assert len(cluster.job_records(jobs["precompute"])) == 2
+    report = json.loads((job_dir / "logs" / f"verify_{jobs['verify']}.json").read_text())
+    assert report["faults"] == [] and report["committed_shards"] == report["num_shards"] == 6
+    r = subprocess.run([GEO3D, "verify-cache", str(store), "--data-root", str(work / "data"), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ckpt = work / "runs" / "pool" / "checkpoints" / f"steps_{STEPS}"
+    assert (ckpt / f"steps_{STEPS}_pytorch_model.pt").is_file() and (ckpt / "checkpoint.json").is_file()
+    # the submission records how it was made: scripts, resolved config, provenance, job ids, logs
+    for name in ("precompute.sbatch", "verify.sbatch", "train_pool.sbatch", "ablation.sh",
+                 "resolved_config.yaml", "provenance.json", "jobs.json"):
+        assert (job_dir / name).is_file(), name
+    assert "--dependency=afterok" in (job_dir / "ablation.sh").read_text()
+    train_log = next((job_dir / "logs").glob(f"train_pool_{jobs['train_pool']}.out")).read_text()
+    assert f"done: step {STEPS}" in train_log and "exit 0" in train_log
+
+
+def wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
+        time.sleep(0.2)
+
+
+def test_precompute_task_requeued_mid_run_gives_identical_store(chain, cluster, work):
+    store = work / "store_requeued.zarr"
+    job_dir, jobs = submit(cluster, "precompute", "--suite", "demo", "--data-root", str(work / "data"),
+                           "--encoder", "tiny", "--store", str(store), f"slurm.submit_dir={work / 'submissions'}",
+                           *PRECOMPUTE_ARGS)
+    array = jobs["precompute"]
+    task = f"{array}_0"
+    # mid-run: the task has committed at least one shard and is still running
+    wait_for(lambda: len(list((store / "commits").glob("*.json"))) >= 1 if (store / "commits").is_dir() else False,
+             300, "a first committed shard", cluster)
+    cluster.run("scontrol", "requeue", task)
+    assert_completed(cluster, job_dir, jobs)
+    log = (job_dir / "logs" / f"precompute_{array}_0.out").read_text()
+    assert "restart 1" in log, log  # the same task ran again, resuming (committed shards are skipped)
+    assert chunk_files(store) == chunk_files(work / "store.zarr")
+
+
+def test_train_time_limit_signal_checkpoints_requeues_and_resumes_exactly(chain, cluster, work):
+    run = work / "runs_requeued" / "pool"
+    job_dir, jobs = submit(cluster, "train", "--compressor", "pool", "--suite", "demo", "--data-root",
+                           str(work / "data"), "--store", str(work / "store.zarr"), "--out", str(run),
+                           f"slurm.submit_dir={work / 'submissions'}", *TRAIN_ARGS)
+    job = jobs["train_pool"]
+    metrics = run / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 300, "a first step", cluster)
+    # what `#SBATCH --signal=B:USR1@N` does at the time limit: USR1 to the batch shell only
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    assert_completed(cluster, job_dir, jobs)
+    log = (job_dir / "logs" / f"train_pool_{job}.out").read_text()
+    assert "requeueing job" in log and "--resume" in log and "restart 1" in log, log
+    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    ours, reference = final_weights(run), final_weights(work / "runs" / "pool")
+    assert ours.keys() == reference.keys()
+    assert all(ours[k].equal(reference[k]) for k in ours), "resumed run diverged from the uninterrupted one"
