@@ -25,11 +25,22 @@ def setup(tmp_path_factory):
     ref = root / "uninterrupted"
     r = run_geo3d(_args(data, store, ref))
     assert r.returncode == 0, r.stderr[-3000:]
-    return data, store, [rec["loss"] for rec in read_metrics(ref)]
+    return data, store, [rec["loss"] for rec in read_metrics(ref)], ref
 
 
-def _args(data, store, out):
-    return train_args(data, store, out, "qformer", STEPS, f"train.save_interval={SAVE_EVERY}")
+def _args(data, store, out):  # with EMA on, so its state is saved and restored too
+    return train_args(data, store, out, "qformer", STEPS, f"train.save_interval={SAVE_EVERY}", "train.ema.enabled=true",
+                      "train.ema.decay=0.9")
+
+
+def _final_weights(out):
+    import torch
+    return torch.load(out / "checkpoints" / f"steps_{STEPS}" / f"steps_{STEPS}_pytorch_model.pt", weights_only=True)
+
+
+def _assert_same_final_weights(a, b):
+    wa, wb = _final_weights(a), _final_weights(b)
+    assert wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
 
 
 def _start_and_signal_at(args, out, step, sig):
@@ -52,7 +63,7 @@ def _start_and_signal_at(args, out, step, sig):
 
 
 def test_sigkill_then_resume_reproduces_losses_exactly(setup, tmp_path):
-    data, store, reference = setup
+    data, store, reference, ref_dir = setup
     out = tmp_path / "run"
     code, err = _start_and_signal_at(_args(data, store, out), out, 15, signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-2000:]
@@ -62,10 +73,11 @@ def test_sigkill_then_resume_reproduces_losses_exactly(setup, tmp_path):
     records = read_metrics(out)
     assert [rec["step"] for rec in records] == list(range(1, STEPS + 1))  # steps 11..15 re-run, not duplicated
     assert [rec["loss"] for rec in records] == reference
+    _assert_same_final_weights(out, ref_dir)  # EMA weights (the inference checkpoint) identical bit for bit
 
 
 def test_sigterm_saves_exits_75_and_resume_reproduces_losses_exactly(setup, tmp_path):
-    data, store, reference = setup
+    data, store, reference, ref_dir = setup
     out = tmp_path / "run"
     code, err = _start_and_signal_at(_args(data, store, out), out, 4, signal.SIGTERM)
     assert code == PREEMPTED_EXIT_CODE, err[-2000:]
@@ -77,10 +89,11 @@ def test_sigterm_saves_exits_75_and_resume_reproduces_losses_exactly(setup, tmp_
     r = run_geo3d(_args(data, store, out) + ["--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert [rec["loss"] for rec in read_metrics(out)] == reference
+    _assert_same_final_weights(out, ref_dir)
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_start_refuses_an_existing_run(setup, tmp_path):
-    data, store, _ = setup
+    data, store, _, _ = setup
     out = tmp_path / "run"
     assert run_geo3d(train_args(data, store, out, "qformer", 2, "train.save_interval=1")).returncode == 0
     r = run_geo3d(train_args(data, store, out, "qformer", 4, "train.save_interval=1", "train.lr.vlm=0.1",

@@ -21,8 +21,9 @@ def make_accelerator(cfg: DictConfig) -> Any:
     precision = str(cfg.train.mixed_precision)
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
+    # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
     acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
-                      step_scheduler_with_optimizer=False)
+                      step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
     _check_deepspeed(acc, cfg)
     return acc
 
