@@ -47,7 +47,8 @@ def precompute(
 
     r = run_precompute(cfg)
     fps = r.frames / r.seconds if r.seconds > 0 else 0.0
-    print(f"precompute: {r.frames} frames in {r.seconds:.1f} s ({fps:.1f} frames/s), {r.bytes_written} bytes "
+    steady = f", {r.steady_fps:.1f} after the first shard" if r.steady_fps else ""
+    print(f"precompute: {r.frames} frames in {r.seconds:.1f} s ({fps:.1f} frames/s{steady}), {r.bytes_written} bytes "
           f"written, {len(r.shards)} shards committed by this worker; store "
           f"{'complete' if r.store_complete else f'incomplete ({r.missing_shards} shards left)'}", flush=True)
     if r.preempted_by:

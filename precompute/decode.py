@@ -62,6 +62,10 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
+def _ready() -> bool:
+    return _WORKER_MIXTURE is not None
+
+
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
     """Decode one episode in order; frames go through the one image path (upright -> resize)."""
     from precompute.encoders.views import frames_to_model_input
@@ -95,6 +99,11 @@ class EpisodeFeeder:
                                                 initializer=_init_worker, initargs=(source, True))
         else:  # one background thread in this process (PyAV and PIL release the GIL while they work)
             self.executor = ThreadPoolExecutor(1, initializer=_init_worker, initargs=(source, False))
+
+    def warm_up(self) -> None:
+        """Start every decode worker now (each builds its dataset index), not at the first shard."""
+        for _ in range(getattr(self.executor, "_max_workers", 1)):
+            self.executor.submit(_ready)
 
     def _submit(self, pos: int) -> None:
         if pos < len(self.spans) and pos not in self.pending:

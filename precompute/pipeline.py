@@ -25,10 +25,21 @@ class RunStats:
     dropped: list[int] = field(default_factory=list)
     encode_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+    first_shard_done: float | None = None  # startup (first decode, warm-up) ends here
+    first_shard_frames: int = 0
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self.started
+        return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def steady_fps(self) -> float | None:
+        """frames/s after the first shard: the rate a long job (e.g. libero_all) runs at."""
+        if self.first_shard_done is None or self.frames <= self.first_shard_frames:
+            return None
+        end = self.ended or time.perf_counter()
+        return (self.frames - self.first_shard_frames) / max(end - self.first_shard_done, 1e-9)
 
 
 class TokenBuffers:
@@ -93,8 +104,11 @@ def run_worker(encoder: GeometryEncoder, store: Any, planner: Any, feeder: Any, 
             break
         stats.frames += len(rng)
         stats.shards.append(lease.shard)
+        if stats.first_shard_done is None:
+            stats.first_shard_done, stats.first_shard_frames = time.perf_counter(), len(rng)
         bar.set_postfix_str(f"shard {lease.shard}/{store.num_shards}", refresh=False)
         writer.submit(lease, out, index, dt)
         if preempt.requested:
             break
+    stats.ended = time.perf_counter()
     return stats

@@ -21,6 +21,7 @@ LOG_DIR = "precompute_logs"  # inside the store: resolved configs and per-worker
 class RunResult:
     frames: int
     seconds: float
+    steady_fps: float | None
     bytes_written: int
     shards: list[int]
     dropped: list[int]
@@ -46,21 +47,27 @@ def _log_paths(store_path: Path) -> tuple[Path, Path]:
     return d / f"{stem}.config.yaml", d / f"{stem}.shards.jsonl"
 
 
-def run_precompute(cfg: DictConfig) -> RunResult:
-    """One worker: open/create the store, then encode shards until none is left to claim."""
-    import torch
-    from tqdm import tqdm
+def _prefetch(p: Any) -> int:
+    """Episodes in flight ahead of the encoder: enough to keep every decode worker busy."""
+    if p.prefetch_episodes is not None:
+        return int(p.prefetch_episodes)
+    return max(2, 2 * int(p.decode_workers))
 
-    from features_store import FeatureStore
-    from geo3d.config import data_root_from, save_resolved
+
+def _cpu_threads(p: Any) -> int:
+    """On a CPU device: oversubscribed OpenMP threads (decode workers, other jobs) slow the encoder ~10x."""
+    return int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers))))
+
+
+def run_precompute(cfg: DictConfig) -> RunResult:
+    """One worker: check, start decoding, build the encoder, open/create the store, encode until done."""
+    import torch
+
+    from geo3d.config import data_root_from
     from geo3d.data.mixture import LiberoMixture
     from precompute.decode import DataSource, EpisodeFeeder
-    from precompute.encoders import build_encoder
-    from precompute.pipeline import TokenBuffers, run_worker
-    from precompute.planner import ShardPlanner
-    from precompute.preemption import PreemptionFlag
+    from precompute.encoders import build_encoder, preflight_encoder
     from precompute.sharding import resolve_device, worker_slot
-    from precompute.writer import ShardWriter
 
     p = cfg.precompute
     if not p.store:
@@ -69,12 +76,33 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
     slot = worker_slot(p.shard, p.num_shards)
     device = resolve_device(str(p.device), slot.local_rank)
-    if device == "cpu":  # oversubscribed OpenMP threads (decode workers, other jobs) slow a CPU encoder ~10x
-        torch.set_num_threads(int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers)))))
-    image_size = int(cfg.data.image_size)
-    data_root = data_root_from(cfg)
-    encoder = build_encoder(cfg.encoder, image_size, device)  # fails fast on bad weights / image size
+    if device == "cpu":
+        torch.set_num_threads(_cpu_threads(p))
+    image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
+    preflight_encoder(cfg.encoder, image_size)  # bad weights / package / hub code / size: before any other work
     mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size)
+    feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
+                           workers=int(p.decode_workers), prefetch=_prefetch(p))
+    try:
+        feeder.warm_up()  # decode workers start while the model is built (MapAnything: ~20 s)
+        encoder = build_encoder(cfg.encoder, image_size, device)
+        return _run(cfg, slot, device, encoder, mixture, feeder)
+    finally:
+        feeder.close()
+
+
+def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
+    import torch
+    from tqdm import tqdm
+
+    from features_store import FeatureStore
+    from geo3d.config import save_resolved
+    from precompute.pipeline import TokenBuffers, run_worker
+    from precompute.planner import ShardPlanner
+    from precompute.preemption import PreemptionFlag
+    from precompute.writer import ShardWriter
+
+    p = cfg.precompute
     spec = build_spec(encoder, mixture, cfg.store)
     store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
     cfg_path, log_path = _log_paths(store.path)
@@ -88,8 +116,6 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
     writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1,
                          recycle=buffers.give_back)
-    feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
-                           workers=int(p.decode_workers), prefetch=int(p.prefetch_episodes))
     preempt = PreemptionFlag().install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
@@ -102,9 +128,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         raise
     finally:
         bar.close()
-        feeder.close()
         preempt.restore()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     left = store.missing_shards()
-    return RunResult(stats.frames, stats.seconds, writer.bytes_written, stats.shards, stats.dropped,
-                     preempt.signal_name, not left, len(left))
+    return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
+                     stats.dropped, preempt.signal_name, not left, len(left))

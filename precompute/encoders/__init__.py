@@ -12,6 +12,20 @@ from precompute.encoders.base import GeometryEncoder
 ENCODER_NAMES = ("tiny", "mapanything")
 
 
+def preflight_encoder(enc_cfg: Any, image_size: int) -> None:
+    """Cheap checks before any slow work: image size, and for MapAnything weights dir, package and hub code."""
+    from precompute.encoders.views import check_image_size, grid_side
+
+    check_image_size(image_size)
+    grid_side(int(enc_cfg.tokens_per_view))
+    if enc_cfg.name == "mapanything":
+        from precompute.encoders.mapanything import preflight
+
+        preflight(enc_cfg.mapanything.weights)
+    elif enc_cfg.name not in ENCODER_NAMES:
+        raise Geo3dError(f"unknown encoder {enc_cfg.name!r}; choose one of {', '.join(ENCODER_NAMES)}")
+
+
 def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str) -> GeometryEncoder:
     """Build the encoder named by `encoder.name` from the `encoder` config section."""
     name = enc_cfg.name

@@ -106,10 +106,29 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def read_config(weights: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((weights / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise Geo3dError(f"cannot read {weights / 'config.json'} ({e}): {WEIGHTS_HINT}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("encoder_config"), dict):
+        raise Geo3dError(f"{weights / 'config.json'} is not a MapAnything config (no encoder_config): {WEIGHTS_HINT}")
+    return config
+
+
+def preflight(weights: str | Path | None) -> Path:
+    """Everything that can be checked without building the model: weights dir, package, DINOv2 hub code."""
+    path = check_weights_dir(weights)
+    import_mapanything_class()
+    if read_config(path)["encoder_config"].get("uses_torch_hub", True):
+        require_dinov2_hub_code()
+    return path
+
+
 def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build MapAnything offline from a local weights dir; strict=True so a missing tensor is an error."""
     cls = import_mapanything_class()
-    config = offline_config(json.loads((weights / "config.json").read_text()))
+    config = offline_config(read_config(weights))
     if config["encoder_config"].get("uses_torch_hub", True):
         require_dinov2_hub_code()
     overrides = {k: config[k] for k in ("encoder_config", "info_sharing_config") if k in config}

@@ -1,0 +1,109 @@
+"""Precompute benchmark: end-to-end `geo3d precompute` frames/s vs encoder-only frames/s on the same frames,
+measured side by side in one run (alternating rounds), on this machine. Goal: ratio >= 0.9.
+
+end-to-end  = steady state (after the first shard; startup is also printed) of the real worker (`precompute.run.run_precompute`): background decode of the AV1 videos, upright +
+              resize, batching, encode, background checksum/write/commit into a fresh store.
+encoder-only = the same encoder, same batches (per store shard), same torch thread count, over the same frames
+              already decoded into memory (decode time excluded).
+The ratio says how much of the encoder's speed the pipeline keeps. On a 2-core CPU, decode and the CPU encoder
+share the same cores, so a decode-heavy configuration cannot reach 1.0 here; on a GPU node the encoder runs on
+the GPU and decode on spare cores. Configurations:
+  demo      : the demo's tiny encoder (configs/precompute.yaml), decode-bound on this CPU
+  compute   : a wider tiny encoder, so the encoder dominates as MapAnything does on a GPU
+
+    python scripts/bench_precompute.py [--episodes 2] [--length 100] [--rounds 2] [--only demo|compute]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from data_fixtures import make_synthetic_libero  # noqa: E402
+
+from geo3d.cliutil import build_config  # noqa: E402
+
+CONFIGS = {
+    "demo": [],
+    "compute": ["encoder.tiny.width=384", "encoder.tiny.depth=4", "encoder.tiny.heads=6", "encoder.tiny.out_dim=384"],
+}
+
+
+def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[float, float]:
+    """(steady-state frames/s after the first shard, overall frames/s including startup)."""
+    from precompute.run import run_precompute
+
+    cfg = build_config(("data", "store", "precompute"), None, [
+        "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *cfg_overrides])
+    r = run_precompute(cfg)
+    return r.steady_fps or 0.0, r.frames / r.seconds
+
+
+def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) -> float:
+    from precompute.encoders import build_encoder
+    from precompute.pipeline import encode_frames
+
+    cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *cfg_overrides])
+    enc = build_encoder(cfg.encoder, int(cfg.data.image_size), "cpu")
+    shard, batch = int(cfg.store.shard_frames), int(cfg.precompute.batch_size)
+    out = torch.empty((shard, 2, enc.tokens_per_view, enc.dim), dtype=torch.bfloat16)
+    encode_frames(enc, frames[:batch], out, batch)  # warm-up
+    t0 = time.perf_counter()
+    for a in range(0, len(frames), shard):
+        chunk = frames[a:a + shard]
+        encode_frames(enc, chunk, out[:len(chunk)], batch)
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
+    from geo3d.data.mixture import LiberoMixture
+    from precompute.decode import DataSource, decode_episode
+
+    mix = LiberoMixture("demo", data_root, image_size=image_size)
+    src = DataSource("demo", str(data_root), image_size)
+    return np.concatenate([decode_episode(src, s.dataset_id, s.episode_index).frames for s in mix.episodes()])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=2, help="episodes per suite (2 suites)")
+    ap.add_argument("--length", type=int, default=100, help="frames per episode")
+    ap.add_argument("--size", type=int, default=256, help="stored frame side (LIBERO: 256)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", choices=sorted(CONFIGS))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
+        data_root = make_synthetic_libero(Path(tmp) / "data", suites=("libero_spatial", "libero_object"),
+                                          episodes_per_suite=args.episodes, length=args.length, size=args.size)
+        frames = decoded_frames(data_root, 224)
+        print(f"bench_precompute: {len(frames)} frames ({args.size}px AV1, 2 views), torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads available", flush=True)
+        for name, overrides in CONFIGS.items():
+            if args.only and name != args.only:
+                continue
+            e2e, e2e_all, enc = [], [], []
+            for r in range(args.rounds):  # alternate, so machine load affects both sides alike
+                steady, overall = end_to_end(overrides, data_root, Path(tmp) / f"store-{name}-{r}")
+                e2e.append(steady)
+                e2e_all.append(overall)
+                enc.append(encoder_only(overrides, data_root, frames))  # same torch thread count as the run
+            ratio = statistics.median(e2e) / statistics.median(enc)
+            print(f"[{name}] end-to-end {statistics.median(e2e):.1f} frames/s | encoder-only "
+                  f"{statistics.median(enc):.1f} frames/s | ratio {ratio:.2f} (goal >= 0.9) | "
+                  f"rounds e2e={[round(x, 1) for x in e2e]} enc={[round(x, 1) for x in enc]} | incl. startup "
+                  f"{statistics.median(e2e_all):.1f} frames/s | "
+                  f"torch threads {torch.get_num_threads()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
