@@ -171,6 +171,7 @@ class FeatureStore:
         cid = encode_content_ids(index[L.CONTENT_ID])
         sums = frame_checksums(bits)
         sl = slice(rng.start, rng.stop)
+        self._remove_shard_files(shard)
         arrays[L.TOKENS][sl] = bits  # whole shard at once: no read-modify-write of a shared shard file
         for k in L.INT_INDEX:
             arrays[k][sl] = ints[k].astype(np.int32)
@@ -185,6 +186,16 @@ class FeatureStore:
         }
         atomic_write_json(self.path / L.COMMITS / L.marker_name(shard), marker)
         return marker
+
+    def _remove_shard_files(self, shard: int) -> None:
+        """zarr's sharding codec reads an existing shard file before rewriting it, so a damaged shard (the
+        very thing being redone) would make the rewrite fail. We hold the lease and the shard is uncommitted:
+        its old files are garbage."""
+        for rel in L.chunk_files(self.spec, shard):
+            try:
+                os.unlink(self.path / rel)
+            except FileNotFoundError:
+                pass
 
     def _fsync_shard_files(self, shard: int) -> None:
         """The data must be durable before the marker that vouches for it."""

@@ -124,10 +124,12 @@ def test_mark_damaged_then_rewrite_gives_a_clean_store(store_path):
     data = bytearray(shard_file.read_bytes())
     data[10] ^= 0x80
     shard_file.write_bytes(bytes(data))
+    truncated = store_path / "tokens/c/3/0/0/0"  # zarr would refuse to rewrite an unreadable shard in place
+    truncated.write_bytes(truncated.read_bytes()[:100])
     report = verify_store(store_path, progress=False)
     store = FeatureStore.open(store_path)
-    assert store.mark_damaged(report.damaged_shards()) == [1]
-    assert store.missing_shards() == [1]  # precompute redoes exactly this one
+    assert store.mark_damaged(report.damaged_shards()) == [1, 3]
+    assert store.missing_shards() == [1, 3]  # precompute redoes exactly these
     write_all_shards(store)
     assert verify_store(store_path, progress=False).ok
 
