@@ -288,34 +288,35 @@ def _check_recompute(store: FeatureStore, arrays: dict[str, Any], committed: lis
     """Re-encode K random committed frames and compare with the stored tokens."""
     import torch
 
-    pool = np.concatenate([np.arange(store.shard_range(i).start, store.shard_range(i).stop) for i in committed])
+    spec = store.spec
+    pool = np.concatenate([np.asarray(store.shard_range(i)) for i in committed])
     frames = np.sort(np.random.default_rng(seed).choice(pool, size=min(k, len(pool)), replace=False))
     fresh = recompute(frames)
-    if not isinstance(fresh, torch.Tensor) or fresh.dtype != torch.bfloat16 or \
-            tuple(fresh.shape) != (len(frames), *store.spec.frame_shape):
+    want = (len(frames), *spec.frame_shape)
+    if not isinstance(fresh, torch.Tensor) or fresh.dtype != torch.bfloat16 or tuple(fresh.shape) != want:
         raise StoreError(f"recompute returned {getattr(fresh, 'dtype', type(fresh))} "
-                         f"{tuple(getattr(fresh, 'shape', ()))}, expected bf16 {(len(frames), *store.spec.frame_shape)}")
+                         f"{tuple(getattr(fresh, 'shape', ()))}; expected bfloat16 {want}")
     stored = torch.stack([bits_to_bf16(np.asarray(arrays[L.TOKENS][int(f)])) for f in frames])
-    same = (fresh.view(torch.int16) == stored.view(torch.int16)).flatten(1).all(dim=1)
-    diff = (fresh.float() - stored.float()).abs().nan_to_num(float("inf")).flatten(1).amax(dim=1)
+    same = (fresh.view(torch.int16) == stored.view(torch.int16)).flatten(1).all(dim=1).numpy()
+    diff = (fresh.float() - stored.float()).abs().nan_to_num(float("inf")).flatten(1).amax(dim=1).numpy()
     device = str(getattr(recompute, "device", "cpu"))
-    writer_devices = {str((store.read_marker(int(f) // store.spec.shard_frames) or {}).get("writer", {})
-                          .get("device", "unknown")) for f in frames}
-    exact_required = device.startswith("cpu") and all(d.startswith("cpu") for d in writer_devices)
+    writers = sorted({str((store.read_marker(int(f) // spec.shard_frames) or {}).get("writer", {})
+                          .get("device", "unknown")) for f in frames})
+    exact_required = device.startswith("cpu") and all(d.startswith("cpu") for d in writers)
     report.recompute = {"frames_checked": len(frames), "frames": frames.tolist(), "device": device,
-                        "store_devices": sorted(writer_devices), "bit_exact": bool(same.all()),
-                        "exact_required": exact_required, "max_abs_diff": float(diff.max()),
-                        "atol": atol}
-    wrong = frames[~same.numpy()]
+                        "store_devices": writers, "bit_exact": bool(same.all()), "exact_required": exact_required,
+                        "max_abs_diff": float(diff.max()), "atol": atol}
+    wrong = frames[~same]
+    shards_of = lambda fs: {int(f) // spec.shard_frames for f in fs}  # noqa: E731
     if exact_required and len(wrong):
         report.add("recompute", f"re-encoding on CPU is not bit-exact for {len(wrong)} of {len(frames)} frames "
                    f"(max abs diff {float(diff.max()):.3g}): stored tokens differ from the encoder's output",
-                   wrong, {int(f) // store.spec.shard_frames for f in wrong})
+                   wrong, shards_of(wrong))
     elif len(wrong):
-        over = frames[(diff > atol).numpy()] if atol is not None else np.array([], dtype=int)
-        report.notes.append(f"recompute on {device} vs store written on {sorted(writer_devices)}: {len(wrong)} "
-                            f"frame(s) not bit-exact, max abs diff {float(diff.max()):.3g} (expected across devices)")
+        report.notes.append(f"recompute on {device} vs store written on {writers}: {len(wrong)} frame(s) not "
+                            f"bit-exact, max abs diff {float(diff.max()):.3g} (expected across devices)")
+        over = frames[diff > atol] if atol is not None else frames[:0]
         if len(over):
             report.add("recompute", f"{len(over)} frame(s) differ from a fresh encode by more than atol={atol}",
-                       over, {int(f) // store.spec.shard_frames for f in over})
+                       over, shards_of(over))
     return len(frames)
