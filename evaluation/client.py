@@ -1,0 +1,53 @@
+"""A `Policy` that lives behind `geo3d serve`: lets `geo3d eval` run the simulator apart from the model
+(e.g. sim on CPU nodes, policy on one GPU), exactly like the LIBERO clients of the field."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from geo3d.errors import Geo3dError
+from evaluation.wire import packb, unpackb
+
+
+class RemotePolicy:
+    """Synchronous websocket client; one connection, one request in flight."""
+
+    def __init__(self, url: str, connect_timeout: float = 60.0):
+        from websockets.sync.client import connect
+
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            try:
+                self._ws = connect(url, compression=None, max_size=None, open_timeout=10, proxy=None)
+                break
+            except (OSError, TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise Geo3dError(f"cannot reach policy server {url}: {e}; start it with "
+                                     "`geo3d serve --ckpt DIR` or check --server") from None
+                time.sleep(1.0)
+        self.url = url
+        self.metadata: dict[str, Any] = unpackb(self._ws.recv())
+        self.image_size = self.metadata.get("image_size")
+        self.num_views = self.metadata.get("num_views")
+
+    def request(self, mtype: str, payload: dict | None = None) -> dict[str, Any]:
+        """Send one message, return the `data` of an ok reply; an error reply raises Geo3dError."""
+        self._ws.send(packb({"type": mtype, "payload": payload or {}}))
+        reply = unpackb(self._ws.recv())
+        if not reply.get("ok"):
+            raise Geo3dError(f"policy server {self.url}: {reply.get('error', {}).get('message', reply)}")
+        return reply["data"]
+
+    def health(self) -> dict[str, Any]:
+        return self.request("health")
+
+    def predict_action(self, images: np.ndarray, instruction: str, state: np.ndarray) -> np.ndarray:
+        data = self.request("infer", {"images": np.ascontiguousarray(images, dtype=np.uint8),
+                                      "instruction": instruction, "state": np.asarray(state, np.float32)})
+        return np.array(data["actions"], dtype=np.float32)
+
+    def close(self) -> None:
+        self._ws.close()

@@ -1,0 +1,76 @@
+"""The one interface evaluation needs from a policy, and the two ways to get one (in-process or remote).
+
+Evaluation imports `train.inference` only (ARCHITECTURE.md), and only inside `load_local_policy`, so the
+server and eval loop can be exercised with any object that has `predict_action`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geo3d.errors import Geo3dError
+
+ACTION_HORIZON = 8
+ACTION_DIM = 7
+STATE_DIM = 8
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """images: uint8 [V,H,W,3] upright (agentview, wrist); state: float [8]; returns unnormalized [8,7]
+    actions in the dataset convention (gripper -1 open / +1 close)."""
+
+    def predict_action(self, images: np.ndarray, instruction: str, state: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when available, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: str | Path | None = None) -> Policy:
+    """Load a checkpoint directory (or a run directory's latest checkpoint) into this process, with the
+    geometry encoder its training tokens came from when its compressor needs live geometry."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from train.inference import load_policy, resolve_checkpoint  # heavy: torch + transformers
+
+    ckpt_dir = resolve_checkpoint(ckpt)
+    device = resolve_device(device)
+    marker = json.loads((ckpt_dir / "checkpoint.json").read_text())
+    encoder = None
+    if marker.get("compressor", "none") != "none":
+        from evaluation.geometry import build_live_encoder
+
+        image_size = int(OmegaConf.load(ckpt_dir / "config.yaml").data.image_size)
+        encoder = build_live_encoder(marker.get("store"), image_size, device, encoder_weights)
+    return load_policy(ckpt_dir, device=device, geometry_encoder=encoder)
+
+
+def policy_info(policy: Any) -> dict[str, Any]:
+    """What a client should know about the served policy (sent on connect and on health requests)."""
+    info: dict[str, Any] = {"action_horizon": ACTION_HORIZON, "action_dim": ACTION_DIM, "state_dim": STATE_DIM}
+    for key in ("image_size", "num_views", "compressor", "checkpoint", "step"):
+        value = getattr(policy, key, None)
+        if isinstance(value, (str, int, float, bool)):
+            info[key] = value
+    return info
+
+
+def check_action_chunk(actions: Any) -> np.ndarray:
+    """A policy's answer as float32 [H,7]; anything else is a bug worth a clear message."""
+    arr = np.asarray(actions, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != ACTION_DIM or arr.shape[0] < 1:
+        raise Geo3dError(f"policy returned actions of shape {arr.shape}, expected [H,{ACTION_DIM}]")
+    if not np.all(np.isfinite(arr)):
+        raise Geo3dError("policy returned non-finite actions (NaN/inf); check the checkpoint and norm stats")
+    return arr
