@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -17,14 +17,30 @@ from geo3d.errors import StoreError
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
 
 
-def _encoder_from_spec(spec: Any, device: str) -> Any:
+def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, Any], tokens_per_view: int,
+                        device: str = "auto") -> Any:
+    """The GeometryEncoder a store (or a checkpoint trained on it) recorded, rebuilt and checked against the record.
+
+    Used by `verify-cache --recompute` and by evaluation to encode live frames exactly like the training tokens.
+    """
+    from precompute.sharding import resolve_device
+
+    built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
+    for what, mine, theirs in (("encoder identity", built.identity(), encoder),
+                               ("preprocessing", built.preprocessing(), preprocessing)):
+        if _as_json(mine) != _as_json(theirs):
+            raise StoreError(f"the rebuilt encoder's {what} differs from the recorded one "
+                             f"({_as_json(mine)} vs {_as_json(theirs)}): the code or weights changed")
+    return built
+
+
+def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, device: str) -> Any:
     from precompute.encoders.mapanything import MapAnythingEncoder
     from precompute.encoders.tiny import TinyEncoder
 
-    enc, pre = dict(spec.encoder), dict(spec.preprocessing)
     try:
         image_size = int(pre["resize"]["size"][0])
-        common = dict(image_size=image_size, tokens_per_view=int(spec.tokens), device=device,
+        common = dict(image_size=image_size, tokens_per_view=tokens, device=device,
                       dtype=str(pre["autocast_dtype"]))
     except (KeyError, TypeError, IndexError) as e:
         raise StoreError(f"the store's preprocessing record lacks {e}; it was not written by this precompute") from e
@@ -53,15 +69,8 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     """
     from geo3d.data.mixture import LiberoMixture
     from precompute.encoders.views import frames_to_model_input
-    from precompute.sharding import resolve_device
 
-    device = resolve_device("auto", None)
-    encoder = _encoder_from_spec(spec, device)
-    for what, mine, theirs in (("encoder identity", encoder.identity(), spec.encoder),
-                               ("preprocessing", encoder.preprocessing(), spec.preprocessing)):
-        if _as_json(mine) != _as_json(theirs):
-            raise StoreError(f"the rebuilt encoder's {what} differs from the store's record "
-                             f"({_as_json(mine)} vs {_as_json(theirs)}): cannot recompute")
+    encoder = encoder_from_record(spec.encoder, spec.preprocessing, spec.tokens)
     suite = spec.dataset.get("suite")
     mixture = LiberoMixture(suite, data_root, image_size=encoder.image_size)
 
@@ -72,6 +81,6 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
                for a in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty((0, *spec.frame_shape), dtype=torch.bfloat16)
 
-    recompute.device = str(device)  # type: ignore[attr-defined]
+    recompute.device = str(encoder.device)  # type: ignore[attr-defined]
     return recompute
 

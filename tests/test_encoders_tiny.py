@@ -59,3 +59,16 @@ def test_bad_sizes_are_clear_errors():
         TinyEncoder(**{**SMALL, "heads": 5})
     with pytest.raises(Geo3dError, match="square"):
         TinyEncoder(**{**SMALL, "tokens_per_view": 5})
+
+
+def test_rebuilt_from_the_recorded_identity_gives_the_same_tokens():
+    from geo3d.errors import StoreError
+    from precompute.recompute import encoder_from_record
+
+    enc = TinyEncoder(**SMALL)
+    again = encoder_from_record(enc.identity(), enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")
+    x = _images(2)
+    assert torch.equal(again.encode(x), enc.encode(x))
+    tampered = {**enc.identity(), "fingerprint": "sha256:0"}
+    with pytest.raises(StoreError, match="encoder identity differs"):
+        encoder_from_record(tampered, enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")

@@ -156,6 +156,14 @@ def test_sigterm_commits_and_exits_then_resume(data_root, reference, tmp_path):
     _assert_same_store(store, reference)
 
 
+def test_sigusr1_is_a_preemption_signal_too(data_root, tmp_path):
+    store = tmp_path / "store.zarr"
+    proc = _start_and_kill_after(_cmd(data_root, store), store, 2, sig=signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75 and "received SIGUSR1" in err, err[-2000:]
+    assert sorted(_encoded_shards(store)) == sorted(int(n[6:12]) for n in _commits(store))
+
+
 def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, reference, tmp_path):
     import shutil
 
