@@ -1,15 +1,100 @@
-"""Verb module (being built)."""
+"""`geo3d serve | eval | report`. Nothing heavy at module level: each verb imports its machinery inside."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
 from geo3d.errors import Geo3dError
 
-
-def serve_cmd() -> None:
-    raise Geo3dError("not built yet")
+DEFAULTS = ("data", "eval")
 
 
-def eval_cmd() -> None:
-    raise Geo3dError("not built yet")
+@handle_errors
+def serve_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint dir (checkpoints/steps_N) or a run dir (latest)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (serve.host)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port for websocket + GET /healthz (serve.port; 0 = any)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (serve.device)."),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights",
+                                                  help="MapAnything weights dir, if the run was trained on them."),
+    config: Optional[List[Path]] = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_ARG,
+) -> None:
+    """Serve a checkpoint: msgpack+numpy requests {type: infer, payload: {images, instruction, state}} ->
+    {ok, data: {actions [8,7]}}; {type: health} -> metadata; HTTP GET /healthz -> 200 ok."""
+    import asyncio
+    import logging
+
+    from evaluation.policy import load_local_policy, policy_info
+    from evaluation.server import PolicyServer
+
+    cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port,
+                                                      "serve.device": device, "serve.encoder_weights": encoder_weights})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    policy = load_local_policy(ckpt, str(cfg.serve.device), cfg.serve.encoder_weights)
+    server = PolicyServer(policy, policy_info(policy), str(cfg.serve.host), int(cfg.serve.port))
+    ready = lambda url: print(f"serving {policy_info(policy).get('checkpoint')} on {url} "  # noqa: E731
+                              f"(health: GET /healthz)", flush=True)
+    try:
+        asyncio.run(server.run(on_ready=ready))
+    except KeyboardInterrupt:
+        print("server stopped")
+    except OSError as e:
+        raise Geo3dError(f"cannot listen on {cfg.serve.host}:{cfg.serve.port}: {e}; choose another --port") from e
 
 
-def report_cmd() -> None:
-    raise Geo3dError("not built yet")
+@handle_errors
+def eval_cmd(
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (or run) dir to load in-process."),
+    server: Optional[str] = typer.Option(None, "--server", help="ws://host:port of `geo3d serve` (instead of --ckpt)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="libero_spatial | libero_object | libero_goal | libero_10."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task ids or names (default: all)."),
+    episodes_per_task: Optional[int] = typer.Option(None, "--episodes-per-task", help="Init states per task (<= 50)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step cap (default: the suite's standard cap)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel episode processes."),
+    video: Optional[bool] = typer.Option(None, "--video/--no-video", help="Write an mp4 per episode."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results dir (default: RUN_DIR/eval_<suite>_step<N>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted evaluation in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results in --out."),
+    device: Optional[str] = typer.Option(None, "--device", help="In-process policy device (auto | cpu | cuda)."),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="MapAnything weights dir."),
+    config: Optional[List[Path]] = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_ARG,
+) -> None:
+    """Evaluate a policy in the LIBERO simulator; writes results.json, results.md, episodes.jsonl."""
+    from evaluation.evaluate import evaluate
+    from evaluation.runner import PolicySource
+
+    cfg = build_config(DEFAULTS, config, overrides, {
+        "eval.suite": suite, "eval.tasks": tasks, "eval.episodes_per_task": episodes_per_task,
+        "eval.max_steps": max_steps, "eval.workers": workers, "eval.video": video,
+        "eval.out": str(out) if out else None, "eval.device": device, "eval.encoder_weights": encoder_weights,
+        "eval.server": server})
+    if (ckpt is None) == (cfg.eval.server is None):
+        raise Geo3dError("give exactly one policy: --ckpt DIR (loaded here) or --server ws://host:port")
+    source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
+                          encoder_weights=cfg.eval.encoder_weights)
+    results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
+    from evaluation.results import markdown
+
+    print(markdown(results))
+    print(f"results: {results['out']}/results.json")
+
+
+@handle_errors
+def report_cmd(
+    run_dirs: List[Path] = typer.Argument(..., help="Training run directories to compare (one per compressor)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir for report.png / report.md (default ./report)."),
+    config: Optional[List[Path]] = CONFIG_OPTION,
+) -> None:
+    """Loss curves, compressor grad norms, geometry attention mass, and success rates from RUN_DIR/eval*/."""
+    from evaluation.report import write_report
+
+    cfg = build_config(DEFAULTS, config, None, {"report.out": str(out) if out else None})
+    paths = write_report(run_dirs, Path(cfg.report.out or "report"))
+    for p in paths:
+        print(f"wrote {p}")

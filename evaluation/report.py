@@ -17,11 +17,11 @@ from typing import Any
 from geo3d.errors import Geo3dError
 
 METRICS_FILE = "metrics.jsonl"
-# Flattened metric keys (nested maps joined by "/", list items by index), matched by pattern so that the
-# report reads both grouped ({"grad_norm": {"compressor": x}}) and flat ("grad_norm/compressor") records.
-LOSS_KEYS = ("loss", "train/loss")
-GRAD_COMPRESSOR = re.compile(r"grad.*norm.*compressor|compressor.*grad.*norm")
-GEOM_ATTN = re.compile(r"(attn|attention).*geom.*?/?(\d+)$")
+# Keys of train/metrics.py records, flattened (nested maps joined by "/", list items by index):
+# loss; grad_norm/compressor (null when the compressor got no gradient, e.g. `none`); geom_attention_mass/<layer>.
+LOSS_KEY = "loss"
+GRAD_COMPRESSOR_KEY = "grad_norm/compressor"
+GEOM_ATTN = re.compile(r"^geom_attention_mass/(\d+)$")
 
 
 def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,11 +82,20 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _eval_results(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per suite, the complete evaluation of the latest checkpoint step found under RUN_DIR/eval*/."""
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(run_dir.glob("eval*/results.json")):
-        res = json.loads(path.read_text())
-        if res.get("complete", True):
-            out[res["suite"]] = {**res["summary"], "path": str(path)}
+        try:
+            res = json.loads(path.read_text())
+            suite, summary, step = res["suite"], res["summary"], res.get("step") or 0
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            print(f"warning: {path} is not a `geo3d eval` result ({e}), skipped")
+            continue
+        if not res.get("complete") or summary.get("success_rate") is None:
+            print(f"warning: {path} is an incomplete evaluation (resume it with `geo3d eval --resume`), skipped")
+            continue
+        if suite not in out or step >= out[suite]["step"]:
+            out[suite] = {**summary, "step": step, "path": str(path)}
     return out
 
 
@@ -102,17 +111,35 @@ def load_run(run_dir: str | Path) -> RunSummary:
         flat, step = flatten(rec), rec.get("step")
         if step is None:
             continue
-        loss = next((flat[k] for k in LOSS_KEYS if isinstance(flat.get(k), (int, float))), None)
-        if loss is not None:
+        if isinstance(flat.get(LOSS_KEY), (int, float)):
             run.steps.append(int(step))
-            run.loss.append(float(loss))
-        grads = [v for k, v in flat.items() if GRAD_COMPRESSOR.search(k) and isinstance(v, (int, float))]
-        if grads:
+            run.loss.append(float(flat[LOSS_KEY]))
+        if isinstance(flat.get(GRAD_COMPRESSOR_KEY), (int, float)):
             run.grad_steps.append(int(step))
-            run.grad_compressor.append(float(grads[0]))
+            run.grad_compressor.append(float(flat[GRAD_COMPRESSOR_KEY]))
         for k, v in flat.items():
-            m = GEOM_ATTN.search(k)
+            m = GEOM_ATTN.match(k)
             if m and isinstance(v, (int, float)):
-                run.geom_attn.setdefault(int(m.group(2)), []).append(float(v))
+                run.geom_attn.setdefault(int(m.group(1)), []).append(float(v))
     run.success = _eval_results(run_dir)
     return run
+
+
+def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
+    """report.png + report.md + report.json (the numbers behind both) in `out`."""
+    from evaluation.report_render import markdown_table, render_png
+
+    if not run_dirs:
+        raise Geo3dError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    png = render_png(runs, out / "report.png")
+    md = out / "report.md"
+    md.write_text("# geo3d compressor ablation\n\n![report](report.png)\n\n" + markdown_table(runs))
+    summary = [{"run_dir": str(r.run_dir), "compressor": r.compressor, "last_step": r.steps[-1] if r.steps else None,
+                "final_loss": r.tail_mean(r.loss), "compressor_grad_norm": r.tail_mean(r.grad_compressor),
+                "geom_attention_mass": {i: r.tail_mean(v) for i, v in sorted(r.geom_attn.items())},
+                "success": r.success} for r in runs]
+    js = out / "report.json"
+    js.write_text(json.dumps(summary, indent=2))
+    return [png, md, js]

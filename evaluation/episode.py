@@ -1,0 +1,85 @@
+"""One closed-loop LIBERO episode: bundled init state, settle, query a chunk, execute it, re-query, until
+success or the step cap. Mirrors the evaluation protocol of the field (openvla / openpi / StarVLA)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from evaluation.frames import observation_to_inputs, upright_frame
+from evaluation.policy import Policy, check_action_chunk
+
+# The standard per-suite step caps (longest training demo of each suite, rounded up), as LIBERO evaluations use.
+MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    max_steps: int
+    settle_steps: int = 10       # no-op steps after reset so objects settle (not counted in max_steps)
+    replan_steps: int = 8        # actions executed from each chunk before re-querying (<= chunk length)
+    gripper_sign: float = 1.0    # dataset gripper (-1 open / +1 close) times this = the simulator's command
+    binarize_gripper: bool = True  # send exactly -1 / +1, as in the datasets' actions
+    image_size: int | None = None  # the policy's input size (None: leave frames at render size)
+
+
+@dataclass
+class EpisodeResult:
+    task_id: int
+    episode: int                 # index of the bundled init state
+    success: bool
+    steps: int                   # policy-controlled steps taken
+    queries: int                 # policy calls
+    seconds: float
+    error: str | None = None     # simulator failure (counted as a failed episode)
+    video: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def to_sim_action(action: np.ndarray, settings: EpisodeSettings) -> np.ndarray:
+    """Dataset-convention action [7] -> the command `env.step` expects (arm deltas unchanged)."""
+    out = np.asarray(action, dtype=np.float64).copy()
+    g = out[6] * settings.gripper_sign
+    out[6] = (1.0 if g > 0 else -1.0) if settings.binarize_gripper else float(np.clip(g, -1.0, 1.0))
+    return out
+
+
+def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarray, task_id: int, episode: int,
+                settings: EpisodeSettings, on_frame: Callable[[np.ndarray], None] | None = None) -> EpisodeResult:
+    """Run one episode. A simulator exception (e.g. MuJoCo instability) ends it as a failure with the error
+    recorded; policy errors propagate: a broken policy or a lost server must stop the evaluation, not
+    score zeros."""
+    from geo3d.sim import reset_to
+
+    start = time.perf_counter()
+    steps = queries = 0
+
+    def result(success: bool, error: str | None = None) -> EpisodeResult:
+        return EpisodeResult(task_id, episode, success, steps, queries, time.perf_counter() - start, error)
+
+    try:
+        obs = reset_to(env, init_state, settings.settle_steps)
+    except Exception as e:
+        return result(False, f"reset: {type(e).__name__}: {e}")
+    queue: list[np.ndarray] = []
+    while steps < settings.max_steps:
+        if on_frame is not None:
+            on_frame(upright_frame(obs))
+        if not queue:
+            images, state = observation_to_inputs(obs, settings.image_size)
+            chunk = check_action_chunk(policy.predict_action(images, instruction, state))
+            queries += 1
+            queue = list(chunk[: max(1, min(settings.replan_steps, len(chunk)))])
+        try:
+            obs, _, done, _ = env.step(to_sim_action(queue.pop(0), settings))
+        except Exception as e:
+            return result(False, f"step {steps}: {type(e).__name__}: {e}")
+        steps += 1
+        if done:
+            return result(True)
+    return result(False)

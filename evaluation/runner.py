@@ -1,0 +1,160 @@
+"""Evaluate a policy on a LIBERO suite: every (task, init state) episode, optionally in parallel processes.
+
+Each worker process holds one policy handle (a `RemotePolicy` connection to `geo3d serve`, or the policy
+loaded in-process) and one simulator env, rebuilt only when its next episode belongs to another task.
+Finished episodes are appended to OUT/episodes.jsonl as they arrive, so an interrupted evaluation resumes
+(--resume) without rerunning them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from evaluation.episode import EpisodeResult, EpisodeSettings, run_episode
+from evaluation.video import RolloutVideo
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """Where a worker gets its policy: a server URL, or a checkpoint to load in-process."""
+
+    server: str | None = None
+    ckpt: str | None = None
+    device: str = "auto"
+    encoder_weights: str | None = None
+
+    def open(self) -> Any:
+        if self.server:
+            from evaluation.client import RemotePolicy
+
+            return RemotePolicy(self.server)
+        from evaluation.policy import load_local_policy
+
+        return load_local_policy(self.ckpt, self.device, self.encoder_weights)
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str
+    task_id: int
+    episode: int
+    seed: int
+    video_dir: str | None
+    render_size: int = 256
+
+
+class _Worker:
+    """Per-process state: the policy (opened once) and the current task's env (kept across episodes)."""
+
+    def __init__(self, source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
+        self.source, self.settings, self.gl = source, settings, gl
+        self.policy: Any = None
+        self.env: Any = None
+        self.task: Any = None
+        self.init_states: Any = None
+
+    def _env_for(self, job: Job) -> None:
+        from geo3d import sim
+
+        if self.task is not None and (self.task.suite, self.task.task_id) == (job.suite, job.task_id):
+            return
+        self.close_env()
+        self.task = sim.get_task(job.suite, job.task_id)
+        self.init_states = sim.init_states(self.task)
+        self.env = sim.make_env(self.task, image_size=job.render_size, seed=job.seed)
+
+    def run(self, job: Job) -> EpisodeResult:
+        from geo3d import sim
+
+        sim.configure(self.gl)
+        if self.policy is None:
+            self.policy = self.source.open()
+        settings = self.settings
+        if settings.image_size is None and getattr(self.policy, "image_size", None):
+            settings = EpisodeSettings(**{**settings.__dict__, "image_size": int(self.policy.image_size)})
+        self._env_for(job)
+        _seed_everything(job.seed * 1000 + job.episode)
+        video = RolloutVideo() if job.video_dir else None
+        res = run_episode(self.env, self.policy, self.task.language, self.init_states[job.episode], job.task_id,
+                          job.episode, settings, on_frame=video.add if video else None)
+        if video is not None:
+            outcome = "success" if res.success else "failure"
+            name = f"task{job.task_id:02d}_ep{job.episode:03d}_{outcome}.mp4"
+            res.video = str(video.write(Path(job.video_dir) / name))
+        return res
+
+    def close_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env = self.task = self.init_states = None
+
+
+def _seed_everything(seed: int) -> None:
+    """Same episode, same noise: the flow-matching sampler draws from torch's global generator."""
+    import random
+    import sys
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
+    global _WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER = _Worker(source, settings, gl)
+
+
+def _run_in_worker(job: Job) -> dict[str, Any]:
+    assert _WORKER is not None
+    return _WORKER.run(job).to_json()
+
+
+def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, gl: str, workers: int,
+             ) -> Iterable[dict[str, Any]]:
+    """Yield each episode's result as it finishes (in-process for 1 worker, else a spawn process pool)."""
+    if workers <= 1:
+        worker = _Worker(source, settings, gl)
+        try:
+            for job in jobs:
+                yield worker.run(job).to_json()
+        finally:
+            worker.close_env()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: MuJoCo/OpenGL contexts and torch threads do not survive fork
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(source, settings, gl)) as pool:
+        futures = [pool.submit(_run_in_worker, job) for job in jobs]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def read_done(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """Episodes already finished in a previous (interrupted) evaluation, keyed by (task_id, episode)."""
+    done: dict[tuple[int, int], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn last line of a killed run: that episode simply reruns
+            done[(rec["task_id"], rec["episode"])] = rec
+    return done
