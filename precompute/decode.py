@@ -15,10 +15,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from geo3d.errors import DataError
 
 _WORKER_MIXTURE: Any = None  # one LiberoMixture per decode process (or per in-process thread pool)
 
@@ -121,7 +124,7 @@ class EpisodeFeeder:
             self._submit(pos)
         parts, ids, index = [], [], {k: [] for k in ("dataset_id", "episode_index", "frame_index")}
         for pos in range(first, last + 1):
-            ep: DecodedEpisode = self.pending[pos].result()
+            ep = self._result(pos)
             lo, hi = max(rng.start, ep.start) - ep.start, min(rng.stop, ep.start + len(ep.frames)) - ep.start
             parts.append(ep.frames[lo:hi])
             ids.append(ep.content_ids[lo:hi])
@@ -136,6 +139,14 @@ class EpisodeFeeder:
         out = {k: np.concatenate(v) for k, v in index.items()}
         out["content_id"] = np.concatenate(ids)
         return np.concatenate(parts), out
+
+    def _result(self, pos: int) -> DecodedEpisode:
+        try:
+            return self.pending[pos].result()
+        except BrokenProcessPool as e:
+            raise DataError(f"a decode worker died while decoding episode {self.spans[pos].episode_index} of "
+                            f"dataset {self.spans[pos].dataset_id} (out of memory?); lower "
+                            "precompute.decode_workers / precompute.prefetch_episodes and rerun (it resumes)") from e
 
     def close(self) -> None:
         for fut in self.pending.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -97,6 +98,7 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
 
     from features_store import FeatureStore
     from geo3d.config import save_resolved
+    from geo3d.provenance import provenance
     from precompute.pipeline import TokenBuffers, run_worker
     from precompute.planner import ShardPlanner
     from precompute.preemption import PreemptionFlag
@@ -107,6 +109,9 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
     cfg_path, log_path = _log_paths(store.path)
     save_resolved(cfg, cfg_path.parent, cfg_path.name)
+    cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(
+        {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions()},
+        indent=2))
     missing = store.missing_shards()
     todo = sum(len(store.shard_range(i)) for i in missing)
     print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
