@@ -117,9 +117,11 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
           f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
           file=sys.stderr, flush=True)
-    buffers = TokenBuffers((spec.shard_frames, *spec.frame_shape), pinned=str(device).startswith("cuda"), count=3)
+    threads = max(1, int(p.writer_threads))
+    buffers = TokenBuffers((spec.shard_frames, *spec.frame_shape), pinned=str(device).startswith("cuda"),
+                           count=threads + 2)  # one being encoded, one queued, one per writer thread
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
-    writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1,
+    writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
     preempt = PreemptionFlag().install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,

@@ -133,7 +133,8 @@ def test_workers_started_together_after_a_changed_num_shards(data_root, referenc
     first.wait(timeout=30)
     kept = _commits(store)
     assert kept
-    procs = [subprocess.Popen(_cmd(data_root, store, "--shard", str(i), "--num-shards", "3"), cwd=REPO,
+    procs = [subprocess.Popen(_cmd(data_root, store, "--shard", str(i), "--num-shards", "3",
+                                   f"precompute.writer_threads={i + 1}"), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-2000:] for o in outs]
