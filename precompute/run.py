@@ -76,6 +76,9 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     if int(p.batch_size) < 1:
         raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
     slot = worker_slot(p.shard, p.num_shards)
+    if p.overwrite and slot.world > 1:
+        raise Geo3dError(f"--overwrite with {slot.world} workers would let each worker delete the others' work: "
+                         "delete the old store (or run one worker with --overwrite) first, then start the workers")
     device = resolve_device(str(p.device), slot.local_rank)
     if device == "cpu":
         torch.set_num_threads(_cpu_threads(p))

@@ -176,6 +176,8 @@ def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, re
     assert _commits(store) == before  # nothing lost
     proc = _run(_cmd(data_root, store, "data.image_size=84"), expect=2)
     assert "preprocessing" in proc.stderr
+    proc = _run(_cmd(data_root, store, "--overwrite", "--shard", "0", "--num-shards", "2"), expect=2)
+    assert "--overwrite with 2 workers" in proc.stderr
     _run(_cmd(data_root, store, "encoder.tiny.seed=1", "--overwrite"))
     from features_store import FeatureStore
 
