@@ -25,12 +25,25 @@ def synthetic_episode(rng: np.random.Generator, task: str, length: int, size: in
     for phase in (0.0, 1.7):
         frames = np.empty((length, size, size, 3), np.uint8)
         for t in range(length):
-            wave = np.sin((xx + 3 * t) / (4 + phase)) * np.cos((yy - 2 * t) / 5.0)
-            for c in range(3):
-                frames[t, :, :, c] = (base[c] + 60 * wave * (c + 1) + 4 * t).astype(np.int64) % 256
+            for c in range(3):  # smooth moving texture: AV1 keeps it close to the source
+                wave = np.sin((xx + 2 * t) / (6 + phase) + c) * np.cos((yy - t) / 7.0 + phase)
+                frames[t, :, :, c] = np.clip(base[c] * 0.5 + 64 + 50 * wave + 2 * t, 0, 255)
         views.append(frames)
     return EpisodeArrays(task=task, agentview=views[0], wrist=views[1],
                          state=state.astype(np.float32), action=action.astype(np.float32))
+
+
+def synthetic_sources(suites: Sequence[str] = ("libero_spatial", "libero_object"), episodes_per_suite: int = 2,
+                      length: int = 12, size: int = 64, seed: int = 0,
+                      lengths: Sequence[int] | None = None) -> dict[str, list[EpisodeArrays]]:
+    """The in-memory episodes `make_synthetic_libero` writes (same arguments -> same arrays)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for suite in suites:
+        out[suite] = [synthetic_episode(rng, f"{suite} task {i % 2}: pick up the object",
+                                        lengths[i] if lengths is not None else length, size)
+                      for i in range(episodes_per_suite)]
+    return out
 
 
 def make_synthetic_libero(root: Path, suites: Sequence[str] = ("libero_spatial", "libero_object"),
@@ -40,13 +53,10 @@ def make_synthetic_libero(root: Path, suites: Sequence[str] = ("libero_spatial",
     """Write one dataset folder per suite under `root` (real folder names) and return `root`.
 
     lengths: optional per-episode lengths (overrides `length`), to test uneven episodes.
+    writer_kwargs go to `write_lerobot_dataset` (e.g. episodes_per_file for v3.0).
     """
     root = Path(root)
-    rng = np.random.default_rng(seed)
-    for suite in suites:
-        eps = []
-        for i in range(episodes_per_suite):
-            n = lengths[i] if lengths is not None else length
-            eps.append(synthetic_episode(rng, f"{suite} task {i % 2}: pick up the object", n, size))
+    sources = synthetic_sources(suites, episodes_per_suite, length, size, seed, lengths)
+    for suite, eps in sources.items():
         write_lerobot_dataset(root / SUITE_FOLDERS[suite], eps, version=version, **writer_kwargs)
     return root

@@ -241,12 +241,15 @@ class LeRobotDataset:
                          f"but its parquet has {ep.length} rows; the video is truncated or does not match the "
                          f"data: {FIX_HINT}")
 
-    def iter_episode_frames(self, episode_index: int) -> Iterator[np.ndarray]:
-        """Decode the episode once, in order: uint8 [V,H,W,3] per frame as stored (V = agentview, wrist)."""
+    def iter_episode_frames(self, episode_index: int, threads: int = 0) -> Iterator[np.ndarray]:
+        """Decode the episode once, in order: uint8 [V,H,W,3] per frame as stored (V = agentview, wrist).
+
+        threads: decoder threads per camera (0 = automatic); the decoders are freed when this ends.
+        """
         ep = self.episode(episode_index)
-        files = [VideoFile(self.path / f) for f in ep.video_files]
+        files = [VideoFile(self.path / f, threads=threads) for f in ep.video_files]
+        streams = [vf.read(ts, self.fps, 0, ep.length) for vf, ts in zip(files, ep.video_from_ts)]
         try:
-            streams = [vf.read(ts, self.fps, 0, ep.length) for vf, ts in zip(files, ep.video_from_ts)]
             for k in range(ep.length):
                 frames = []
                 for v, it in enumerate(streams):
@@ -256,6 +259,8 @@ class LeRobotDataset:
                     frames.append(got[1])
                 yield np.stack(frames)
         finally:
+            for it in streams:  # suspended readers hold the decoders: end them, then free the files
+                it.close()
             for vf in files:
                 vf.close()
 

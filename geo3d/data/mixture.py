@@ -96,9 +96,13 @@ class LiberoMixture:
         return i
 
     # ---- sequential (stage 1) ---------------------------------------------------------------------
-    def iter_episode(self, dataset_id: int, episode_index: int) -> Iterator[tuple[np.ndarray, int]]:
-        """Decode one episode once, in order: (frames as stored uint8 [V,H,W,3], content id) per frame."""
-        for frames in self.datasets[dataset_id].iter_episode_frames(episode_index):
+    def iter_episode(self, dataset_id: int, episode_index: int,
+                     threads: int = 0) -> Iterator[tuple[np.ndarray, int]]:
+        """Decode one episode once, in order: (frames as stored uint8 [V,H,W,3], content id) per frame.
+
+        threads: decoder threads per camera (0 = automatic); they end with the iteration.
+        """
+        for frames in self.datasets[dataset_id].iter_episode_frames(episode_index, threads=threads):
             yield frames, frame_content_id(frames)
 
     # ---- random access (stage 2) ------------------------------------------------------------------

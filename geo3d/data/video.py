@@ -9,6 +9,7 @@ same pixels as decoding the file from the start (AV1 key frames reset every refe
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
@@ -71,10 +72,14 @@ class VideoFile:
     """One open mp4 with a forward-decoding cursor, so in-order reads never seek twice.
 
     Opened lazily (picklable until first use, safe to create before DataLoader workers fork).
+    threads: decoder threads; 1 keeps the process free of decoder threads (a process that forks
+    DataLoader workers while libdav1d worker threads exist can deadlock the children), 0 = automatic
+    (faster for one long in-order decode that is closed right after).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 1):
         self.path = Path(path)
+        self.threads = threads
         self._container = None
         self._stream = None
         self._frames: Iterator | None = None
@@ -88,9 +93,12 @@ class VideoFile:
         except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
             raise DataError(f"cannot open video {self.path}: {e}; re-download or re-create the dataset") from e
         self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
+        self._stream.codec_context.thread_count = self.threads
+        if self.threads != 1:
+            self._stream.thread_type = "AUTO"
 
     def close(self) -> None:
+        """Close the file; dropping the stream frees the decoder (and joins its threads)."""
         if self._container is not None:
             self._container.close()
         self._container = self._stream = self._frames = None
@@ -129,12 +137,27 @@ class VideoFile:
         self._frames = None
 
 
+_LIVE_CACHES: "weakref.WeakSet[VideoCache]" = weakref.WeakSet()
+
+
+def _close_before_fork() -> None:
+    """A forked child (DataLoader worker) must not inherit open decoders: their worker threads do not
+    exist in the child, so using or even freeing them there deadlocks. Close them in the parent first."""
+    for cache in list(_LIVE_CACHES):
+        cache.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_before_fork)
+
+
 class VideoCache:
     """At most `capacity` open VideoFile objects (LRU), so random access never reopens per sample."""
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
         self._files: OrderedDict[Path, VideoFile] = OrderedDict()
+        _LIVE_CACHES.add(self)
 
     def get(self, path: Path) -> VideoFile:
         vf = self._files.pop(path, None) or VideoFile(path)
