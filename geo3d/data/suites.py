@@ -47,11 +47,11 @@ def resolve_suite(suite: str, data_root: str | Path | None = None) -> list[Path]
     members = suite_members(suite)
     root = resolve_data_root(suite, data_root)
     paths = [root / SUITE_FOLDERS[m] for m in members]
-    for p in paths:
-        if not (p / "meta").is_dir():
-            hint = ("the shipped demo dataset is missing; restore demo_data/ from git (git checkout -- demo_data) "
-                    "or regenerate it (scripts/make_demo_data.py)" if root == DEMO_DATA_ROOT else
-                    f"download it there, or point --data-root / {DATA_ROOT_ENV} at the folder that holds it")
-            what = "does not exist" if not p.exists() else "has no meta/ folder (not a LeRobot dataset)"
-            raise DataError(f"suite {suite!r}: dataset folder {p} {what}; {hint}")
+    problems = [f"{p} {'does not exist' if not p.exists() else 'has no meta/ folder (not a LeRobot dataset)'}"
+                for p in paths if not (p / "meta").is_dir()]
+    if problems:
+        hint = ("the shipped demo dataset is missing; restore demo_data/ from git (git checkout -- demo_data) "
+                "or pass --data-root / set " + DATA_ROOT_ENV if root == DEMO_DATA_ROOT else
+                f"download the suite there, or point --data-root / {DATA_ROOT_ENV} at the folder that holds it")
+        raise DataError(f"suite {suite!r}: dataset folder " + "; ".join(problems) + f". Fix: {hint}")
     return paths
