@@ -63,11 +63,14 @@ def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tenso
                   stop: Callable[[int], bool] | None = None, on_batch: Callable[[int], None] | None = None) -> bool:
     """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] in fixed batches; False if `stop(done)` said so."""
     device = encoder.device
+    cuda = device.type == "cuda"
     for a in range(0, len(frames), batch_size):
         if stop is not None and stop(a):
             return False
-        x = torch.from_numpy(frames[a:a + batch_size]).to(device)
-        out[a:a + len(x)].copy_(encoder.encode(x), non_blocking=device.type == "cuda")
+        x = torch.from_numpy(frames[a:a + batch_size])
+        if cuda:  # pinned (cached host allocator) -> async copies, so the CPU can queue the next batch early
+            x = x.pin_memory().to(device, non_blocking=True)
+        out[a:a + len(x)].copy_(encoder.encode(x), non_blocking=cuda)
         if on_batch is not None:
             on_batch(len(x))
     if device.type == "cuda":

@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="stored frame side (LIBERO: 256)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", choices=sorted(CONFIGS))
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
         data_root = make_synthetic_libero(Path(tmp) / "data", suites=("libero_spatial", "libero_object"),
@@ -91,6 +92,7 @@ def main() -> None:
         for name, overrides in CONFIGS.items():
             if args.only and name != args.only:
                 continue
+            overrides = [*overrides, *args.overrides]
             e2e, e2e_all, enc = [], [], []
             for r in range(args.rounds):  # alternate, so machine load affects both sides alike
                 steady, overall = end_to_end(overrides, data_root, Path(tmp) / f"store-{name}-{r}")
