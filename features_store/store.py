@@ -247,8 +247,12 @@ class FeatureStore:
 def committed_shards(path: Path) -> list[int]:
     """Shard ids with a completion marker (a directory listing: cheap even for thousands of shards)."""
     out = []
-    for name in os.listdir(path / L.COMMITS):
-        if name.startswith("shard-") and name.endswith(".json"):
+    try:
+        names = os.listdir(path / L.COMMITS)
+    except FileNotFoundError:
+        raise StoreError(f"store {path} is damaged: its {L.COMMITS}/ directory is missing") from None
+    for name in names:
+        if name.startswith("shard-") and name.endswith(".json") and name[6:-5].isdigit():
             out.append(int(name[6:-5]))
     return sorted(out)
 

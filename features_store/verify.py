@@ -116,8 +116,13 @@ def _check_arrays(store: FeatureStore, report: VerifyReport) -> dict[str, Any] |
 
 def _check_commits(store: FeatureStore, report: VerifyReport) -> list[int]:
     """Committed shards with a well-formed marker; uncommitted ranges are faults naming their frames."""
-    committed = []
-    for i in store.committed_shards():
+    committed: list[int] = []
+    try:
+        listed = store.committed_shards()
+    except StoreError as e:
+        report.add("metadata", str(e))
+        return committed
+    for i in listed:
         rng = store.shard_range(i) if 0 <= i < store.num_shards else None
         try:
             marker = store.read_marker(i)
