@@ -198,6 +198,10 @@ class LeRobotDataset:
         if cached is None:
             table = self._parquet(self.path / rel, list(self.COLUMNS))
             cached = {c: _as_numpy(table.column(c)) for c in self.COLUMNS}
+            if np.any(np.diff(cached["episode_index"]) < 0):
+                raise DataError(f"{self.path / rel}: rows are not grouped by episode_index; {FIX_HINT}")
+            eps, first, counts = np.unique(cached["episode_index"], return_index=True, return_counts=True)
+            cached["_rows"] = {int(e): (int(f), int(n)) for e, f, n in zip(eps, first, counts)}  # type: ignore
         self._tables[rel] = cached
         while len(self._tables) > self._table_cache_size:
             self._tables.popitem(last=False)
@@ -207,11 +211,11 @@ class LeRobotDataset:
         """state float32 [L,8], action float32 [L,7], task_index, frame_index for one episode."""
         ep = self.episode(episode_index)
         cols = self._data_file(ep.data_file)
-        rows = np.flatnonzero(cols["episode_index"] == episode_index)
-        if len(rows) != ep.length:
-            raise DataError(f"{self.path / ep.data_file} has {len(rows)} rows for episode {episode_index} but "
+        first, n = cols["_rows"].get(episode_index, (0, 0))  # episodes are contiguous runs of rows
+        if n != ep.length:
+            raise DataError(f"{self.path / ep.data_file} has {n} rows for episode {episode_index} but "
                             f"the metadata says length {ep.length}; {FIX_HINT}")
-        sl = slice(rows[0], rows[-1] + 1)
+        sl = slice(first, first + n)
         return {STATE_KEY: cols[STATE_KEY][sl].astype(np.float32, copy=False),
                 ACTION_KEY: cols[ACTION_KEY][sl].astype(np.float32, copy=False),
                 "task_index": cols["task_index"][sl], "frame_index": cols["frame_index"][sl]}
