@@ -86,32 +86,48 @@ def run_worker(encoder: GeometryEncoder, store: Any, planner: Any, feeder: Any, 
         if preempt.requested:
             lease.release()
             break
-        rng = store.shard_range(lease.shard)
-        frames, index = feeder.shard(rng)
-        out = buffers.take(len(rng))
-        t0 = time.perf_counter()
-
-        def stop(done: int) -> bool:  # on preemption: finish this shard only if the rest is quick
-            if not preempt.requested:
-                return False
-            fps = stats.frames / stats.encode_s if stats.encode_s > 0 else 0.0
-            return fps <= 0 or (len(rng) - done) / fps > grace_s
-
-        finished = encode_frames(encoder, frames, out, batch_size, stop, bar.update)
-        dt = time.perf_counter() - t0
-        stats.encode_s += dt
-        if not finished:
-            buffers.give_back(out)
-            lease.release()
-            stats.dropped.append(lease.shard)
-            break
-        stats.frames += len(rng)
-        stats.shards.append(lease.shard)
-        if stats.first_shard_done is None:
-            stats.first_shard_done, stats.first_shard_frames = time.perf_counter(), len(rng)
-        bar.set_postfix_str(f"shard {lease.shard}/{store.num_shards}", refresh=False)
-        writer.submit(lease, out, index, dt)
-        if preempt.requested:
+        try:
+            done = _encode_shard(encoder, store, lease, feeder, writer, buffers, batch_size, preempt, grace_s, bar,
+                                 stats)
+        except BaseException:
+            lease.release()  # never leave a claim behind in this process (bench, tests, library use)
+            raise
+        if not done or preempt.requested:
             break
     stats.ended = time.perf_counter()
     return stats
+
+
+def _encode_shard(encoder: GeometryEncoder, store: Any, lease: Any, feeder: Any, writer: Any, buffers: TokenBuffers,
+                  batch_size: int, preempt: Any, grace_s: float, bar: Any, stats: RunStats) -> bool:
+    """Decode + encode one claimed shard and queue it for commit; False when dropped on preemption."""
+    rng = store.shard_range(lease.shard)
+    frames, index = feeder.shard(rng)
+    out = buffers.take(len(rng))
+    t0 = time.perf_counter()
+
+    def stop(done: int) -> bool:  # on preemption: finish this shard only if the rest is quick
+        if not preempt.requested:
+            return False
+        fps = stats.frames / stats.encode_s if stats.encode_s > 0 else 0.0
+        return fps <= 0 or (len(rng) - done) / fps > grace_s
+
+    try:
+        finished = encode_frames(encoder, frames, out, batch_size, stop, bar.update)
+    except BaseException:
+        buffers.give_back(out)
+        raise
+    dt = time.perf_counter() - t0
+    stats.encode_s += dt
+    if not finished:
+        buffers.give_back(out)
+        lease.release()
+        stats.dropped.append(lease.shard)
+        return False
+    stats.frames += len(rng)
+    stats.shards.append(lease.shard)
+    if stats.first_shard_done is None:
+        stats.first_shard_done, stats.first_shard_frames = time.perf_counter(), len(rng)
+    bar.set_postfix_str(f"shard {lease.shard}/{store.num_shards}", refresh=False)
+    writer.submit(lease, out, index, dt)
+    return True
