@@ -142,3 +142,14 @@ def test_no_decoder_threads_outlive_decoding(root):
     partial.close()  # abandoned half-way
     m[3], m[20]  # random access keeps files open, single-threaded
     assert _decoder_threads() == 0
+
+
+def test_caches_stay_bounded_over_an_epoch(root):
+    m = LiberoMixture("demo", root, image_size=None, video_cache_size=2)
+    for ds in m.datasets:
+        ds._table_cache_size = 1
+    for i in np.random.default_rng(1).permutation(TOTAL):
+        m.read_stored_frames(int(i))
+        m.action_chunk(*m.locate(int(i)))
+        for ds in m.datasets:
+            assert len(ds._videos._files) <= 2 and len(ds._tables) <= 1
