@@ -153,3 +153,15 @@ def test_caches_stay_bounded_over_an_epoch(root):
         m.action_chunk(*m.locate(int(i)))
         for ds in m.datasets:
             assert len(ds._videos._files) <= 2 and len(ds._tables) <= 1
+
+
+def test_from_config_uses_data_keys(root, monkeypatch):
+    from geo3d.config import load_config
+
+    monkeypatch.delenv("GEO3D_DATA_ROOT", raising=False)
+    cfg = load_config(["data"], [f"data.data_root={root}", "data.action_horizon=4", "data.image_size=28"])
+    m = LiberoMixture.from_config(cfg)
+    item = m[0]
+    assert len(m) == TOTAL and item["actions"].shape == (4, 7) and item["images"].shape == (2, 28, 28, 3)
+    monkeypatch.setenv("GEO3D_DATA_ROOT", str(root))
+    assert len(LiberoMixture.from_config(load_config(["data"], ["data.suite=libero_object"]))) == sum(LENGTHS)

@@ -26,7 +26,7 @@ V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d
 V3_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_TASKS_PATH = "meta/tasks.parquet"
 
-STATE_NAMES = ["x", "y", "z", "axis_angle1", "axis_angle2", "axis_angle3", "gripper", "gripper"]
+STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]  # as in the IPEC LIBERO info.json
 ACTION_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 
 
