@@ -87,7 +87,7 @@ def test_video_with_fewer_frames_than_parquet_rows(root):
             pass
     assert str(video) in str(e.value) and "has 7 frames" in str(e.value) and "10 rows" in str(e.value)
     np.testing.assert_array_equal(m[m.global_index(1, 1, 6)]["frame_index"], 6)  # frames present still read
-    with pytest.raises(DataError, match="ends before frame 8") as e:
+    with pytest.raises(DataError, match="has 7 frames for episode 1 but its parquet has 10 rows") as e:
         m[m.global_index(1, 1, 8)]
     assert str(video) in str(e.value)
 
@@ -109,3 +109,19 @@ def test_total_frames_mismatch(root):
                                                                                   '"total_frames": 21'))
     with pytest.raises(DataError, match="total_frames=21"):
         LeRobotDataset(ds)
+
+
+def test_v3_video_with_fewer_frames_than_parquet_rows(tmp_path):
+    root = make_synthetic_libero(tmp_path, version="v3.0", **SPEC)
+    ds = root / SUITE_FOLDERS["libero_spatial"]
+    video = ds / f"videos/{AGENTVIEW_KEY}/chunk-000/file-000.mp4"
+    eps = synthetic_sources(**SPEC)["libero_spatial"]
+    video.unlink()
+    encode_av1(video, [eps[0].agentview, eps[1].agentview[:4]], fps=20)  # episode 1: 4 of 10 frames
+    m = LiberoMixture("libero_spatial", root, image_size=None)
+    assert len(list(m.iter_episode(0, 0))) == 10
+    with pytest.raises(DataError, match="has 4 frames for episode 1 but its parquet has 10 rows") as e:
+        list(m.iter_episode(0, 1))
+    assert str(video) in str(e.value)
+    with pytest.raises(DataError, match="ends before frame 6 of episode 1"):
+        m[m.global_index(0, 1, 6)]

@@ -273,7 +273,10 @@ class LeRobotDataset:
         ep = self.episode(episode_index)
         frames = []
         for v, (rel, ts) in enumerate(zip(ep.video_files, ep.video_from_ts)):
-            got = list(self._videos.get(self.path / rel).read(ts, self.fps, frame_index, 1))
+            vf = self._videos.get(self.path / rel)
+            got = list(vf.read(ts, self.fps, frame_index, 1))
+            if not got and self.codebase_version != "v3.0" and 0 < vf.num_frames() < ep.length:
+                raise self._short_video_error(v, ep, vf.num_frames())  # one episode per file: exact counts
             if not got:
                 raise DataError(f"video {self.path / rel} ends before frame {frame_index} of episode "
                                 f"{episode_index} (its parquet has {ep.length} rows); {FIX_HINT}")

@@ -97,6 +97,12 @@ class VideoFile:
         if self.threads != 1:
             self._stream.thread_type = "AUTO"
 
+    def num_frames(self) -> int:
+        """Frames in the file per the container header (0 when the header does not say)."""
+        if self._container is None:
+            self._open()
+        return int(self._stream.frames or 0)
+
     def close(self) -> None:
         """Close the file; dropping the stream frees the decoder (and joins its threads)."""
         if self._container is not None:
