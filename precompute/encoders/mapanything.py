@@ -131,7 +131,8 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     config = offline_config(read_config(weights))
     if config["encoder_config"].get("uses_torch_hub", True):
         require_dinov2_hub_code()
-    overrides = {k: config[k] for k in ("encoder_config", "info_sharing_config") if k in config}
+    # copies: MapAnything's constructor mutates the dicts it is given (e.g. puts a class into module_args)
+    overrides = {k: copy.deepcopy(config[k]) for k in ("encoder_config", "info_sharing_config") if k in config}
     if "pretrained_checkpoint_path" in config:
         overrides["pretrained_checkpoint_path"] = None
     try:
