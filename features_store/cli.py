@@ -33,13 +33,14 @@ def verify_cache(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Prove a features store complete and true; name every bad frame."""
-    from features_store.metadata import read_metadata, spec_from_metadata
+    from features_store.metadata import read_metadata
     from features_store.verify import verify_store
 
     if no_dataset and deep:
         raise Geo3dError("--deep compares against the dataset: drop --no-dataset or --deep")
-    read_metadata(store)  # not a store / newer schema -> usage error (exit 2) before any work
-    spec = _spec_or_none(store, read_metadata, spec_from_metadata)
+    if not (store / "zarr.json").is_file():
+        read_metadata(store)  # no store here: a usage error (exit 2) naming the path
+    spec = _spec_or_none(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
     recompute_fn = _recompute_fn(spec, data_root) if recompute and spec is not None else None
     report = verify_store(store, mixture=mixture, deep=deep, recompute=recompute_fn, recompute_frames=recompute,
@@ -57,11 +58,17 @@ def verify_cache(
         raise typer.Exit(1)
 
 
-def _spec_or_none(store: Path, read_metadata: Any, spec_from_metadata: Any) -> Any:
-    """The spec, or None when metadata is damaged (verify_store then reports it as a fault)."""
+def _spec_or_none(store: Path) -> Any:
+    """The spec, or None when the metadata is damaged (verify_store then reports it as a fault, exit 1).
+    A store from a newer geo3d is a usage error (exit 2): upgrade."""
+    from features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
+    from geo3d.errors import StoreError
+
     try:
         return spec_from_metadata(read_metadata(store))
-    except Exception:
+    except SchemaTooNewError:
+        raise
+    except (StoreError, TypeError, ValueError):
         return None
 
 

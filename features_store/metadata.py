@@ -10,6 +10,10 @@ from features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, 
 from geo3d.errors import StoreError
 
 
+class SchemaTooNewError(StoreError):
+    """The store was written by a newer geo3d: a usage problem (upgrade), not damage."""
+
+
 def build_metadata(spec: StoreSpec) -> dict[str, Any]:
     """Everything needed to interpret the store without geo3d's code at hand, plus how it was made."""
     from geo3d import __version__
@@ -47,7 +51,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(version, int):
         raise StoreError(f"store {path}: metadata has no integer schema_version; the store is damaged")
     if version > SCHEMA_VERSION:
-        raise StoreError(f"store {path} has schema version {version}, newer than this geo3d understands "
+        raise SchemaTooNewError(f"store {path} has schema version {version}, newer than this geo3d understands "
                          f"({SCHEMA_VERSION}); upgrade geo3d (store written by tool {meta.get('tool_version')})")
     if meta.get("dtype") != DTYPE or meta.get("storage_dtype") != STORAGE_DTYPE:
         raise StoreError(f"store {path}: unsupported dtype {meta.get('dtype')}/{meta.get('storage_dtype')}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from features_store import layout as L
 from features_store.frames import bits_to_bf16, frame_checksums, nonfinite_frames
-from features_store.metadata import read_metadata, spec_from_metadata
+from features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
 from features_store.spec import StoreSpec
 from features_store.store import FeatureStore, open_arrays
 from features_store.verify_report import VerifyReport
@@ -71,9 +71,9 @@ def _open_checked(path: Path, report: VerifyReport) -> FeatureStore | None:
     try:
         meta = read_metadata(path)
         spec = spec_from_metadata(meta)
+    except SchemaTooNewError:
+        raise
     except StoreError as e:
-        if "newer than this geo3d" in str(e):
-            raise
         report.add("metadata", str(e))
         return None
     except (TypeError, ValueError) as e:  # a spec that fails its own validation

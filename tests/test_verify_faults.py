@@ -166,3 +166,20 @@ def test_broken_metadata_and_newer_schema(store_path):
     zjson.write_text(json.dumps(root))
     with pytest.raises(StoreError, match="newer"):
         verify_store(store_path, progress=False)
+
+
+def test_cli_damaged_metadata_is_a_fault_newer_schema_is_usage(store_path):
+    from typer.testing import CliRunner
+
+    from geo3d.cli import app
+
+    zjson = store_path / "zarr.json"
+    good = zjson.read_text()
+    zjson.write_text("{broken")
+    result = CliRunner().invoke(app, ["verify-cache", str(store_path), "--no-dataset", "--no-progress"])
+    assert result.exit_code == 1 and "metadata" in result.output
+    root = json.loads(good)
+    root["attributes"]["geo3d"]["schema_version"] = 7
+    zjson.write_text(json.dumps(root))
+    result = CliRunner().invoke(app, ["verify-cache", str(store_path), "--no-dataset"])
+    assert result.exit_code == 2 and "upgrade geo3d" in result.output
