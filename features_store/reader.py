@@ -22,8 +22,9 @@ from geo3d.errors import StoreError
 class FeatureReader:
     """`reader[i] -> torch.bfloat16 [V, T, D]`, `len(reader)`, `.spec`, per-frame index arrays.
 
-    zarr_concurrency bounds zarr's async requests in each reading process (zarr's default is 64 per
-    process, multiplied by every DataLoader worker). verify_checksums re-hashes each frame read (~0.6 ms).
+    zarr_concurrency bounds zarr's async requests in each reading process (zarr's own default, 10 in 3.1.6
+    and higher in some releases, is multiplied by every DataLoader worker). verify_checksums re-hashes each
+    frame read (~0.6 ms).
     """
 
     def __init__(self, path: str | Path, zarr_concurrency: int = 4, verify_checksums: bool = False) -> None:
