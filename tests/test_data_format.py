@@ -119,3 +119,15 @@ def test_writer_rejects_bad_arrays(tmp_path, sources):
     with pytest.raises(DataError, match="action must be"):
         write_lerobot_dataset(tmp_path / "x", [bad])
     assert not (tmp_path / "x").exists()
+
+
+def test_meta_stats_json_describes_the_source(written, sources):
+    stats = json.loads((written["v2.0"] / "meta/stats.json").read_text())
+    agent = np.concatenate([s.agentview for s in sources]).reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(np.ravel(stats[CAMERA_KEYS[0]]["mean"]), agent.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(np.ravel(stats[CAMERA_KEYS[0]]["std"]), agent.std(0), rtol=1e-6)
+    actions = np.concatenate([s.action for s in sources]).astype(np.float64)
+    np.testing.assert_allclose(stats[ACTION_KEY]["max"], actions.max(0))
+    assert set(stats[ACTION_KEY]) == {"min", "max", "mean", "std"}  # v2.x: no quantiles
+    v3 = json.loads((written["v3.0"] / "meta/stats.json").read_text())
+    assert {"q01", "q99", "count"} <= set(v3[STATE_KEY])

@@ -6,7 +6,7 @@ are computed exactly by `geo3d.data.norm_stats`, never taken from here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -25,20 +25,26 @@ def vector_stats(x: np.ndarray, quantiles: bool = True) -> dict[str, Any]:
     return out
 
 
-def image_stats(frames: np.ndarray) -> dict[str, Any]:
-    """Per-channel stats of uint8 [N,H,W,3] frames in [0,1], shaped [3,1,1] like lerobot's."""
-    x = frames.reshape(-1, 3)
-    mean = np.zeros(3)
-    sq = np.zeros(3)
-    for c in range(3):  # per channel in float64 without a full float copy of the video
-        ch = x[:, c].astype(np.float64) / 255.0
-        mean[c], sq[c] = ch.mean(), (ch * ch).mean()
-    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+def image_stats(videos: Iterable[np.ndarray]) -> dict[str, Any]:
+    """Per-channel stats in [0,1] of uint8 [N,H,W,3] arrays (streamed: never one big float copy),
+    shaped [3,1,1] like lerobot's."""
+    n, total, sq = 0, np.zeros(3), np.zeros(3)
+    lo, hi = np.full(3, 255), np.zeros(3, np.int64)
+    count = 0
+    for frames in videos:
+        x = frames.reshape(-1, 3)
+        for c in range(3):
+            ch = x[:, c].astype(np.float64)
+            total[c] += ch.sum()
+            sq[c] += (ch * ch).sum()
+        lo, hi = np.minimum(lo, x.min(0)), np.maximum(hi, x.max(0))
+        n += len(x)
+        count += len(frames)
+    mean = total / n / 255.0
+    std = np.sqrt(np.maximum(sq / n / 255.0**2 - mean * mean, 0.0))
     as_chw = lambda v: [[[float(a)]] for a in v]  # noqa: E731
-    return {
-        "min": as_chw(x.min(0) / 255.0), "max": as_chw(x.max(0) / 255.0),
-        "mean": as_chw(mean), "std": as_chw(std), "count": [int(len(frames))],
-    }
+    return {"min": as_chw(lo / 255.0), "max": as_chw(hi / 255.0), "mean": as_chw(mean), "std": as_chw(std),
+            "count": [count]}
 
 
 def columns_stats(columns: dict[str, np.ndarray], quantiles: bool = True) -> dict[str, Any]:

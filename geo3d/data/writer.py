@@ -116,7 +116,7 @@ def _numeric_columns(table: pa.Table) -> dict[str, np.ndarray]:
 def _dataset_stats(table: pa.Table, episodes: list[EpisodeArrays], quantiles: bool) -> dict[str, Any]:
     stats = columns_stats(_numeric_columns(table), quantiles)
     for key, attr in ((AGENTVIEW_KEY, "agentview"), (WRIST_KEY, "wrist")):
-        stats[key] = image_stats(np.concatenate([getattr(ep, attr) for ep in episodes]))
+        stats[key] = image_stats(getattr(ep, attr) for ep in episodes)
     if not quantiles:  # v2.x stats.json holds min/max/mean/std only
         stats = {k: {s: v[s] for s in ("min", "max", "mean", "std")} for k, v in stats.items()}
     return stats
@@ -178,7 +178,7 @@ def _write_v2(root: Path, episodes: list[EpisodeArrays], task_list: list[str], f
                        [frames], fps, **enc)
         if version == "v2.1":
             st = columns_stats(_numeric_columns(table), quantiles=False)
-            st[AGENTVIEW_KEY], st[WRIST_KEY] = image_stats(ep.agentview), image_stats(ep.wrist)
+            st[AGENTVIEW_KEY], st[WRIST_KEY] = image_stats([ep.agentview]), image_stats([ep.wrist])
             ep_stats.append({"episode_index": i, "stats": st})
         tables.append(table)
         start += len(ep)
