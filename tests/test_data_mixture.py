@@ -165,3 +165,16 @@ def test_from_config_uses_data_keys(root, monkeypatch):
     assert len(m) == TOTAL and item["actions"].shape == (4, 7) and item["images"].shape == (2, 28, 28, 3)
     monkeypatch.setenv("GEO3D_DATA_ROOT", str(root))
     assert len(LiberoMixture.from_config(load_config(["data"], ["data.suite=libero_object"]))) == sum(LENGTHS)
+
+
+def test_random_access_recovers_when_a_seek_lands_past_the_frame(root, monkeypatch):
+    """Some files seek to a keyframe after the wanted time; the reader must step back, not skip frames."""
+    from geo3d.data.video import VideoFile
+
+    m = LiberoMixture("demo", root, image_size=None)
+    expect = {i: m.read_stored_frames(i) for i in (9, 14, 25)}
+    m.close()
+    real_seek = VideoFile._seek
+    monkeypatch.setattr(VideoFile, "_seek", lambda self, t: real_seek(self, t + 0.2 if t > 0 else t))
+    for i, frames in expect.items():
+        np.testing.assert_array_equal(m.read_stored_frames(i), frames)

@@ -124,23 +124,34 @@ class VideoFile:
         """Yield (k, rgb uint8 [H,W,3]) for frames k = start .. start+count-1 of the segment at from_ts."""
         want_t = from_ts + start / fps
         half = 0.5 / fps
+        fallbacks: list[float] = []
         if self._frames is None or self._last_time is None or self._last_time >= want_t - half \
                 or want_t - self._last_time > 4.0:  # far ahead: seeking beats decoding through
             self._seek(want_t)
+            fallbacks = [t for t in (want_t - 2.0, 0.0) if t < want_t]  # if the seek lands past the frame
         k_end = start + count
-        for frame in self._frames:
-            t = float(frame.pts * frame.time_base)
-            self._last_time = t
-            k = round((t - from_ts) * fps)
-            if k < start:
-                continue
-            if k >= k_end:
-                self._frames = None  # the cursor went past; the next read re-seeks
+        while True:
+            first, overshot = True, False
+            for frame in self._frames:
+                t = float(frame.pts * frame.time_base)
+                self._last_time = t
+                k = round((t - from_ts) * fps)
+                if first and k > start and fallbacks:
+                    overshot = True
+                    break
+                first = False
+                if k < start:
+                    continue
+                if k >= k_end:
+                    self._frames = None  # the cursor went past; the next read re-seeks
+                    return
+                yield k, frame.to_ndarray(format="rgb24")
+                if k == k_end - 1:
+                    return
+            if not overshot:
+                self._frames = None
                 return
-            yield k, frame.to_ndarray(format="rgb24")
-            if k == k_end - 1:
-                return
-        self._frames = None
+            self._seek(max(fallbacks.pop(0), 0.0))
 
 
 _LIVE_CACHES: "weakref.WeakSet[VideoCache]" = weakref.WeakSet()
