@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ class RemotePolicy:
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
-                self._ws = connect(url, compression=None, max_size=None, open_timeout=10, proxy=None)
+                self._stack = ExitStack()  # websockets >= 16 wants connect() entered as a context manager
+                self._ws = self._stack.enter_context(
+                    connect(url, compression=None, max_size=None, open_timeout=10, proxy=None))
                 break
             except (OSError, TimeoutError) as e:
                 if time.monotonic() > deadline:
@@ -50,4 +53,4 @@ class RemotePolicy:
         return np.array(data["actions"], dtype=np.float32)
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()

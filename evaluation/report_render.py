@@ -55,21 +55,26 @@ def _plot_attention(ax, runs: list[RunSummary]) -> None:
         if r.geom_attn:
             layers = sorted(r.geom_attn)
             ax.plot(layers, [r.tail_mean(r.geom_attn[i]) for i in layers], marker="o", label=r.label)
-    ax.set_title("attention mass on geometry tokens")
+    ax.set_title("attention mass on geometry tokens (last 10% of steps)")
     ax.set_xlabel("DiT layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     _legend_or_note(ax, any(r.geom_attn for r in runs))
 
 
 def _plot_success(ax, runs: list[RunSummary]) -> None:
+    """Grouped bars per suite, each labelled with its rate and counts (a 0% bar stays readable)."""
     suites = sorted({s for r in runs for s in r.success})
     width = 0.8 / max(1, len(runs))
     for j, r in enumerate(runs):
         xs = [i + j * width for i, s in enumerate(suites) if s in r.success]
-        ys = [100 * r.success[s]["success_rate"] for s in suites if s in r.success]
+        evals = [r.success[s] for s in suites if s in r.success]
         if xs:
-            ax.bar(xs, ys, width=width, label=r.label)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(suites))], suites, fontsize=7)
-    ax.set_ylim(0, 100)
+            bars = ax.bar(xs, [100 * e["success_rate"] for e in evals], width=width, label=r.label)
+            ax.bar_label(bars, [f"{100 * e['success_rate']:.0f}% ({e['successes']}/{e['episodes']})" for e in evals],
+                         fontsize=7)
+    ax.set_xticks([i + (len(runs) - 1) * width / 2 for i in range(len(suites))], suites, fontsize=8)
+    ax.set_xlim(-0.5, max(1, len(suites)) - 0.3)
+    ax.set_ylim(0, 105)
     ax.set_title("LIBERO success rate (%)")
     _legend_or_note(ax, bool(suites))
 

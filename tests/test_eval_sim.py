@@ -1,0 +1,144 @@
+"""`geo3d eval` in the real LIBERO simulator (hf-libero, mujoco 3.8.1, OSMesa on CPU): gripper sign, image
+path identical to training's, a real episode from a demo-trained checkpoint (in-process and via `serve`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from eval_fixtures import IMAGE, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
+from geo3d.config import CONFIG_DIR, REPO_ROOT
+
+pytestmark = pytest.mark.sim
+_REASON = sim_available()
+if _REASON is not None:
+    print(f"skipping LIBERO simulator tests: {_REASON}")
+    pytest.skip(_REASON, allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def sim_trace():
+    """Observations of libero_spatial task 0 (init state 0): after settling, after 15 dataset-convention
+    'close' commands, after 15 'open' commands."""
+    from evaluation.episode import EpisodeSettings, to_sim_action
+    from geo3d import sim
+
+    sim.configure("osmesa")
+    gripper = OmegaConf.load(CONFIG_DIR / "eval.yaml").eval.gripper
+    settings = EpisodeSettings(max_steps=1, gripper_sign=float(gripper.sim_sign), binarize_gripper=gripper.binarize)
+    task = sim.get_task("libero_spatial", 0)
+    env = sim.make_env(task, image_size=256)
+    try:
+        trace = {"settled": sim.reset_to(env, sim.init_states(task)[0], settle_steps=10)}
+        for name, g in (("closed", 1.0), ("opened", -1.0)):  # dataset convention: +1 close, -1 open
+            for _ in range(15):
+                obs, _, _, _ = env.step(to_sim_action(np.array([0, 0, 0, 0, 0, 0, g]), settings))
+            trace[name] = obs
+    finally:
+        env.close()
+    return trace
+
+
+def _finger_gap(obs) -> float:
+    q = obs["robot0_gripper_qpos"]
+    return float(q[0] - q[1])
+
+
+def test_gripper_dataset_convention_reaches_the_sim_with_the_configured_sign(sim_trace):
+    settled, closed, opened = (_finger_gap(sim_trace[k]) for k in ("settled", "closed", "opened"))
+    assert closed < 0.5 * settled, (settled, closed)   # +1 (dataset: close) closed the fingers
+    assert opened > 2 * closed and opened > 0.06, (closed, opened)  # -1 (dataset: open) opened them
+
+
+def test_stored_orientation_matches_the_lerobot_datasets(sim_trace):
+    """IPEC/openvla LIBERO data store the render rotated 180 deg: scene upright, wall at the top."""
+    from geo3d.sim import frames_as_stored
+
+    agent = frames_as_stored(sim_trace["settled"])[0].astype(np.float32)
+    fifth = agent.shape[0] // 5
+    saturation = lambda x: float((x.max(-1) - x.min(-1)).mean())  # noqa: E731
+    assert saturation(agent[:fifth]) < 0.5 * saturation(agent[-fifth:])  # gray wall above, wooden table below
+
+
+def test_eval_images_are_the_training_images(sim_trace, tmp_path):
+    """Frames stored like the demo generator stores them, read back by the training data layer, equal (up to
+    video compression) what the eval path gives the policy for the same observation; a rotated frame does not."""
+    from evaluation.frames import observation_to_inputs
+    from geo3d.data.episode_arrays import EpisodeArrays
+    from geo3d.data.mixture import LiberoMixture
+    from geo3d.data.suites import SUITE_FOLDERS
+    from geo3d.data.writer import write_lerobot_dataset
+    from geo3d.sim import frames_as_stored, state_from_obs
+
+    obs_list = [sim_trace[k] for k in ("settled", "closed", "opened")]
+    stored = [frames_as_stored(o) for o in obs_list]
+    episode = EpisodeArrays(task="pick up the black bowl", agentview=np.stack([s[0] for s in stored]),
+                            wrist=np.stack([s[1] for s in stored]),
+                            state=np.stack([state_from_obs(o) for o in obs_list]),
+                            action=np.zeros((len(obs_list), 7), np.float32))
+    write_lerobot_dataset(tmp_path / SUITE_FOLDERS["libero_spatial"], [episode])
+    mixture = LiberoMixture("libero_spatial", tmp_path, image_size=IMAGE)
+    for i, obs in enumerate(obs_list):
+        train_item = mixture[i]
+        images, state = observation_to_inputs(obs, IMAGE)
+        assert images.shape == train_item["images"].shape == (2, IMAGE, IMAGE, 3) and images.dtype == np.uint8
+        diff = np.abs(images.astype(int) - train_item["images"].astype(int)).mean()
+        rotated = np.abs(images[:, ::-1, ::-1].astype(int) - train_item["images"].astype(int)).mean()
+        assert diff < 6 and rotated > 3 * diff, (diff, rotated)
+        np.testing.assert_allclose(state, train_item["state"], rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    return evaluated_run(tmp_path_factory.getbasetemp() / "eval_runs")
+
+
+def test_eval_runs_a_real_episode_in_process(evaluated):
+    run_dir, res = evaluated
+    assert res["suite"] == "libero_spatial" and res["complete"] and res["step"] == 2
+    assert res["summary"]["episodes"] == 1 and res["summary"]["success_rate"] in (0.0, 1.0)
+    (task,) = res["tasks"]
+    assert task["task_id"] == 0 and "black bowl" in task["instruction"] and task["episodes"] == 1
+    (ep,) = res["episodes"]
+    assert ep["error"] is None and 1 <= ep["steps"] <= 10
+    assert ep["queries"] == -(-ep["steps"] // 8)  # a chunk of 8 executed, then re-queried
+    assert res["settings"]["max_steps"] == 10 and res["settings"]["settle_steps"] == 10
+    assert res["settings"]["image_size"] == IMAGE
+    out = run_dir / "eval_libero_spatial_step2"
+    assert "| **all** |" in (out / "results.md").read_text()
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 1
+    with av.open(ep["video"]) as c:  # what the policy saw, one frame per controlled step
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == ep["steps"] and frames[0].shape == (256, 512, 3)
+
+
+def test_eval_refuses_to_mix_results_and_resumes(evaluated):
+    run_dir, res = evaluated
+    args = ["eval", "--ckpt", str(run_dir), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task",
+            "1", "--max-steps", "10"]
+    proc = subprocess.run(geo3d(*args), cwd=REPO_ROOT, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 2 and "already holds evaluation results" in proc.stderr
+    run([*args, "--resume"])  # everything already done: no episode reruns, same results
+    again = json.loads((run_dir / "eval_libero_spatial_step2" / "results.json").read_text())
+    assert again["episodes"] == res["episodes"] and again["complete"]
+
+
+def test_eval_through_the_policy_server(tmp_path_factory, tmp_path):
+    runs = trained_runs(tmp_path_factory.getbasetemp() / "eval_runs")
+    server = ServeProcess(runs["pool"])
+    try:
+        run(["eval", "--server", server.url, "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task", "1",
+             "--max-steps", "8", "--out", str(tmp_path / "ev")], timeout=600)
+    finally:
+        server.stop()
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["server"] == server.url and res["complete"] and res["summary"]["episodes"] == 1
+    assert Path(res["checkpoint"]).parent == runs["pool"] / "checkpoints"
+    (ep,) = res["episodes"]
+    assert ep["steps"] >= 1 and ep["queries"] >= 1 and ep["error"] is None
