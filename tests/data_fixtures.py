@@ -19,15 +19,16 @@ def synthetic_episode(rng: np.random.Generator, task: str, length: int, size: in
     action[:, 6] = np.where(np.arange(length) < length // 2, -1.0, 1.0)  # gripper: open then close
     pos = np.cumsum(action[:, :6] * 0.01, 0)
     state = np.concatenate([pos, np.stack([0.04 * (action[:, 6] < 0)] * 2, 1)], 1)
-    yy, xx = np.mgrid[0:size, 0:size]
+    xx = np.arange(size, dtype=np.float32)[None, None, :]  # separable in x and y: cheap at 256x256
+    yy = np.arange(size, dtype=np.float32)[None, :, None]
+    t = np.arange(length, dtype=np.float32)[:, None, None]
     base = rng.integers(0, 256, 3)
     views = []
     for phase in (0.0, 1.7):
         frames = np.empty((length, size, size, 3), np.uint8)
-        for t in range(length):
-            for c in range(3):  # smooth moving texture: AV1 keeps it close to the source
-                wave = np.sin((xx + 2 * t) / (6 + phase) + c) * np.cos((yy - t) / 7.0 + phase)
-                frames[t, :, :, c] = np.clip(base[c] * 0.5 + 64 + 50 * wave + 2 * t, 0, 255)
+        for c in range(3):  # smooth moving texture: AV1 keeps it close to the source
+            wave = np.sin((xx + 2 * t) / (6 + phase) + c) * np.cos((yy - t) / 7.0 + phase)
+            frames[..., c] = np.clip(base[c] * 0.5 + 64 + 50 * wave + 2 * t, 0, 255)
         views.append(frames)
     return EpisodeArrays(task=task, agentview=views[0], wrist=views[1],
                          state=state.astype(np.float32), action=action.astype(np.float32))
