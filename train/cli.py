@@ -51,6 +51,8 @@ def train(
         return
     from train.launch import run_training
     result = run_training(cfg, resume)
+    if not result.is_main:
+        raise typer.Exit(PREEMPTED_EXIT_CODE if result.preempted_by is not None else 0)
     if result.preempted_by is not None:
         typer.echo(f"preempted by {result.preempted_by} at step {result.step}; saved {result.last_checkpoint}; "
                    f"re-run with --resume to continue (exit {PREEMPTED_EXIT_CODE})", err=True)

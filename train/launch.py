@@ -68,12 +68,22 @@ def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerSta
 
 def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     """Validate, build, (resume,) train. Raises Geo3dError for bad input before any training step."""
+    from train.preemption import PreemptionFlag
+    flag = PreemptionFlag().install()
+    try:
+        return _run_training(cfg, resume, flag)
+    finally:
+        flag.uninstall()
+
+
+def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from accelerate.utils import set_seed
     from train.dataset import GeoTrainDataset, TrainCollator
     from train.metrics import MetricsLogger
     from train.modeling.policy import build_policy
     from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
 
+    setup.preflight(cfg)
     store = setup.check_store_path(cfg)
     run_dir, ckpt = setup.prepare_run_dir(cfg, resume)
     acc = make_accelerator(cfg)
@@ -109,4 +119,6 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
                           norm_stats_path=stats_path, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
-    return train_loop(parts, resumed_from=ckpt)
+    result = train_loop(parts, flag, resumed_from=ckpt)
+    result.is_main = acc.is_main_process
+    return result

@@ -33,6 +33,18 @@ def compressor_type(cfg: DictConfig) -> str:
     return str(name)
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Config checks that need no data: model config valid, compressor known, optional tools installed."""
+    import importlib.util
+
+    from train.modeling.configuration_policy import PolicyConfig
+    compressor_type(cfg)
+    PolicyConfig.from_cfg(cfg.model)
+    if cfg.train.wandb.enabled and importlib.util.find_spec("wandb") is None:
+        raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]', or "
+                         "set train.wandb.enabled=false")
+
+
 def uses_geometry(cfg: DictConfig) -> bool:
     return compressor_type(cfg) != "none"
 

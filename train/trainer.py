@@ -47,6 +47,7 @@ class TrainResult:
     step: int
     preempted_by: str | None
     last_checkpoint: Path | None
+    is_main: bool = True  # only the main process reports
 
 
 def _unwrap(parts: TrainingParts) -> torch.nn.Module:
@@ -132,12 +133,14 @@ def _save(parts: TrainingParts) -> Path:
     return path
 
 
-def train_loop(parts: TrainingParts, resumed_from: Path | None = None) -> TrainResult:
-    """Run until train.max_steps or a preemption signal; checkpoints at save_interval, the end and on signal."""
+def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | None = None) -> TrainResult:
+    """Run until train.max_steps or a preemption signal; checkpoints at save_interval, the end and on signal.
+
+    `flag` is installed by the caller before setup, so a signal during the (long, for 3B) setup is honoured
+    after the first step instead of killing the process."""
     train_cfg, acc = parts.cfg.train, parts.accelerator
     max_steps, save_every = int(train_cfg.max_steps), int(train_cfg.save_interval)
     log_every = max(1, int(train_cfg.log_interval))
-    flag = PreemptionFlag().install()
     parts.model.train()
     batches = iter(parts.loader)
     timer = StepTimer()
@@ -160,7 +163,6 @@ def train_loop(parts: TrainingParts, resumed_from: Path | None = None) -> TrainR
                 return TrainResult(step, flag.signal_name or "peer rank", last)
     finally:
         bar.close()
-        flag.uninstall()
         parts.logger.close()
     return TrainResult(parts.state.step, None, last)
 
