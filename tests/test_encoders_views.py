@@ -66,3 +66,14 @@ def test_preprocessing_record_names_every_step():
     assert rec["patch_grid"] == [16, 16] and rec["token_pool"]["grid"] == [14, 14]
     assert rec["views"] == ["agentview", "wrist"] and "upright" in rec["orientation"]
     assert rec["normalize"]["mean"] == list(IMAGENET_MEAN)
+
+
+def test_a_changed_image_path_changes_the_record(monkeypatch):
+    """If `upright` stops rotating (or resize changes), stores made before are refused instead of mixed."""
+    import geo3d.data.transforms as T
+
+    before = preprocessing_record(56, 4, "bfloat16")
+    assert before["image_path_probe"]["orientation"] == "rot180"
+    monkeypatch.setattr(T, "upright", lambda img: np.ascontiguousarray(img))
+    after = preprocessing_record(56, 4, "bfloat16")
+    assert after["image_path_probe"]["orientation"] == "identity" and after != before

@@ -72,13 +72,32 @@ def pool_view_features(features: Sequence[torch.Tensor], tokens_per_view: int) -
     return torch.stack(pooled, dim=1).to(torch.bfloat16).contiguous()
 
 
+def image_path_probe(image_size: int, stored_size: int = 256) -> dict[str, str]:
+    """What the image path actually does, measured on a fixed pattern: the orientation it applies and a hash
+    of its output. Recorded in the store, so changing `upright`/`resize` makes old stores refuse to resume."""
+    import hashlib
+
+    yy, xx = np.mgrid[0:stored_size, 0:stored_size]
+    pattern = np.stack([(xx * 7 + yy * 3) % 256, (xx * yy) % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
+    stored = np.stack([pattern, pattern[::-1]])  # [V=2, H, W, 3]
+    from geo3d.data.transforms import upright
+
+    turned = upright(stored)
+    orientation = ("rot180" if np.array_equal(turned, stored[:, ::-1, ::-1]) else
+                   "identity" if np.array_equal(turned, stored) else "other")
+    out = frames_to_model_input(stored, image_size)
+    return {"orientation": orientation, "sha256": hashlib.sha256(out.tobytes()).hexdigest()[:16],
+            "stored_size": str(stored_size)}
+
+
 def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: str) -> dict[str, Any]:
     """What was done to a frame before and after the model: written into the store and compared on reopen."""
     side = image_size // PATCH_SIZE
     t_side = grid_side(tokens_per_view)
     return {
         "views": list(VIEW_ORDER),
-        "orientation": "stored frames rotated 180 degrees -> upright (geo3d.data.transforms.upright)",
+        "orientation": "geo3d.data.transforms.upright on frames as stored",
+        "image_path_probe": image_path_probe(image_size),
         "resize": {"size": [image_size, image_size], "fn": "geo3d.data.transforms.resize"},
         "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data_norm_type": "dinov2"},
         "patch_size": PATCH_SIZE,
