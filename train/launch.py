@@ -39,6 +39,9 @@ def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
     if bad:
         raise Geo3dError(f"the DeepSpeed config disagrees with the train config (deepspeed, train): {bad}; make "
                          f"configs/accelerate/deepspeed_zero2.yaml match train.grad_accum_steps/max_grad_norm")
+    # geo3d shards data itself (train/sampler.py) and never passes a DataLoader to prepare(), so DeepSpeed
+    # cannot infer its micro-batch size: give it the configured one.
+    ds["train_micro_batch_size_per_gpu"] = int(cfg.train.per_device_batch_size)
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:

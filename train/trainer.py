@@ -68,8 +68,10 @@ def _micro_step(parts: TrainingParts, batch: dict[str, Any]) -> tuple[torch.Tens
             extra["grad_norm"] = module_grad_norms(_unwrap(parts).module_groups())
             params = [p for g in parts.optimizer.param_groups for p in g["params"]]
             total = acc.clip_grad_norm_(params, float(train_cfg.max_grad_norm))
-            extra["grad_norm_total"] = float(total) if total is not None else None
             parts.optimizer.step()
+            if total is None and hasattr(parts.model, "get_global_grad_norm"):  # DeepSpeed clips internally
+                total = parts.model.get_global_grad_norm()
+            extra["grad_norm_total"] = float(total) if total is not None else None
             parts.optimizer.zero_grad(set_to_none=True)
     return out.loss.detach(), out.geom_attention_mass, extra
 
