@@ -119,8 +119,9 @@ def train_cmd(
     suite: Optional[str] = SUITE, data_root: Optional[Path] = DATA_ROOT, store: Optional[Path] = STORE,
     out: Optional[Path] = typer.Option(None, help="Run directory (stage.out)."),
     train_config: Optional[List[Path]] = typer.Option(None, help="YAML passed to `geo3d train --config`."),
-    nodes: Optional[int] = typer.Option(None, help="Nodes (slurm.train.nodes); > 1 uses the multi-node template."),
-    gpus: Optional[int] = typer.Option(None, help="GPUs per node (slurm.train.gpus)."),
+    nodes: Optional[int] = typer.Option(None, help="Nodes (slurm.train.nodes)."),
+    gpus: Optional[int] = typer.Option(None, help="GPUs per node (slurm.train.gpus); nodes or GPUs > 1 "
+                                                "run one process per GPU via accelerate launch."),
     time: Optional[str] = TIME, partition: Optional[str] = PARTITION, account: Optional[str] = ACCOUNT,
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:

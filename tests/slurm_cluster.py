@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class SlurmCluster:
             "SelectTypeParameters=CR_Core",
             "ReturnToService=2",
             "MinJobAge=3600",
-            "KillWait=10",
+            "KillWait=30",  # SLURM's default: TERM, then KILL 30 s later
             "DependencyParameters=kill_invalid_depend",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
@@ -185,11 +186,18 @@ class SlurmCluster:
         if not self._started:
             return
         self._started = False
-        if (self.root / "slurmctld.pid").exists():
-            self.run("scontrol", "shutdown", check=False, timeout=30)
-        for proc in reversed(self._procs):  # slurmd, slurmctld, then munged (they need it to shut down)
-            self._stop(proc, grace=0 if proc is self._procs[0] else 15)
-        self._procs.clear()
+        # a second Ctrl-C must not leave daemons behind half way through
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            if (self.root / "slurmctld.pid").exists():
+                self.run("scontrol", "shutdown", check=False, timeout=30)
+            for proc in reversed(self._procs):  # slurmd, slurmctld, then munged (they need it to shut down)
+                self._stop(proc, grace=0 if proc is self._procs[0] else 15)
+            self._procs.clear()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     @staticmethod
     def _stop(proc: subprocess.Popen, grace: float) -> None:

@@ -2,8 +2,8 @@
 
 - the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run,
   ending in a verified store and a checkpoint;
-- `scontrol requeue` of a precompute array task mid-run: the task resumes and the store is bit-identical
-  to the uninterrupted one;
+- `scontrol requeue` of the precompute array mid-run: the tasks resume and the store is bit-identical to
+  the uninterrupted one;
 - the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
   with --resume, and ends with weights identical to the uninterrupted run.
 Installs slurm-wlm + munge with apt when missing; skips (with the reason) only without root or apt.
@@ -12,6 +12,7 @@ Installs slurm-wlm + munge with apt when missing; skips (with the reason) only w
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -55,7 +56,8 @@ def cluster(request):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
-    make_synthetic_libero(root / "data")  # demo layout: libero_spatial + libero_object, 48 frames
+    # demo layout (libero_spatial + libero_object), 256 frames: 32 store shards, so a task can be caught mid-run
+    make_synthetic_libero(root / "data", episodes_per_suite=4, length=32)
     return root
 
 
@@ -76,7 +78,8 @@ def logs_text(job_dir: Path) -> str:
 def assert_completed(cluster: SlurmCluster, job_dir: Path, jobs: dict[str, str], timeout: float = 600) -> None:
     states = cluster.wait(list(jobs.values()), timeout=timeout)
     bad = {n: states[j] for n, j in jobs.items() if any(s != "COMPLETED" for s in states[j])}
-    assert not bad, f"jobs did not complete: {bad}\n{logs_text(job_dir)}\n{cluster.logs()}"
+    records = [cluster.run("scontrol", "show", "job", jobs[n], check=False).stdout for n in bad]
+    assert not bad, f"jobs did not complete: {bad}\n{''.join(records)}\n{logs_text(job_dir)}\n{cluster.logs(200)}"
 
 
 def chunk_files(store: Path) -> dict[str, bytes]:
@@ -113,7 +116,7 @@ def test_chain_precompute_verify_train(chain, cluster, work):
     # both array tasks ran, each on its own fake GPU, and the verify job ran after them and found no fault
     assert len(cluster.job_records(jobs["precompute"])) == 2
     report = json.loads((job_dir / "logs" / f"verify_{jobs['verify']}.json").read_text())
-    assert report["faults"] == [] and report["committed_shards"] == report["num_shards"] == 6
+    assert report["faults"] == [] and report["committed_shards"] == report["num_shards"] == 32
     r = subprocess.run([GEO3D, "verify-cache", str(store), "--data-root", str(work / "data"), "--no-progress"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -136,20 +139,25 @@ def wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> Non
         time.sleep(0.2)
 
 
-def test_precompute_task_requeued_mid_run_gives_identical_store(chain, cluster, work):
+def test_precompute_array_requeued_mid_run_resumes_to_an_identical_store(chain, cluster, work):
     store = work / "store_requeued.zarr"
     job_dir, jobs = submit(cluster, "precompute", "--suite", "demo", "--data-root", str(work / "data"),
                            "--encoder", "tiny", "--store", str(store), f"slurm.submit_dir={work / 'submissions'}",
                            *PRECOMPUTE_ARGS)
     array = jobs["precompute"]
-    task = f"{array}_0"
-    # mid-run: the task has committed at least one shard and is still running
-    wait_for(lambda: len(list((store / "commits").glob("*.json"))) >= 1 if (store / "commits").is_dir() else False,
-             300, "a first committed shard", cluster)
-    cluster.run("scontrol", "requeue", task)
+    # mid-run: a first shard is committed and the tasks are still running. Requeue the whole array, so no
+    # surviving task finishes the store for the others: the requeued tasks themselves must resume.
+    wait_for(lambda: (store / "commits").is_dir() and any((store / "commits").glob("*.json")), 300,
+             "a first committed shard", cluster)
+    cluster.run("scontrol", "requeue", array)
     assert_completed(cluster, job_dir, jobs)
-    log = (job_dir / "logs" / f"precompute_{array}_0.out").read_text()
-    assert "restart 1" in log, log  # the same task ran again, resuming (committed shards are skipped)
+    todo = []
+    for task in (0, 1):
+        log = (job_dir / "logs" / f"precompute_{array}_{task}.out").read_text()
+        first, _, rerun = log.partition("(restart 1)")
+        assert rerun and "stopped on SIGTERM; committed work is kept" in first, log  # stopped at a safe point
+        todo.append(int(re.search(r"shards \((\d+) to do\)", rerun).group(1)))
+    assert 0 < max(todo) < 32, todo  # the reruns skipped the committed shards and did the rest
     assert chunk_files(store) == chunk_files(work / "store.zarr")
 
 

@@ -89,13 +89,15 @@ def test_site_settings_come_from_config_and_flags(tmp_path):
     assert lines.index("source /opt/env/bin/activate") < lines.index("module load cuda/12.4")
 
 
-def test_multinode_train_uses_srun_accelerate_launch(tmp_path):
-    r = submit("train", "--compressor", "qformer", "--out", "r", "--store", "s", "--nodes", "2", "--gpus", "8",
+@pytest.mark.parametrize("nodes,gpus", [("2", "8"), ("1", "2")])
+def test_several_gpus_or_nodes_use_srun_accelerate_launch(nodes, gpus, tmp_path):
+    r = submit("train", "--compressor", "qformer", "--out", "r", "--store", "s", "--nodes", nodes, "--gpus", gpus,
                "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     text = split_scripts(r.stdout)["train_qformer.sbatch"]
     opts = sbatch_lines(text)
-    assert "--nodes=2" in opts and "--ntasks-per-node=1" in opts and "--gres=gpu:8" in opts
+    assert f"--nodes={nodes}" in opts and "--ntasks-per-node=1" in opts and f"--gres=gpu:{gpus}" in opts
+    assert f"GPUS_PER_NODE={gpus}" in text
     assert "accelerate launch" in text and "srun" in text and "REQUEUE_EXIT_CODES='75 1'" in text
     accel = next(line for line in text.splitlines() if line.startswith("ACCELERATE_CONFIG="))
     assert Path(accel.split("=", 1)[1]).is_file()

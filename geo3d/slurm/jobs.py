@@ -115,7 +115,7 @@ def _config_arg(path: str) -> str:
 
 
 def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobScript:
-    """One compressor run; nodes > 1 selects the multi-node template (accelerate launch per node)."""
+    """One compressor run: one process on one GPU, else the multi-node template (accelerate launch per node)."""
     t = cfg.slurm.train
     name = f"train_{compressor}"
     log = job_dir / LOG_DIR / f"{name}_%j.out"
@@ -130,7 +130,7 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
     opts = sbatch_options(cfg, "train", name, log, True)
     nodes = int(t.nodes)
     template = "train.sbatch"
-    if nodes > 1:
+    if nodes > 1 or int(t.gpus) > 1:  # one process per GPU needs a launcher (torchrun via accelerate)
         template = "train_multinode.sbatch"
         opts += [f"--nodes={nodes}", "--ntasks-per-node=1"]
         accel = Path(str(t.accelerate_config))
