@@ -201,3 +201,13 @@ def test_term_from_slurm_is_forwarded_and_slurm_decides_about_requeue(job):
     lines = log.read_text().splitlines()
     assert p.returncode == 75 and "got SIGTERM" in lines, (lines, err)
     assert not any(line.startswith("scontrol") for line in lines)
+
+
+def test_a_refused_requeue_is_retried_then_reported(job, tmp_path):
+    script, env, log = job
+    (tmp_path / "bin" / "scontrol").write_text(f"#!/bin/bash\necho \"scontrol $*\" >> {log}\nexit 1\n")
+    p = start_job(script, {**env, "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"}, log)
+    p.send_signal(signal.SIGUSR1)
+    _, err = p.communicate(timeout=60)
+    tries = [line for line in log.read_text().splitlines() if line == "scontrol requeue 4242"]
+    assert p.returncode == 75 and len(tries) == 3 and "requeue failed" in err, (tries, err)

@@ -41,8 +41,12 @@ finish() {
     for code in $REQUEUE_EXIT_CODES; do
       if [[ $rc == "$code" ]]; then
         echo "geo3d-job: state saved (exit $rc); requeueing job $SLURM_JOB_ID" >&2
-        scontrol requeue "$SLURM_JOB_ID"
-        exit 0
+        for _ in 1 2 3; do  # the controller may refuse while the job is in transition: retry briefly
+          if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
+          sleep 5
+        done
+        echo "geo3d-job: scontrol requeue failed; resubmit this script to resume (exit $rc)" >&2
+        exit "$rc"
       fi
     done
   fi
