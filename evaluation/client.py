@@ -38,8 +38,14 @@ class RemotePolicy:
 
     def request(self, mtype: str, payload: dict | None = None) -> dict[str, Any]:
         """Send one message, return the `data` of an ok reply; an error reply raises Geo3dError."""
-        self._ws.send(packb({"type": mtype, "payload": payload or {}}))
-        reply = unpackb(self._ws.recv())
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(packb({"type": mtype, "payload": payload or {}}))
+            reply = unpackb(self._ws.recv())
+        except ConnectionClosed as e:
+            raise Geo3dError(f"lost the connection to policy server {self.url} ({e}); restart `geo3d serve` and "
+                             "continue with `geo3d eval --resume`") from None
         if not reply.get("ok"):
             raise Geo3dError(f"policy server {self.url}: {reply.get('error', {}).get('message', reply)}")
         return reply["data"]

@@ -59,3 +59,21 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 2 and "metrics.jsonl is missing" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_report_uses_complete_evaluations_of_the_latest_step(runs, tmp_path):
+    if sim_available() is not None:
+        pytest.skip("needs a real `geo3d eval` result (LIBERO simulator not importable)")
+    from evaluation.report import load_run
+
+    src = runs["qformer"] / "eval_libero_spatial_step2" / "results.json"
+    res = json.loads(src.read_text())
+    partial = runs["qformer"] / "eval_libero_spatial_step9"  # an interrupted later evaluation
+    partial.mkdir(exist_ok=True)
+    (partial / "results.json").write_text(json.dumps({**res, "step": 9, "complete": False}))
+    try:
+        success = load_run(runs["qformer"]).success["libero_spatial"]
+        assert success["step"] == 2 and success["path"] == str(src)
+    finally:
+        (partial / "results.json").unlink()
+        partial.rmdir()

@@ -48,9 +48,9 @@ def server():
     thread = threading.Thread(target=lambda: loop.run_until_complete(_run(srv, on_ready, holder)), daemon=True)
     thread.start()
     assert ready.wait(20), "server did not start"
-    yield holder["url"], policy
-    loop.call_soon_threadsafe(holder["task"].cancel)
-    thread.join(10)
+    stop = lambda: (loop.call_soon_threadsafe(holder["task"].cancel), thread.join(10))  # noqa: E731
+    yield holder["url"], policy, stop
+    stop()
 
 
 async def _run(srv, on_ready, holder):
@@ -79,7 +79,7 @@ def test_wire_round_trips_arrays_of_every_dtype():
 
 
 def test_infer_round_trip_and_metadata(server):
-    url, policy = server
+    url, policy, _ = server
     with connect(url, proxy=None) as ws:
         meta = unpackb(ws.recv())
         assert meta["image_size"] == 32 and meta["action_horizon"] == 8
@@ -95,7 +95,7 @@ def test_infer_round_trip_and_metadata(server):
 
 
 def test_flat_payload_and_list_of_views_resized_to_policy_size(server):
-    url, policy = server
+    url, policy, _ = server
     with connect(url, proxy=None) as ws:
         ws.recv()
         obs = _obs(size=48)
@@ -120,7 +120,7 @@ def test_flat_payload_and_list_of_views_resized_to_policy_size(server):
     (packb({**_obs(), "instruction": "explode"}), "policy error: RuntimeError: boom"),
 ])
 def test_malformed_request_gets_error_reply_and_server_keeps_serving(server, raw, expect):
-    url, _ = server
+    url, _, _ = server
     with connect(url, proxy=None) as ws:
         ws.recv()
         ws.send(raw)
@@ -132,7 +132,7 @@ def test_malformed_request_gets_error_reply_and_server_keeps_serving(server, raw
 
 
 def test_health_over_http_and_websocket(server):
-    url, _ = server
+    url, _, _ = server
     http = url.replace("ws://", "http://") + "/healthz"
     with urllib.request.urlopen(http, timeout=10) as resp:
         assert resp.status == 200 and resp.read() == b"ok\n"
@@ -141,6 +141,16 @@ def test_health_over_http_and_websocket(server):
     with pytest.raises(Geo3dError, match="bad request"):
         client.request("infer", {"instruction": "x"})
     client.close()
+
+
+def test_client_reports_a_lost_server_clearly(server):
+    url, _, stop = server
+    client = RemotePolicy(url)
+    obs = _obs()
+    assert client.predict_action(obs["images"], obs["instruction"], obs["state"]).shape == (8, 7)
+    stop()
+    with pytest.raises(Geo3dError, match="lost the connection to policy server"):
+        client.predict_action(obs["images"], obs["instruction"], obs["state"])
 
 
 @pytest.fixture(scope="module")

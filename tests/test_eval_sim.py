@@ -142,3 +142,15 @@ def test_eval_through_the_policy_server(tmp_path_factory, tmp_path):
     assert Path(res["checkpoint"]).parent == runs["pool"] / "checkpoints"
     (ep,) = res["episodes"]
     assert ep["steps"] >= 1 and ep["queries"] >= 1 and ep["error"] is None
+
+
+def test_eval_parallel_workers(tmp_path_factory, tmp_path):
+    """--workers 2: episodes run in two spawned processes (own policy + simulator each), results merged."""
+    runs = trained_runs(tmp_path_factory.getbasetemp() / "eval_runs")
+    run(["eval", "--ckpt", str(runs["pool"]), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task", "2",
+         "--max-steps", "3", "--workers", "2", "--out", str(tmp_path / "ev")], timeout=600)
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["complete"] and res["settings"]["workers"] == 2
+    assert [e["episode"] for e in res["episodes"]] == [0, 1]
+    assert all(e["error"] is None and e["steps"] == 3 or e["success"] for e in res["episodes"])
+    assert res["tasks"][0]["episodes"] == 2
