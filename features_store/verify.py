@@ -30,7 +30,7 @@ RecomputeFn = Callable[[np.ndarray], Any]  # frame indices -> torch.bfloat16 [k,
 
 def verify_store(path: str | Path, mixture: Any = None, deep: bool = False, recompute: RecomputeFn | None = None,
                  recompute_frames: int = 8, seed: int = 0, recompute_atol: float | None = None,
-                 progress: bool = True) -> VerifyReport:
+                 progress: bool = True, workers: int = 2) -> VerifyReport:
     """Check a store; returns a report (faults name frames). Raises StoreError only when the path is not a
     store at all or its schema is newer than this code (usage errors, not faults)."""
     path = Path(path)
@@ -44,7 +44,7 @@ def verify_store(path: str | Path, mixture: Any = None, deep: bool = False, reco
     arrays = _check_arrays(store, report)
     committed = _check_commits(store, report)
     if arrays is not None:
-        index, readable = _check_shards(store, arrays, committed, report, progress)
+        index, readable = _check_shards(store, arrays, committed, report, progress, workers)
         _check_index_order(store.spec, index, readable, report)
         report.timed("store", time.perf_counter() - t0, sum(len(store.shard_range(i)) for i in committed))
         if mixture is not None:
@@ -144,38 +144,52 @@ def _check_commits(store: FeatureStore, report: VerifyReport) -> list[int]:
 
 
 def _check_shards(store: FeatureStore, arrays: dict[str, Any], committed: list[int], report: VerifyReport,
-                  progress: bool) -> tuple[dict[str, np.ndarray], list[int]]:
+                  progress: bool, workers: int = 2) -> tuple[dict[str, np.ndarray], list[int]]:
     """Per committed shard: chunk files, decode, index digest, checksums, NaN/Inf.
 
-    Returns the index arrays and the shards whose index could be read (the later checks use only those)."""
+    Shards are checked by `workers` threads (zarr I/O, sha256 and numpy release the GIL), so reading one shard
+    overlaps hashing another; faults are merged in shard order. Returns the index arrays and the shards whose
+    index could be read (the later checks use only those)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     n = store.spec.frames
     index = {k: np.full(n, -1, dtype=np.int64) for k in L.INT_INDEX}
     index[L.CONTENT_ID] = np.zeros(n, dtype=np.uint64)
     readable = []
-    for i in tqdm(committed, desc="verify shards", unit="shard", disable=not progress, leave=False):
-        rng = store.shard_range(i)
-        sl = slice(rng.start, rng.stop)
-        missing = [rel for rel in L.chunk_files(store.spec, i) if not (store.path / rel).is_file()]
-        if missing:
-            report.add("missing_chunk", f"shard {i}: chunk file(s) missing: {', '.join(missing)}", rng, [i])
-            continue
-        try:
-            part = {k: np.asarray(arrays[k][sl]) for k in (*L.INT_INDEX, L.CONTENT_ID, L.CHECKSUM)}
-        except Exception as e:
-            report.add("undecodable", f"shard {i}: index arrays cannot be decoded ({type(e).__name__}: {e})",
-                       rng, [i])
-            continue
-        marker = store.read_marker(i) or {}
-        if L.index_digest(part, part[L.CONTENT_ID], part[L.CHECKSUM]) != marker.get("index_digest"):
-            report.add("index", f"shard {i}: index arrays differ from what the writer committed (index chunk "
-                       "corrupted or rewritten)", rng, [i])
-        for k in (*L.INT_INDEX, L.CONTENT_ID):
-            index[k][sl] = part[k]
-        readable.append(i)
-        _check_tokens(arrays[L.TOKENS], i, rng, part[L.CHECKSUM], report)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
+        results = pool.map(lambda i: _check_one_shard(store, arrays, i), committed)
+        for i, (faults, part) in tqdm(zip(committed, results), total=len(committed), desc="verify shards",
+                                      unit="shard", disable=not progress, leave=False):
+            report.faults.extend(faults)
+            if part is not None:
+                r = store.shard_range(i)
+                for k in (*L.INT_INDEX, L.CONTENT_ID):
+                    index[k][r.start:r.stop] = part[k]
+                readable.append(i)
     return index, readable
+
+
+def _check_one_shard(store: FeatureStore, arrays: dict[str, Any], i: int) -> tuple[list, dict | None]:
+    """The faults of shard i, and its index arrays when they could be read."""
+    sub = VerifyReport(path=str(store.path))
+    rng = store.shard_range(i)
+    missing = [rel for rel in L.chunk_files(store.spec, i) if not (store.path / rel).is_file()]
+    if missing:
+        sub.add("missing_chunk", f"shard {i}: chunk file(s) missing: {', '.join(missing)}", rng, [i])
+        return sub.faults, None
+    try:
+        part = {k: np.asarray(arrays[k][rng.start:rng.stop]) for k in (*L.INT_INDEX, L.CONTENT_ID, L.CHECKSUM)}
+    except Exception as e:  # zarr raises many types for undecodable chunks
+        sub.add("undecodable", f"shard {i}: index arrays cannot be decoded ({type(e).__name__}: {e})", rng, [i])
+        return sub.faults, None
+    marker = store.read_marker(i) or {}
+    if L.index_digest(part, part[L.CONTENT_ID], part[L.CHECKSUM]) != marker.get("index_digest"):
+        sub.add("index", f"shard {i}: index arrays differ from what the writer committed (index chunk corrupted "
+                "or rewritten)", rng, [i])
+    _check_tokens(arrays[L.TOKENS], i, rng, part[L.CHECKSUM], sub)
+    return sub.faults, part
 
 
 def _check_tokens(tokens: Any, shard: int, rng: range, sums: np.ndarray, report: VerifyReport) -> None:

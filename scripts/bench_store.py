@@ -181,6 +181,15 @@ def main() -> None:
             print(f"{name:28s} {r['write_MBps']:10.0f} {r['write_MBps'] / (mb / seq_s):7.2f} {rps[name]:9.0f} "
                   f"{1e3 / rps[name]:6.2f} {rps[name] / rps['raw .npy']:7.2f} {r['size_ratio']:8.3f} "
                   f"{r['files']:6d} {v:12.1f} {g1:7.1f}/{g2:.1f}", flush=True)
+        first = next(iter(rows.values()))["path"]
+        best = {1: float("inf"), 2: float("inf")}
+        for _ in range(args.rounds):  # interleaved, best of rounds
+            for w in best:
+                t0 = time.perf_counter()
+                verify_store(first, progress=False, workers=w)
+                best[w] = min(best[w], time.perf_counter() - t0)
+        print(f"verify ({next(iter(rows))}): 1 thread {best[1] / args.frames * 1e4:.1f} s/10k frames, "
+              f"2 threads {best[2] / args.frames * 1e4:.1f} s/10k frames")
         if args.deep:
             print(f"--deep level: decode + content id of 256x256x2 AV1 frames: "
                   f"{bench_deep(min(args.frames, 200), tmp):.1f} s per 10k frames")
