@@ -6,6 +6,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SIM    := $(VENV)/.sim-installed
 
 .PHONY: install demo test sim bench clean
 install: $(STAMP)
@@ -19,12 +20,16 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/geo3d demo
 
-test: install
+# The tests also need the LIBERO simulator (a real episode is evaluated); the SLURM tests install their own.
+test: install $(SIM)
 	$(PY) -m pytest -q
 
-# The LIBERO simulator (demo-data generation, `geo3d eval`): see README "Simulator".
-sim: install
+# The LIBERO simulator (demo-data generation, `geo3d eval`): scripts/install_sim.sh says what and why.
+sim: $(SIM)
+
+$(SIM): $(STAMP) scripts/install_sim.sh
 	bash scripts/install_sim.sh $(PY)
+	touch $(SIM)
 
 bench: install
 	for b in scripts/bench_*.py; do $(PY) $$b || exit 1; done

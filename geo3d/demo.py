@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from geo3d.cliutil import handle_errors
+from geo3d.data.suites import DEMO_DATA_ROOT
 from geo3d.errors import Geo3dError
 
 
@@ -50,8 +51,10 @@ def demo(
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     store, run_dir = out / "store.zarr", out / f"train_{compressor}"
-    precompute = ["precompute", "--suite", "demo", "--encoder", "tiny", "--store", str(store)]
-    train = ["train", "--compressor", compressor, "--suite", "demo", "--store", str(store), "--out", str(run_dir),
+    # The shipped dataset, named explicitly so a GEO3D_DATA_ROOT set for real data cannot redirect the demo.
+    data = ["--suite", "demo", "--data-root", str(DEMO_DATA_ROOT)]
+    precompute = ["precompute", *data, "--encoder", "tiny", "--store", str(store)]
+    train = ["train", "--compressor", compressor, *data, "--store", str(store), "--out", str(run_dir),
              "--config", "train/demo"]
     if overwrite:
         precompute.append("--overwrite")
@@ -59,7 +62,7 @@ def demo(
         train += ["--max-steps", str(max_steps)]
     timings = {
         "precompute": _run_step("precompute", precompute, logs),
-        "verify": _run_step("verify", ["verify-cache", str(store)], logs),
+        "verify": _run_step("verify", ["verify-cache", str(store), "--data-root", str(DEMO_DATA_ROOT)], logs),
         "train": _run_step("train", train, logs),
     }
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
