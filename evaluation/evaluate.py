@@ -99,14 +99,14 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
 
     e = cfg.eval
     settings = settings_from(cfg)
+    ckpt, step, image_size = checkpoint_of(source)  # a wrong --ckpt / --server fails before the simulator loads
+    settings = EpisodeSettings(**{**settings.__dict__, "image_size": image_size})
     gl = resolve_gl(str(e.gl))
     sim.configure(gl)
     tasks = select_tasks(sim.list_tasks(e.suite), e.tasks)
     n_init = len(sim.init_states(tasks[0]))
     if int(e.episodes_per_task) > n_init:
         raise Geo3dError(f"{e.suite} bundles {n_init} init states per task; --episodes-per-task must be <= {n_init}")
-    ckpt, step, image_size = checkpoint_of(source)
-    settings = EpisodeSettings(**{**settings.__dict__, "image_size": image_size})
     out = Path(e.out) if e.out else default_out(ckpt, step, e.suite)
     prepare_out(out, resume, overwrite)
     save_resolved(cfg, out)
