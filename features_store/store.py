@@ -225,7 +225,11 @@ class FeatureStore:
         for i in sorted(set(int(s) for s in shards)):
             self._check_shard(i)
             marker = self.path / L.COMMITS / L.marker_name(i)
-            record = {"shard": i, "reason": reason, "marked_utc": utc_now(), "marker": self.read_marker(i)}
+            try:
+                old = self.read_marker(i)
+            except ValueError:  # a malformed marker is one of the things being cleared
+                old = {"unparseable": marker.read_text(errors="replace")[:2000]}
+            record = {"shard": i, "reason": reason, "marked_utc": utc_now(), "marker": old}
             stamp = record["marked_utc"].replace(":", "")
             atomic_write_json(self.path / L.DAMAGED / f"shard-{i:06d}.{stamp}.json", record)
             try:

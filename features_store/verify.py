@@ -36,6 +36,8 @@ def verify_store(path: str | Path, mixture: Any = None, deep: bool = False, reco
     path = Path(path)
     if not (path / "zarr.json").is_file():
         read_metadata(path)  # raises the clear "no store here" error
+    if deep and mixture is None:
+        raise StoreError("--deep needs the dataset: pass --data-root DIR (or set GEO3D_DATA_ROOT)")
     report = VerifyReport(path=str(path))
     store = _open_checked(path, report)
     if store is None:
@@ -55,11 +57,10 @@ def verify_store(path: str | Path, mixture: Any = None, deep: bool = False, reco
                 t2 = time.perf_counter()
                 n = _check_deep(store.spec, index, readable, mixture, report, progress)
                 report.timed("deep", time.perf_counter() - t2, n)
-        elif deep:
-            raise StoreError("--deep needs the dataset: pass --data-root DIR (or set GEO3D_DATA_ROOT)")
-        if recompute is not None and committed:
+        intact = sorted(set(readable) - set(report.damaged_shards()))  # recompute only frames that read back
+        if recompute is not None and intact:
             t3 = time.perf_counter()
-            n = _check_recompute(store, arrays, committed, recompute, recompute_frames, seed, recompute_atol, report)
+            n = _check_recompute(store, arrays, intact, recompute, recompute_frames, seed, recompute_atol, report)
             report.timed("recompute", time.perf_counter() - t3, n)
     if mixture is None:
         report.notes.append("dataset not checked (no dataset given): frame counts, indices and content ids "
@@ -135,7 +136,7 @@ def _check_commits(store: FeatureStore, report: VerifyReport) -> list[int]:
             report.add("marker", f"completion marker of shard {i} is malformed or names the wrong frames",
                        rng or (), [i] if rng else ())
     report.committed_shards = len(committed)
-    missing = sorted(set(range(store.num_shards)) - set(committed))
+    missing = sorted(set(range(store.num_shards)) - set(listed))
     if missing:
         frames = [f for i in missing for f in store.shard_range(i)]
         report.add("uncommitted", f"{len(missing)} shard(s) have no completion marker (precompute unfinished "

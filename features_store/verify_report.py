@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Fault kinds whose shards hold wrong or unreadable data: marking them damaged makes precompute redo them.
-DATA_FAULTS = ("missing_chunk", "undecodable", "checksum", "nonfinite", "index", "content_id", "recompute")
+DATA_FAULTS = ("marker", "missing_chunk", "undecodable", "checksum", "nonfinite", "index", "content_id", "recompute")
 
 
 @dataclass

@@ -183,3 +183,11 @@ def test_cli_damaged_metadata_is_a_fault_newer_schema_is_usage(store_path):
     zjson.write_text(json.dumps(root))
     result = CliRunner().invoke(app, ["verify-cache", str(store_path), "--no-dataset"])
     assert result.exit_code == 2 and "upgrade geo3d" in result.output
+
+
+def test_malformed_marker_is_a_fault_and_mark_damaged_clears_it(store_path):
+    (store_path / "commits" / L.marker_name(2)).write_text("{not json")
+    report = verify_store(store_path, progress=False)
+    assert kinds(report) == {"marker": list(range(16, 24))}
+    store = FeatureStore.open(store_path)
+    assert store.mark_damaged(report.damaged_shards()) == [2] and store.missing_shards() == [2]
