@@ -9,7 +9,6 @@ gradient norm reaching the compressor, attention mass on geometry tokens per DiT
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,12 @@ from typing import Any
 from geo3d.errors import Geo3dError
 
 METRICS_FILE = "metrics.jsonl"
-# Keys of train/metrics.py records, flattened (nested maps joined by "/", list items by index):
-# loss; grad_norm/compressor (null when the compressor got no gradient, e.g. `none`); geom_attention_mass/<layer>.
-LOSS_KEY = "loss"
-GRAD_COMPRESSOR_KEY = "grad_norm/compressor"
-GEOM_ATTN = re.compile(r"^geom_attention_mass/(\d+)$")
+# Keys of train/metrics.py records: loss; grad_norm.compressor (null when the compressor got no gradient, e.g.
+# `none`); geom_attention_mass = [one value per DiT layer].
 
 
-def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in record.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "/"))
-        elif isinstance(v, list):
-            out.update({f"{key}/{i}": x for i, x in enumerate(v)})
-        else:
-            out[key] = v
-    return out
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -108,19 +95,19 @@ def load_run(run_dir: str | Path) -> RunSummary:
     compressor = _compressor_of(run_dir)
     run = RunSummary(run_dir, f"{compressor} ({run_dir.name})", compressor)
     for rec in _read_jsonl(metrics):
-        flat, step = flatten(rec), rec.get("step")
+        step = rec.get("step")
         if step is None:
             continue
-        if isinstance(flat.get(LOSS_KEY), (int, float)):
+        if (loss := _number(rec.get("loss"))) is not None:
             run.steps.append(int(step))
-            run.loss.append(float(flat[LOSS_KEY]))
-        if isinstance(flat.get(GRAD_COMPRESSOR_KEY), (int, float)):
+            run.loss.append(loss)
+        grad = rec.get("grad_norm")
+        if isinstance(grad, dict) and (g := _number(grad.get("compressor"))) is not None:
             run.grad_steps.append(int(step))
-            run.grad_compressor.append(float(flat[GRAD_COMPRESSOR_KEY]))
-        for k, v in flat.items():
-            m = GEOM_ATTN.match(k)
-            if m and isinstance(v, (int, float)):
-                run.geom_attn.setdefault(int(m.group(1)), []).append(float(v))
+            run.grad_compressor.append(g)
+        for layer, mass in enumerate(rec.get("geom_attention_mass") or []):
+            if (m := _number(mass)) is not None:
+                run.geom_attn.setdefault(layer, []).append(m)
     run.success = _eval_results(run_dir)
     return run
 
