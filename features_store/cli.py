@@ -19,7 +19,8 @@ from geo3d.errors import DataError, Geo3dError
 def verify_cache(
     store: Path = typer.Argument(..., help="Path of the features store to check.", show_default=False),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the suite folders (else "
-                                             "$GEO3D_DATA_ROOT; the demo suite falls back to demo_data/)."),
+                                             "$GEO3D_DATA_ROOT, else the one recorded by the store's precompute "
+                                             "run; the demo suite falls back to demo_data/)."),
     deep: bool = typer.Option(False, "--deep", help="Also re-decode every source frame and compare content ids."),
     recompute: int = typer.Option(0, "--recompute", metavar="K", min=0,
                                   help="Re-run the encoder on K random frames and compare with the store."),
@@ -41,6 +42,7 @@ def verify_cache(
     if not (store / "zarr.json").is_file():
         read_metadata(store)  # no store here: a usage error (exit 2) naming the path
     spec = _spec_or_none(store)
+    data_root = data_root or _env_data_root() or _recorded_data_root(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
     recompute_fn = _recompute_fn(spec, data_root) if recompute and spec is not None else None
     report = verify_store(store, mixture=mixture, deep=deep, recompute=recompute_fn, recompute_frames=recompute,
@@ -49,8 +51,11 @@ def verify_cache(
     if as_json:
         import json
 
-        print(json.dumps({**report.to_dict(), "marked_damaged": marked}, default=str))
+        print(json.dumps({**report.to_dict(), "data_root": data_root and str(data_root), "marked_damaged": marked},
+                         default=str))
     else:
+        if mixture is not None:
+            print(f"dataset: {spec.dataset.get('suite')} from {data_root or 'the default location'}")
         print(report.summary())
         if marked:
             print(f"marked damaged (un-committed): shards {marked}; run `geo3d precompute` to redo them")
@@ -70,6 +75,32 @@ def _spec_or_none(store: Path) -> Any:
         raise
     except (StoreError, TypeError, ValueError):
         return None
+
+
+def _env_data_root() -> Path | None:
+    import os
+
+    from geo3d.config import DATA_ROOT_ENV
+
+    return Path(os.environ[DATA_ROOT_ENV]) if os.environ.get(DATA_ROOT_ENV) else None
+
+
+# precompute saves each run's resolved config inside the store (precompute/run.py LOG_DIR); the newest one
+# that names a data root is where the store's frames came from.
+PRECOMPUTE_LOG_DIR = "precompute_logs"
+
+
+def _recorded_data_root(store: Path) -> Path | None:
+    from omegaconf import OmegaConf
+
+    for cfg_file in sorted((store / PRECOMPUTE_LOG_DIR).glob("*.config.yaml"), reverse=True):
+        try:
+            root = OmegaConf.select(OmegaConf.load(cfg_file), "data.data_root", default=None)
+        except Exception:  # an unreadable log is not a reason to fail verification
+            continue
+        if root and Path(root).is_dir():
+            return Path(root)
+    return None
 
 
 def _open_mixture(spec: Any, data_root: Path | None) -> Any:

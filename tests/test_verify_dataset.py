@@ -130,3 +130,20 @@ def test_cli_exit_codes_json_and_mark_damaged(world, tmp_path):
     assert FeatureStore.open(store).missing_shards() == [1]
     again = run_cli(str(store), "--no-dataset", "--no-progress")
     assert again.returncode == 1 and "uncommitted" in again.stdout and "8-15" in again.stdout
+
+
+def test_cli_finds_the_data_root_recorded_by_precompute(world, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from geo3d.cli import app
+
+    monkeypatch.delenv("GEO3D_DATA_ROOT", raising=False)
+    store = tmp_path / "store"
+    shutil.copytree(world["store"], store)
+    (store / "precompute_logs").mkdir()
+    (store / "precompute_logs" / "20260101T000000-host-1.config.yaml").write_text(
+        f"data:\n  suite: {SUITE}\n  data_root: {world['data']}\n")
+    result = CliRunner().invoke(app, ["verify-cache", str(store), "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["ok"] and out["data_root"] == str(world["data"]) and "dataset" in out["levels"]
