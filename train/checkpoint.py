@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,15 +62,20 @@ class TrainerState:
     def __init__(self) -> None:
         self.step = 0
         self.consumed = 0  # samples this rank has drawn from its sampler
+        self.world_size = 1  # processes of the run that wrote the state
         self.ema: Any = None  # train.optim.EMA or None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "consumed": self.consumed,
+        return {"step": self.step, "consumed": self.consumed, "world_size": self.world_size,
                 "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.consumed = int(state["consumed"])
+        saved_world = int(state.get("world_size", self.world_size))
+        if saved_world != self.world_size:  # legitimate (elastic), but the data order then differs
+            warnings.warn(f"resuming a run saved with {saved_world} processes on {self.world_size}: training "
+                          f"continues, but the data order is no longer the uninterrupted run's")
         if state.get("ema") is not None:
             if self.ema is None:
                 raise Geo3dError("the checkpoint has EMA weights but train.ema.enabled is false; resume with "

@@ -106,6 +106,7 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     state = TrainerState()
+    state.world_size = acc.num_processes
     if cfg.train.ema.enabled:
         state.ema = EMA(policy, float(cfg.train.ema.decay))
     model, optimizer = acc.prepare(policy, optimizer)
