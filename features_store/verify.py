@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from features_store import layout as L
-from features_store.frames import bits_to_bf16, frame_checksums, nonfinite_frames
+from features_store.frames import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
 from features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
 from features_store.spec import StoreSpec
 from features_store.store import FeatureStore, open_arrays
@@ -202,7 +202,15 @@ def _check_tokens(tokens: Any, shard: int, rng: range, sums: np.ndarray, report:
         report.add("undecodable", f"shard {shard}: stored data cannot be decoded ({type(e).__name__}: {e})",
                    bad_decode, [shard])
     ok = np.array([f not in set(bad_decode) for f in rng])
-    mismatch = [rng.start + j for j in np.flatnonzero((frame_checksums(bits) != sums) & ok)]
+    wrong = np.flatnonzero((frame_checksums(bits) != sums) & ok)
+    # A frame that reads back as pure fill value was never stored (an absent chunk inside a shard): zarr
+    # returned the fill silently. Name it as missing rather than as a checksum + NaN fault.
+    absent = [j for j in wrong if (bits[j] == FILL_BITS).all()]
+    if absent:
+        report.add("missing_chunk", f"shard {shard}: {len(absent)} frame(s) absent from the shard (read back as "
+                   "the fill value)", [rng.start + int(j) for j in absent], [shard])
+        ok[absent] = False
+    mismatch = [rng.start + int(j) for j in wrong if ok[j]]
     if mismatch:
         report.add("checksum", f"shard {shard}: {len(mismatch)} frame(s) fail their checksum (bytes changed on "
                    "disk)", mismatch, [shard])

@@ -191,3 +191,21 @@ def test_malformed_marker_is_a_fault_and_mark_damaged_clears_it(store_path):
     assert kinds(report) == {"marker": list(range(16, 24))}
     store = FeatureStore.open(store_path)
     assert store.mark_damaged(report.damaged_shards()) == [2] and store.missing_shards() == [2]
+
+
+def test_frame_absent_inside_a_shard_is_named_missing(store_path):
+    """A shard file whose index marks one inner chunk empty: zarr silently returns the fill value."""
+    import struct
+
+    shard_file = store_path / "tokens/c/0/0/0/0"
+    data = bytearray(shard_file.read_bytes())
+    index_at = len(data) - (8 * 16 + 4)  # shard index at the end: (offset, nbytes) uint64 pairs + crc32c
+    offsets = list(struct.unpack("<16Q", data[index_at:index_at + 128]))
+    offsets[2 * 6:2 * 6 + 2] = [2**64 - 1, 2**64 - 1]  # frame 6: "chunk not present"
+    from google_crc32c import value as crc32c
+
+    packed = struct.pack("<16Q", *offsets)
+    data[index_at:] = packed + struct.pack("<I", crc32c(packed))
+    shard_file.write_bytes(bytes(data))
+    report = verify_store(store_path, progress=False)
+    assert kinds(report) == {"missing_chunk": [6]}
