@@ -61,6 +61,38 @@ class ShardLease:
         return f"ShardLease(shard={self.shard}, held={self.held})"
 
 
+def lock_scope_problem(path: str | Path, mounts_text: str | None = None) -> str | None:
+    """Why flock on `path` might not exclude writers on OTHER hosts (None if nothing is known to be wrong).
+
+    Reads the mount options of the filesystem holding `path` (/proc/mounts, Linux only).
+    """
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: tuple[str, str, set[str]] | None = None
+    for line in mounts_text.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) > len(best[0])):
+            best = (mnt, parts[2], set(parts[3].split(",")))
+    if best is None:
+        return None
+    mnt, fstype, opts = best
+    if fstype.startswith("nfs") and ({"nolock", "local_lock=all", "local_lock=flock"} & opts):
+        return (f"{mnt} is NFS mounted with {sorted({'nolock', 'local_lock=all', 'local_lock=flock'} & opts)}: "
+                "shard locks are host-local, so workers on different hosts could write the same shard")
+    if fstype == "lustre" and "flock" not in opts:
+        how = "localflock (host-local locks)" if "localflock" in opts else "no flock option (locks fail)"
+        return (f"{mnt} is Lustre mounted with {how}: run all workers on one host or remount with -o flock")
+    return None
+
+
 def try_lock(path: Path, shard: int, on_release=None) -> ShardLease | None:
     """Take the exclusive lock on `path` without waiting; None when another holder has it."""
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o664)

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -29,7 +30,7 @@ import numpy as np
 from features_store import layout as L
 from features_store.frames import bf16_to_bits, encode_content_ids, frame_checksums, nonfinite_frames
 from features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
-from features_store.lease import ShardLease, try_lock
+from features_store.lease import ShardLease, lock_scope_problem, try_lock
 from features_store.metadata import build_metadata, read_metadata, spec_from_metadata
 from features_store.spec import META_KEY, StoreSpec, diff_specs
 from geo3d.errors import StoreError
@@ -64,6 +65,9 @@ class FeatureStore:
             _remove_store(path)
         if not _store_exists(path):
             _create_atomically(path, spec)
+        problem = lock_scope_problem(path)
+        if problem:
+            warnings.warn(f"features store {path}: {problem}", stacklevel=2)
         store = cls(path)
         diffs = diff_specs(store.spec.to_dict(), spec.to_dict())
         if diffs:

@@ -171,3 +171,20 @@ def test_real_token_shape(tmp_path):
     got = reader[2]
     assert got.shape == (2, 196, 1536) and got.dtype == torch.bfloat16
     assert torch.equal(got.view(torch.int16), synthetic_tokens(spec, range(2, 3))[0].view(torch.int16))
+
+
+def test_lock_scope_problems_are_recognised_from_mount_options():
+    from features_store.lease import lock_scope_problem
+
+    mounts = "\n".join([
+        "/dev/vda / ext4 rw,relatime 0 0",
+        "srv:/export /scratch nfs4 rw,vers=4.2,local_lock=all 0 0",
+        "srv:/home /home nfs rw,vers=4.2,local_lock=none 0 0",
+        "10.0.0.1@tcp:/fs /lustre lustre rw,localflock 0 0",
+        "10.0.0.1@tcp:/fs2 /lustre2 lustre rw,flock 0 0",
+    ])
+    assert lock_scope_problem("/tmp/x", mounts) is None
+    assert "host-local" in lock_scope_problem("/scratch/stores/s", mounts)
+    assert lock_scope_problem("/home/me/s", mounts) is None
+    assert "localflock" in lock_scope_problem("/lustre/s", mounts)
+    assert lock_scope_problem("/lustre2/s", mounts) is None
