@@ -100,7 +100,7 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     from tqdm import tqdm
 
     from features_store import FeatureStore
-    from geo3d.config import save_resolved
+    from geo3d.config import data_root_from, save_resolved
     from geo3d.provenance import provenance
     from precompute.pipeline import TokenBuffers, run_worker
     from precompute.planner import ShardPlanner
@@ -113,7 +113,8 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     cfg_path, log_path = _log_paths(store.path)
     save_resolved(cfg, cfg_path.parent, cfg_path.name)
     cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(
-        {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions()},
+        {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions(),
+         "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
         indent=2))
     missing = store.missing_shards()
     todo = sum(len(store.shard_range(i)) for i in missing)
