@@ -7,6 +7,7 @@ reads (DataLoader workers each open their own after fork/spawn); pickling carrie
 
 from __future__ import annotations
 
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,10 @@ class FeatureReader:
         return np.repeat(self._committed, self.spec.shard_frames)[: self.spec.frames]
 
     def _check_frame(self, i: int) -> int:
-        if isinstance(i, (np.integer,)):
-            i = int(i)
-        if not isinstance(i, int):
-            raise TypeError(f"frame index must be an int, got {type(i).__name__}")
+        try:
+            i = operator.index(i)  # int, numpy integer, 0-d integer tensor
+        except TypeError:
+            raise TypeError(f"frame index must be an integer, got {type(i).__name__}") from None
         n = self.spec.frames
         if i < 0:
             i += n
