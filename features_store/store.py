@@ -306,6 +306,13 @@ def _remove_store(path: Path) -> None:
     if not _store_exists(path):
         raise StoreError(f"refusing to overwrite {path}: it is not a geo3d features store")
     read_metadata(path)  # refuses stores from a newer schema rather than deleting them blindly
+    for lock in sorted((path / L.LOCKS).glob("shard-*.lock")):
+        lease = try_lock(lock, -1)
+        if lease is None:
+            raise StoreError(f"refusing to overwrite {path}: a live process is writing it ({lock} is held); "
+                             "stop that run first (with a SLURM array, pass --overwrite to no task but a first, "
+                             "single run)")
+        lease.release()
     trash = path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"
     os.rename(path, trash)
     shutil.rmtree(trash)

@@ -7,10 +7,12 @@ import os
 import signal
 import time
 
+import pytest
 import torch
 
 from features_store import FeatureReader, FeatureStore
 from features_store.testing import synthetic_index, synthetic_spec, synthetic_tokens
+from geo3d.errors import StoreError
 
 CTX = mp.get_context("fork")  # real OS processes; fork keeps start-up cheap
 
@@ -88,6 +90,9 @@ def test_kill_9_releases_the_claim_and_leaves_the_shard_uncommitted(tmp_path):
     p.start()
     assert ready.wait(30)
     assert store.try_claim(2) is None  # the live holder owns it
+    with pytest.raises(StoreError, match="live process is writing"):
+        FeatureStore.open_or_create(path, store.spec, overwrite=True)
+    assert store.is_committed(0) is False and (path / "zarr.json").is_file()  # refused: nothing deleted
     os.kill(p.pid, signal.SIGKILL)
     p.join(10)
     lease = store.try_claim(2)  # the kernel released the flock with the process: no stale lock
