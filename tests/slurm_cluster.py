@@ -64,6 +64,7 @@ class SlurmCluster:
         self.munge_dir = self.root / "munge"
         self.munge_socket = self.munge_dir / "munge.socket"
         self._procs: list[subprocess.Popen] = []
+        self._requeued_since: dict[str, float] = {}
         self._started = False
 
     # -- environment ------------------------------------------------------------------------------------
@@ -245,11 +246,18 @@ class SlurmCluster:
     def states(self, job_id: str) -> list[str]:
         return [r.get("JobState", "?") for r in self.job_records(job_id)]
 
-    def release_requeued(self, job_id: str) -> None:
-        """A requeued job waits ~2 min (BeginTime) before it may start again; start it now (tests only)."""
+    def release_requeued(self, job_id: str, settle: float = 2.5) -> None:
+        """A requeued job waits ~2 min (BeginTime) before it may start again; start it sooner (tests only).
+
+        Not at once: slurmd refuses ("credential revoked") a relaunch within the second of the kill, so the
+        job must have been pending for `settle` seconds."""
+        now = time.monotonic()
         for rec in self.job_records(job_id):
+            key = f"{rec['JobId']}/{rec.get('Restarts')}"
             if rec.get("JobState") == "PENDING" and rec.get("Reason") == "BeginTime":
-                self.run("scontrol", "update", f"JobId={rec['JobId']}", "StartTime=now", check=False)
+                since = self._requeued_since.setdefault(key, now)
+                if now - since >= settle:
+                    self.run("scontrol", "update", f"JobId={rec['JobId']}", "StartTime=now", check=False)
 
     def wait(self, job_ids: list[str], timeout: float = 300, poll: float = 1.0) -> dict[str, list[str]]:
         """Wait until every job (every array task) is in a final state, starting requeued jobs at once.

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GEO3D = str(Path(sys.executable).parent / "geo3d")
 ACTIVATE = f"source {REPO_ROOT / '.venv' / 'bin' / 'activate'}"
-STEPS = 3
+STEPS = 6  # enough that the USR1 sent after step 1 lands mid-run
 # Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
 JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",
             "slurm.precompute.time=00:15:00", "slurm.verify.cpus=1", "slurm.verify.mem=1G",
@@ -178,3 +178,16 @@ def test_train_time_limit_signal_checkpoints_requeues_and_resumes_exactly(chain,
     ours, reference = final_weights(run), final_weights(work / "runs" / "pool")
     assert ours.keys() == reference.keys()
     assert all(ours[k].equal(reference[k]) for k in ours), "resumed run diverged from the uninterrupted one"
+
+
+def test_a_failed_stage_cancels_the_jobs_waiting_on_it(cluster, work):
+    # MapAnything without weights: precompute exits 2 at once; verify and train must not wait forever
+    job_dir, jobs = submit(cluster, "ablation", "--suite", "demo", "--data-root", str(work / "data"),
+                           "--encoder", "mapanything", "--store", str(work / "never.zarr"), "--out",
+                           str(work / "never_runs"), "--compressors", "pool",
+                           f"slurm.submit_dir={work / 'submissions'}")
+    states = cluster.wait(list(jobs.values()), timeout=300)
+    assert states[jobs["precompute"]] == ["FAILED", "FAILED"], states
+    assert states[jobs["verify"]] == ["CANCELLED"] and states[jobs["train_pool"]] == ["CANCELLED"], states
+    assert "--weights is required" in (job_dir / "logs" / f"precompute_{jobs['precompute']}_0.out").read_text()
+    assert not (work / "never_runs").exists()
