@@ -5,7 +5,8 @@
 - `scontrol requeue` of the precompute array mid-run: the tasks resume and the store is bit-identical to
   the uninterrupted one;
 - the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
-  with --resume, and ends with weights identical to the uninterrupted run.
+  with --resume, and ends with weights identical to the uninterrupted run;
+- a failed stage cancels the jobs waiting on it; the multi-GPU template passes USR1 on through srun.
 Installs slurm-wlm + munge with apt when missing; skips (with the reason) only without root or apt.
 """
 
@@ -191,3 +192,48 @@ def test_a_failed_stage_cancels_the_jobs_waiting_on_it(cluster, work):
     assert states[jobs["verify"]] == ["CANCELLED"] and states[jobs["train_pool"]] == ["CANCELLED"], states
     assert "--weights is required" in (job_dir / "logs" / f"precompute_{jobs['precompute']}_0.out").read_text()
     assert not (work / "never_runs").exists()
+
+
+FAKE_LAUNCHER = """#!{python}
+# Stand-in for `accelerate launch` (no GPUs here): records what srun gave it, and exits like torchrun does
+# after its workers checkpointed on a forwarded USR1 (exit 1).
+import os, signal, sys, time
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(f"node={{os.environ.get('SLURM_NODEID')}} step={{os.environ.get('SLURM_STEP_ID')}} "
+            f"gpus={{os.environ.get('CUDA_VISIBLE_DEVICES')}} argv={{' '.join(sys.argv[1:])}}\\n")
+def stop(signum, frame):
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write("got " + signal.Signals(signum).name + "\\n")
+    sys.exit(1)
+signal.signal(signal.SIGUSR1, stop)
+open(os.environ["FAKE_LOG"] + ".started", "w").close()
+if "--resume" in sys.argv:
+    sys.exit(0)
+time.sleep(120)
+"""
+
+
+def test_multi_gpu_template_forwards_usr1_through_srun_and_requeues(cluster, work):
+    """The multi-GPU/multi-node path: srun starts one launcher per node; USR1 reaches it through srun."""
+    bin_dir = work / "fake_bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "accelerate").write_text(FAKE_LAUNCHER.format(python=sys.executable))
+    (bin_dir / "accelerate").chmod(0o755)
+    log = work / "fake_launcher.log"
+    r = subprocess.run([GEO3D, "submit", "train", "--compressor", "qformer", "--store", str(work / "store.zarr"),
+                        "--out", str(work / "multi"), "--nodes", "1", "--gpus", "2",
+                        "--activate", f"export PATH={bin_dir}:$PATH FAKE_LOG={log}",
+                        f"slurm.submit_dir={work / 'submissions'}", *JOB_SIZE],
+                       env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job_dir = Path(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    job = json.loads((job_dir / "jobs.json").read_text())[0]["job_id"]
+    wait_for(lambda: Path(f"{log}.started").exists(), 120, "the launcher to start", cluster)
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    states = cluster.wait([job], timeout=300)
+    lines = log.read_text().splitlines()
+    assert states[job] == ["COMPLETED"], (states, lines, logs_text(job_dir))
+    assert lines[0].startswith("node=0 step=0 gpus=0,1 argv=launch --config_file /"), lines
+    assert "--machine_rank 0 --main_process_ip localhost" in lines[0] and "--num_processes 2" in lines[0]
+    assert "got SIGUSR1" in lines and "--resume" in lines[-1], lines
+    assert cluster.job_records(job)[0]["Restarts"] == "1"
