@@ -133,13 +133,13 @@ class SlurmCluster:
             f"AutoDetect=off\nNodeName=localhost Name=gpu Type=fake File={r}/dev/nvidia{last}\n")
 
     def _start_munged(self) -> None:
-        """A private munged (own key copy, socket, pid) run as the munge user, as munged expects."""
+        """A private munged (own key, socket, pid file) run as the munge user, as munged expects."""
         m = self.munge_dir
         m.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # munge user must reach its socket dir
         user = pwd.getpwnam("munge")
         key = m / "munge.key"
-        shutil.copyfile("/etc/munge/munge.key", key)
+        key.write_bytes(os.urandom(1024))  # a private key: nothing shared with a site's munged
         for p in (m, key):
             os.chown(p, user.pw_uid, user.pw_gid)
         os.chmod(m, 0o755)
