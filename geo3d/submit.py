@@ -51,6 +51,9 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
         raise Geo3dError(f"these overrides are not slurm.*/stage.* keys: {routed['precompute'] + routed['train']}; "
                          f"this job passes none on")
     cfg = build_config(["data", "slurm"], config, routed["submit"], flags)
+    if cfg.slurm.activate is None:  # documented default: the environment running `geo3d submit`
+        from geo3d.slurm.jobs import default_activate
+        cfg.slurm.activate = default_activate()
     cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
     cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
     return cfg

@@ -108,6 +108,8 @@ def test_several_gpus_or_nodes_use_srun_accelerate_launch(nodes, gpus, tmp_path)
     (["precompute", "--suite", "demo"], "pass --store"),
     (["verify", "--store", "s", "train.max_steps=3"], "not slurm.*/stage.* keys"),
     (["ablation", *BASE, "--out", "r", "--compressors", "pool,pool"], "compressors repeat"),
+    (["train", "--compressor", "pool", "--out", "r", "--store", "s", "--train-config", "train/ablation_pool"],
+     "sets data.suite=libero_all but the jobs run --suite demo"),
 ])
 def test_bad_input_is_a_clear_error(args, message, tmp_path):
     r = submit(*args, "--dry-run", cwd=tmp_path)

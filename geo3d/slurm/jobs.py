@@ -50,8 +50,9 @@ def default_activate() -> str:
 
 
 def setup_lines(cfg: DictConfig) -> list[str]:
-    activate = cfg.slurm.activate or default_activate()
-    return [activate, *[str(line) for line in cfg.slurm.setup]]
+    if not cfg.slurm.activate:
+        raise Geo3dError("slurm.activate is empty: set it to the shell line that puts geo3d on PATH in a job")
+    return [str(cfg.slurm.activate), *[str(line) for line in cfg.slurm.setup]]
 
 
 def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: bool) -> list[str]:
@@ -114,17 +115,29 @@ def _config_arg(path: str) -> str:
     return absolute(path) if Path(path).expanduser().exists() else path  # type: ignore[return-value]
 
 
+def check_train_configs_suite(cfg: DictConfig, suite: str) -> None:
+    """The job passes --suite to geo3d train (it must match the store); a --train-config naming another suite
+    would be silently overruled, so refuse it."""
+    from geo3d.config import load_config
+    for c in cfg.stage.train_configs:
+        theirs = OmegaConf.select(load_config([str(c)]), "data.suite", default=None)
+        if theirs is not None and theirs != suite:
+            raise Geo3dError(f"--train-config {c} sets data.suite={theirs} but the jobs run --suite {suite}; "
+                             f"pass --suite {theirs} (the store must be built for the same suite)")
+
+
 def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobScript:
     """One compressor run: one process on one GPU, else the multi-node template (accelerate launch per node)."""
     t = cfg.slurm.train
     name = f"train_{compressor}"
     log = job_dir / LOG_DIR / f"{name}_%j.out"
+    suite = require(cfg, "data.suite", "--suite")
+    check_train_configs_suite(cfg, suite)
     extra = _data_root_args(cfg)
     for c in cfg.stage.train_configs:
         extra += ["--config", _config_arg(str(c))]
     extra += [str(o) for o in cfg.stage.train_overrides]
-    settings = {**_common_settings(cfg, job_dir), "COMPRESSOR": compressor,
-                "SUITE": require(cfg, "data.suite", "--suite"),
+    settings = {**_common_settings(cfg, job_dir), "COMPRESSOR": compressor, "SUITE": suite,
                 "STORE": absolute(require(cfg, "stage.store", "--store")), "OUT": absolute(out),
                 "CHECKPOINT_GLOB": str(cfg.slurm.checkpoint_glob), "EXTRA_ARGS": extra}
     opts = sbatch_options(cfg, "train", name, log, True)

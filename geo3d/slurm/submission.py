@@ -92,6 +92,7 @@ def print_scripts(scripts: Sequence[JobScript], job_dir: Path) -> str:
 
 def summary(jobs: Sequence[tuple[str, str]], scripts: Sequence[JobScript], job_dir: Path) -> str:
     logs = {s.name: s.log for s in scripts}
-    lines = [f"submitted {name}: job {jid}  log {str(logs.get(name) or '').replace('%A', jid).replace('%j', jid)}"
-             for name, jid in jobs]
+    def log_of(name: str, jid: str) -> str:
+        return str(logs.get(name) or "").replace("%A", jid).replace("%a", "*").replace("%j", jid)
+    lines = [f"submitted {name}: job {jid}  log {log_of(name, jid)}" for name, jid in jobs]
     return "\n".join([*lines, f"scripts, resolved config and jobs.json: {job_dir}"])
