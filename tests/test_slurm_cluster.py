@@ -6,7 +6,9 @@
   the uninterrupted one;
 - the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
   with --resume, and ends with weights identical to the uninterrupted run;
-- a failed stage cancels the jobs waiting on it; the multi-GPU template passes USR1 on through srun.
+- a failed stage cancels the jobs waiting on it; the multi-GPU template passes USR1 on through srun; the
+  `#SBATCH --signal=B:USR1@N` directive itself (1-minute limit) triggers save + requeue + resume.
+The last two run stand-ins for `accelerate`/`geo3d` (no GPUs; a real train would outlast the 1-min limit).
 Installs slurm-wlm + munge with apt when missing; skips (with the reason) only without root or apt.
 """
 
@@ -194,9 +196,9 @@ def test_a_failed_stage_cancels_the_jobs_waiting_on_it(cluster, work):
     assert not (work / "never_runs").exists()
 
 
-FAKE_LAUNCHER = """#!{python}
-# Stand-in for `accelerate launch` (no GPUs here): records what srun gave it, and exits like torchrun does
-# after its workers checkpointed on a forwarded USR1 (exit 1).
+STAND_IN = """#!{python}
+# Stand-in for `{name}` (no GPUs / no time to spend here): records what the job gave it; on USR1 it exits
+# {stop_code} as the real program does after saving its state; with --resume it finishes at once.
 import os, signal, sys, time
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(f"node={{os.environ.get('SLURM_NODEID')}} step={{os.environ.get('SLURM_STEP_ID')}} "
@@ -204,30 +206,39 @@ with open(os.environ["FAKE_LOG"], "a") as f:
 def stop(signum, frame):
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write("got " + signal.Signals(signum).name + "\\n")
-    sys.exit(1)
+    sys.exit({stop_code})
 signal.signal(signal.SIGUSR1, stop)
 open(os.environ["FAKE_LOG"] + ".started", "w").close()
 if "--resume" in sys.argv:
     sys.exit(0)
-time.sleep(120)
+time.sleep(300)
 """
+
+
+def stand_in(work: Path, name: str, stop_code: int) -> tuple[Path, Path]:
+    """(bin dir holding a stand-in `name`, the log it writes)."""
+    bin_dir = work / f"fake_{name}"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(STAND_IN.format(python=sys.executable, name=name, stop_code=stop_code))
+    (bin_dir / name).chmod(0o755)
+    return bin_dir, work / f"fake_{name}.log"
+
+
+def submit_stand_in(cluster: SlurmCluster, work: Path, bin_dir: Path, log: Path, *args: str) -> tuple[Path, str]:
+    r = subprocess.run([GEO3D, "submit", "train", "--compressor", "qformer", "--store", str(work / "store.zarr"),
+                        "--activate", f"export PATH={bin_dir}:$PATH FAKE_LOG={log}",
+                        f"slurm.submit_dir={work / 'submissions'}", *JOB_SIZE, *args],
+                       env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job_dir = Path(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    return job_dir, json.loads((job_dir / "jobs.json").read_text())[0]["job_id"]
 
 
 def test_multi_gpu_template_forwards_usr1_through_srun_and_requeues(cluster, work):
     """The multi-GPU/multi-node path: srun starts one launcher per node; USR1 reaches it through srun."""
-    bin_dir = work / "fake_bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "accelerate").write_text(FAKE_LAUNCHER.format(python=sys.executable))
-    (bin_dir / "accelerate").chmod(0o755)
-    log = work / "fake_launcher.log"
-    r = subprocess.run([GEO3D, "submit", "train", "--compressor", "qformer", "--store", str(work / "store.zarr"),
-                        "--out", str(work / "multi"), "--nodes", "1", "--gpus", "2",
-                        "--activate", f"export PATH={bin_dir}:$PATH FAKE_LOG={log}",
-                        f"slurm.submit_dir={work / 'submissions'}", *JOB_SIZE],
-                       env=cluster.env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    job_dir = Path(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
-    job = json.loads((job_dir / "jobs.json").read_text())[0]["job_id"]
+    bin_dir, log = stand_in(work, "accelerate", stop_code=1)  # torchrun reports the workers' exit 75 as 1
+    job_dir, job = submit_stand_in(cluster, work, bin_dir, log, "--out", str(work / "multi"), "--nodes", "1",
+                                   "--gpus", "2")
     wait_for(lambda: Path(f"{log}.started").exists(), 120, "the launcher to start", cluster)
     cluster.run("scancel", "--batch", "--signal=USR1", job)
     states = cluster.wait([job], timeout=300)
@@ -237,3 +248,17 @@ def test_multi_gpu_template_forwards_usr1_through_srun_and_requeues(cluster, wor
     assert "--machine_rank 0 --main_process_ip localhost" in lines[0] and "--num_processes 2" in lines[0]
     assert "got SIGUSR1" in lines and "--resume" in lines[-1], lines
     assert cluster.job_records(job)[0]["Restarts"] == "1"
+
+
+def test_the_time_limit_signal_directive_itself_requeues_the_job(cluster, work):
+    """`#SBATCH --signal=B:USR1@50` with a 1-minute limit: SLURM itself sends USR1 (within its ~30 s check
+    interval), the job saves, requeues, and resumes."""
+    bin_dir, log = stand_in(work, "geo3d", stop_code=75)
+    job_dir, job = submit_stand_in(cluster, work, bin_dir, log, "--out", str(work / "timelimit"),
+                                   "slurm.train.time=00:01:00", "slurm.signal_seconds=50")
+    assert "--signal=B:USR1@50" in (job_dir / "train_qformer.sbatch").read_text()
+    states = cluster.wait([job], timeout=300)
+    lines = log.read_text().splitlines()
+    assert states[job] == ["COMPLETED"], (states, lines, logs_text(job_dir))
+    assert "got SIGUSR1" in lines and "--resume" in lines[-1], lines
+    assert "requeueing job" in logs_text(job_dir)
