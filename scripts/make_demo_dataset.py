@@ -315,11 +315,12 @@ The demo is for exercising the pipeline, not for benchmarking policies.
     {gen['command']}
 
 Rendering these {gen['success']['episodes']} episodes took {gen['render_seconds']:.0f} s of episode time
-(plus ~10 s per task for creating the environment) on a shared, loaded 2-core CPU without GPU. Raw per-episode arrays are cached as
-.npz (`--raw-dir`, reused only when the controller settings match); `--from-raw` rewrites the folders without
-re-rendering. Per-episode details (controller phases, render seconds): `generation.json`. The folder names
-keep the IPEC `_no_noops_` naming so the suite resolver treats them like the real data; the scripted
-controller rarely produces no-op steps (only while the gripper closes or opens).
+(plus ~10 s per task for creating the environment) on a shared, loaded 2-core CPU without GPU.
+Raw per-episode arrays are cached as .npz (`--raw-dir`, reused only when the controller settings match);
+`--from-raw` rewrites the folders without re-rendering. Per-episode details (controller phases, render
+seconds): `generation.json`. The folder names keep the IPEC `_no_noops_` naming so the suite resolver
+treats them like the real data; the scripted controller rarely produces no-op steps (only while the
+gripper closes or opens).
 
 Versions: {versions}.
 """
