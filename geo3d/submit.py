@@ -62,9 +62,10 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
 def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], list], dry_run: bool) -> None:
     """Render with `build(cfg, job_dir)`; print (--dry-run) or write the record and submit."""
     from geo3d.slurm import submission as sub
+    preview_dir = Path(str(cfg.slurm.submit_dir)).resolve() / f"<UTC time>_{verb}"
+    scripts = build(cfg, preview_dir)  # every input error surfaces here, before anything is written
     if dry_run:
-        job_dir = Path(str(cfg.slurm.submit_dir)).resolve() / f"<UTC time>_{verb}"
-        typer.echo(sub.print_scripts(build(cfg, job_dir), job_dir))
+        typer.echo(sub.print_scripts(scripts, preview_dir))
         return
     job_dir = sub.new_submission_dir(cfg, verb)
     scripts = build(cfg, job_dir)

@@ -112,8 +112,10 @@ def test_several_gpus_or_nodes_use_srun_accelerate_launch(nodes, gpus, tmp_path)
      "sets data.suite=libero_all but the jobs run --suite demo"),
 ])
 def test_bad_input_is_a_clear_error(args, message, tmp_path):
-    r = submit(*args, "--dry-run", cwd=tmp_path)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for dry in (["--dry-run"], []):
+        r = submit(*args, *dry, "slurm.submit_dir=subs", cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "subs").exists()  # nothing written for a refused submission
 
 
 def test_without_sbatch_nothing_is_submitted_and_the_error_says_why(tmp_path):
