@@ -8,6 +8,7 @@ consumed it. A shard that spans an episode boundary simply takes frames from bot
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -33,6 +34,7 @@ class DataSource:
     suite: str
     data_root: str | None
     image_size: int
+    decoder_threads: int = 0  # per camera; 0 = automatic. Decode processes use 1: the processes are the parallelism
 
 
 @dataclass
@@ -79,7 +81,7 @@ def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> D
     span = mix.span(dataset_id, episode_index)
     frames: np.ndarray | None = None
     ids = np.empty(span.length, dtype=np.uint64)
-    for k, (stored, cid) in enumerate(mix.iter_episode(dataset_id, episode_index)):
+    for k, (stored, cid) in enumerate(mix.iter_episode(dataset_id, episode_index, threads=source.decoder_threads)):
         img = frames_to_model_input(stored, source.image_size)
         if frames is None:
             frames = np.empty((span.length, *img.shape), dtype=np.uint8)
@@ -94,6 +96,8 @@ class EpisodeFeeder:
     def __init__(self, spans: list[Any], source: DataSource, workers: int, prefetch: int):
         self.spans = spans
         self.starts = np.array([s.start for s in spans], dtype=np.int64)
+        if workers > 0:
+            source = dataclasses.replace(source, decoder_threads=1)  # no oversubscription: N processes x 1 thread
         self.source, self.prefetch = source, max(0, int(prefetch))
         self.pending: "OrderedDict[int, Future]" = OrderedDict()  # span position -> Future[DecodedEpisode]
         self.executor: Executor
