@@ -269,11 +269,16 @@ def write_all(plan: dict[str, list[int]], init_ids: list[int], raw_dir: Path, ou
     return gen
 
 
+def missed_phases(meta: dict) -> list[str]:
+    """Moving phases that timed out before reaching their waypoint (close/open are timed by design)."""
+    return [name for name, _, reached in meta["phases"] if not reached and name not in ("close", "open")]
+
+
 def readme(gen: dict) -> str:
     """demo_data/README.md, generated from generation.json so the two never disagree."""
     rows = "\n".join(f"| {m['suite']} | {m['task_id']} | {m['instruction']} | {m['init_state_id']} | "
-                     f"{m['episode_index']} | {m['length']} | {'yes' if m['success'] else 'no'} |"
-                     for m in gen["episodes"])
+                     f"{m['episode_index']} | {m['length']} | {'yes' if m['success'] else 'no'} | "
+                     f"{', '.join(missed_phases(m)) or '-'} |" for m in gen["episodes"])
     sizes = "\n".join(f"- `{d['folder']}/`: {d['episodes']} episodes, {d['frames']} frames, "
                       f"{d['bytes'] / 1e6:.2f} MB" for d in gen["datasets"])
     versions = ", ".join(f"{k} {v}" for k, v in gen["versions"].items())
@@ -293,12 +298,14 @@ Both cameras (`observation.images.image` = agentview, `observation.images.wrist_
 
 ## Episodes ({gen['success']['count']} of {gen['success']['episodes']} reported success by the simulator)
 
-| suite | task id | instruction (LIBERO benchmark language) | init state | episode | frames | success |
-|---|---|---|---|---|---|---|
+| suite | task id | instruction (LIBERO benchmark language) | init state | episode | frames | success | missed |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 Init state = index into the benchmark's 50 bundled initial states of the task; seed {gen['seed']};
-each episode is capped at {gen['max_steps']} steps.
+each episode is capped at {gen['max_steps']} steps. "missed" = controller phases that ended on their step
+limit without reaching their waypoint (a missed `descend` means the fingers were blocked above the grasp
+pose and the gripper closed on nothing; the rest of the motion still runs).
 
 ## Controller (scripted, not a learned policy)
 
