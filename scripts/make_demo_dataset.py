@@ -360,13 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = parse_plan(args.tasks)
         init_ids = [int(i) for i in args.init_states.split(",")]
+        if not args.render_only and set(plan) != set(FOLDERS):
+            raise Geo3dError(f"the demo dataset needs both suites {list(FOLDERS)}; got {list(plan)} "
+                             "(or pass --render-only to only render)")
+        plan = {s: plan[s] for s in FOLDERS if s in plan}
+        existing = [args.out / f for f in FOLDERS.values() if (args.out / f).exists()]
+        if existing and not (args.overwrite or args.render_only):
+            raise Geo3dError(f"{existing[0]} already exists; pass --overwrite to replace the demo dataset "
+                             "(or --out to write elsewhere)")
         if not args.from_raw:
             render_all(plan, init_ids, args.raw_dir, args.max_steps, args.seed)
         if args.render_only:
             return 0
-        if set(plan) != set(FOLDERS):
-            raise Geo3dError(f"the demo dataset needs both suites {list(FOLDERS)}; got {list(plan)}")
-        plan = {s: plan[s] for s in FOLDERS}
         command = (".venv/bin/python scripts/make_demo_dataset.py --tasks " + " ".join(
             f"{s}:{','.join(map(str, t))}" for s, t in plan.items())
             + f" --init-states {args.init_states} --max-steps {args.max_steps} --seed {args.seed} --overwrite")
