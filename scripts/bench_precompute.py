@@ -12,6 +12,7 @@ the GPU and decode on spare cores. Configurations:
   compute   : a wider tiny encoder, so the encoder dominates as MapAnything does on a GPU
 
     python scripts/bench_precompute.py [--episodes 2] [--length 100] [--rounds 2] [--only demo|compute]
+                                       [--demo-data] [key=value overrides for both sides]
 """
 
 from __future__ import annotations
@@ -80,14 +81,17 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=100, help="frames per episode")
     ap.add_argument("--size", type=int, default=256, help="stored frame side (LIBERO: 256)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--demo-data", action="store_true", help="use the shipped demo_data/ (real LIBERO renders)")
     ap.add_argument("--only", choices=sorted(CONFIGS))
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
-        data_root = make_synthetic_libero(Path(tmp) / "data", suites=("libero_spatial", "libero_object"),
-                                          episodes_per_suite=args.episodes, length=args.length, size=args.size)
+        data_root = REPO / "demo_data" if args.demo_data else make_synthetic_libero(
+            Path(tmp) / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=args.episodes,
+            length=args.length, size=args.size)
         frames = decoded_frames(data_root, 224)
-        print(f"bench_precompute: {len(frames)} frames ({args.size}px AV1, 2 views), torch {torch.__version__}, "
+        what = "demo_data/" if args.demo_data else f"synthetic {args.size}px"
+        print(f"bench_precompute: {len(frames)} frames ({what} AV1, 2 views), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads available", flush=True)
         for name, overrides in CONFIGS.items():
             if args.only and name != args.only:
