@@ -140,8 +140,9 @@ def test_workers_started_together_after_a_changed_num_shards(data_root, referenc
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-2000:] for o in outs]
     final = _commits(store)
     assert all(final[k] == v for k, v in kept.items())
-    encoded = _encoded_shards(store)
-    assert sorted(encoded) == list(range(NUM_SHARDS)), "each shard is encoded exactly once across all runs"
+    encoded = _encoded_shards(store)  # logged after each commit (kill -9 may beat the log line, never the marker)
+    assert len(encoded) == len(set(encoded)), "a shard was encoded twice"
+    assert set(encoded) | {int(n[6:12]) for n in kept} == set(range(NUM_SHARDS))
     _assert_same_store(store, reference)
 
 
