@@ -26,6 +26,10 @@ class EpisodeSettings:
     image_size: int | None = None  # the policy's input size (None: leave frames at render size)
 
 
+class EpisodeInterrupted(Exception):
+    """A stop was requested (SIGTERM): the unfinished episode is discarded, not scored."""
+
+
 @dataclass
 class EpisodeResult:
     task_id: int
@@ -50,10 +54,11 @@ def to_sim_action(action: np.ndarray, settings: EpisodeSettings) -> np.ndarray:
 
 
 def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarray, task_id: int, episode: int,
-                settings: EpisodeSettings, on_frame: Callable[[np.ndarray], None] | None = None) -> EpisodeResult:
+                settings: EpisodeSettings, on_frame: Callable[[np.ndarray], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> EpisodeResult:
     """Run one episode. A simulator exception (e.g. MuJoCo instability) ends it as a failure with the error
     recorded; policy errors propagate: a broken policy or a lost server must stop the evaluation, not
-    score zeros."""
+    score zeros. `should_stop` is polled every step (EpisodeInterrupted)."""
     from geo3d.sim import reset_to
 
     start = time.perf_counter()
@@ -68,6 +73,8 @@ def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarr
         return result(False, f"reset: {type(e).__name__}: {e}")
     queue: list[np.ndarray] = []
     while steps < settings.max_steps:
+        if should_stop():
+            raise EpisodeInterrupted(f"task {task_id} episode {episode} interrupted at step {steps}")
         if on_frame is not None:
             on_frame(upright_frame(obs))
         if not queue:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.episode import MAX_STEPS, EpisodeSettings
+from evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from evaluation.results import markdown, summarize, write_json_atomic
-from evaluation.runner import Job, PolicySource, read_done, run_jobs
+from evaluation.runner import Job, PolicySource, read_done, request_stop, run_jobs
 from geo3d.errors import Geo3dError
 
 EPISODES_FILE, RESULTS_FILE, TABLE_FILE = "episodes.jsonl", "results.json", "results.md"
@@ -117,6 +118,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     episodes = [rec for (tid, i), rec in done.items()
                 if any(t.task_id == tid for t in tasks) and i < int(e.episodes_per_task)]
     start, complete = time.perf_counter(), False
+    signal.signal(signal.SIGTERM, request_stop)  # SLURM preemption / scancel: keep results, exit cleanly
     bar = tqdm(total=len(jobs) + len(episodes), initial=len(episodes), desc=f"eval {e.suite}", unit="ep")
     try:
         with (out / EPISODES_FILE).open("a") as log:
@@ -127,6 +129,9 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                 bar.update(1)
                 bar.set_postfix(success=f"{sum(r['success'] for r in episodes)}/{len(episodes)}")
         complete = True
+    except EpisodeInterrupted:
+        raise Geo3dError(f"evaluation terminated (SIGTERM) after {len(episodes)} episodes; they are kept in "
+                         f"{out / EPISODES_FILE}: rerun the same command with --resume") from None
     finally:
         bar.close()
         episodes.sort(key=lambda r: (r["task_id"], r["episode"]))

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from evaluation.episode import EpisodeResult, EpisodeSettings, run_episode
+from evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
 from evaluation.video import RolloutVideo
+
+
+STOP = threading.Event()
+
+
+def request_stop(signum: int = signal.SIGTERM, frame: Any = None) -> None:
+    """SIGTERM handler: only sets a flag. Raising from a handler could land inside robosuite/MuJoCo code whose
+    bare `except:` swallows it; the episode loop and the result loop poll the flag instead."""
+    STOP.set()
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class _Worker:
         _seed_everything(job.seed * 1000 + job.episode)
         video = RolloutVideo() if job.video_dir else None
         res = run_episode(self.env, self.policy, self.task.language, self.init_states[job.episode], job.task_id,
-                          job.episode, settings, on_frame=video.add if video else None)
+                          job.episode, settings, on_frame=video.add if video else None, should_stop=STOP.is_set)
         if video is not None:
             outcome = "success" if res.success else "failure"
             name = f"task{job.task_id:02d}_ep{job.episode:03d}_{outcome}.mp4"
@@ -112,6 +123,8 @@ _WORKER: _Worker | None = None
 def _init_worker(source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGTERM, request_stop)  # SLURM signals the whole job: stop the episode, then exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     _WORKER = _Worker(source, settings, gl)
 
 
@@ -132,19 +145,26 @@ def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, g
             worker.close_env()
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: MuJoCo/OpenGL contexts and torch threads do not survive fork
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(source, settings, gl)) as pool:
-        futures = [pool.submit(_run_in_worker, job) for job in jobs]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(source, settings, gl))
+    try:
+        results = pool.imap_unordered(_run_in_worker, jobs, chunksize=1)
+        for _ in jobs:
+            while True:  # poll, so a stop request is seen while every worker is busy
+                if STOP.is_set():
+                    raise EpisodeInterrupted("stop requested")
+                try:
+                    yield results.next(timeout=0.5)
+                    break
+                except mp.TimeoutError:
+                    continue
+        pool.close()
+    except BaseException:
+        pool.terminate()  # stop running episodes too (failure, SIGTERM, Ctrl-C): finished ones are saved
+        raise
+    finally:
+        pool.join()
 
 
 def read_done(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
