@@ -1,8 +1,9 @@
 """Shared by the tests/test_eval_*.py files: real tiny training runs to evaluate, serve and report on.
 
-Built once per pytest session under the session's base temp dir: a synthetic LIBERO-shaped dataset (real
-LeRobot writer), a features store made by the real `geo3d precompute --encoder tiny` (so evaluation can
-rebuild the encoder for live frames), and two `geo3d train` runs (qformer, pool) of a few steps.
+Built once per pytest session under the session's base temp dir: the shipped demo dataset (demo_data/,
+rendered by the LIBERO simulator; a small synthetic one if it is absent), a features store made by the real
+`geo3d precompute --encoder tiny` (so evaluation can rebuild the encoder for live frames), and two
+`geo3d train` runs (qformer, pool) of 2 steps.
 """
 
 from __future__ import annotations
@@ -47,17 +48,21 @@ def trained_runs(base: Path) -> dict[str, Path]:
     ready = base / "runs.json"
     if ready.exists():
         return {k: Path(v) for k, v in json.loads(ready.read_text()).items()}
-    from data_fixtures import make_synthetic_libero
+    from geo3d.data.suites import DEMO_DATA_ROOT
 
-    make_synthetic_libero(base / "data", suites=("libero_spatial",), episodes_per_suite=2, length=12, size=64)
-    run(["precompute", "--suite", "libero_spatial", "--data-root", str(base / "data"), "--encoder", "tiny",
-         "--store", str(base / "store"), f"data.image_size={IMAGE}", f"encoder.tokens_per_view={TOKENS}",
-         "precompute.decode_workers=0"])
+    if any(DEMO_DATA_ROOT.glob("libero_spatial*")):
+        data = ["--suite", "demo"]
+    else:
+        from data_fixtures import make_synthetic_libero
+
+        make_synthetic_libero(base / "data", suites=("libero_spatial",), episodes_per_suite=2, length=12, size=64)
+        data = ["--suite", "libero_spatial", "--data-root", str(base / "data")]
+    run(["precompute", *data, "--encoder", "tiny", "--store", str(base / "store"), f"data.image_size={IMAGE}",
+         f"encoder.tokens_per_view={TOKENS}"])
     procs = {}
     for comp in COMPRESSORS:  # both runs at once: 2 cores here
-        args = ["train", "--compressor", comp, "--suite", "libero_spatial", "--data-root", str(base / "data"),
-                "--store", str(base / "store"), "--config", "train/demo", "--out", str(base / f"run_{comp}"),
-                "--max-steps", "2", "train.save_interval=2", f"model.geometry.tokens_per_view={TOKENS}",
+        args = ["train", "--compressor", comp, *data, "--store", str(base / "store"), "--config", "train/demo",
+                "--out", str(base / f"run_{comp}"), "--max-steps", "2", "train.save_interval=2", f"model.geometry.tokens_per_view={TOKENS}",
                 "model.geometry.dim=128", f"data.image_size={IMAGE}"]
         procs[comp] = subprocess.Popen(geo3d(*args), cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
