@@ -56,6 +56,8 @@ def default_out(ckpt: str | None, step: int | None, suite: str) -> Path:
         raise Geo3dError("cannot tell where results go (the server did not name its checkpoint): pass --out")
     ck = Path(ckpt)
     run_dir = ck.parent.parent if ck.parent.name == "checkpoints" else ck
+    if not run_dir.is_dir():  # a server on another machine names a path that does not exist here
+        raise Geo3dError(f"the policy's run directory {run_dir} is not on this machine: pass --out")
     return run_dir / f"eval_{suite}_step{step}"
 
 
