@@ -14,6 +14,7 @@ from evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from evaluation.results import markdown, summarize, write_json_atomic
 from evaluation.runner import Job, PolicySource, read_done, request_stop, run_jobs
 from geo3d.errors import Geo3dError
+from geo3d.preemption import Preempted
 
 EPISODES_FILE, RESULTS_FILE, TABLE_FILE = "episodes.jsonl", "results.json", "results.md"
 
@@ -132,7 +133,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                 bar.set_postfix(success=f"{sum(r['success'] for r in episodes)}/{len(episodes)}")
         complete = True
     except EpisodeInterrupted:
-        raise Geo3dError(f"evaluation terminated (SIGTERM) after {len(episodes)} episodes; they are kept in "
+        raise Preempted(f"evaluation terminated (SIGTERM) after {len(episodes)} episodes; they are kept in "
                          f"{out / EPISODES_FILE}: rerun the same command with --resume") from None
     finally:
         bar.close()

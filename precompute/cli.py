@@ -42,7 +42,7 @@ def precompute(
              "precompute.overwrite": True if overwrite else None}
     cfg = build_config(DEFAULTS, config, overrides, flags)
 
-    from precompute.preemption import PREEMPTED_EXIT_CODE
+    from geo3d.preemption import PREEMPTED_EXIT_CODE
     from precompute.run import run_precompute
 
     r = run_precompute(cfg)

@@ -104,7 +104,7 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     from geo3d.provenance import provenance
     from precompute.pipeline import TokenBuffers, run_worker
     from precompute.planner import ShardPlanner
-    from precompute.preemption import PreemptionFlag
+    from geo3d.preemption import PreemptionFlag
     from precompute.writer import ShardWriter
 
     p = cfg.precompute
@@ -127,7 +127,8 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
     writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
-    preempt = PreemptionFlag().install()
+    preempt = PreemptionFlag(("SIGTERM", "SIGUSR1", "SIGINT"), "precompute stops at the next safe point (the current "
+                             "shard is finished if quick, else dropped)").install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:

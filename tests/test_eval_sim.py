@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from eval_fixtures import IMAGE, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
 from geo3d.config import CONFIG_DIR, REPO_ROOT
+from geo3d.preemption import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.sim
 _REASON = sim_available()
@@ -157,7 +158,7 @@ def test_eval_parallel_workers(tmp_path_factory, tmp_path):
 
 
 def test_sigterm_keeps_finished_episodes_and_resume_completes(tmp_path_factory, tmp_path):
-    """SLURM preemption: SIGTERM after the first episode -> exit 2, partial results (complete: false);
+    """SLURM preemption: SIGTERM after the first episode -> exit 75, partial results (complete: false);
     the same command with --resume runs only the missing episode."""
     import time
 
@@ -178,7 +179,7 @@ def test_sigterm_keeps_finished_episodes_and_resume_completes(tmp_path_factory, 
         print("note: SIGTERM arrived after the last episode; resume path not exercised this time")
         assert partial["complete"]
         return
-    assert proc.returncode == 2 and "terminated (SIGTERM)" in err and "--resume" in err
+    assert proc.returncode == PREEMPTED_EXIT_CODE and "terminated (SIGTERM)" in err and "--resume" in err
     assert not partial["complete"] and partial["summary"]["episodes"] == 1
     run([*args, "--resume"], timeout=600)
     final = json.loads((out / "results.json").read_text())

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from train.metrics import METRICS_FILE, read_metrics
-from train.preemption import PREEMPTED_EXIT_CODE
+from geo3d.preemption import PREEMPTED_EXIT_CODE
 from train_fixtures import geo3d_cmd, make_train_data, run_geo3d, train_args
 
 STEPS = 30

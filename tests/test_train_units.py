@@ -122,9 +122,22 @@ def test_metrics_truncate_after_drops_records_past_the_resume_step(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
-def test_preemption_exit_code_is_the_same_in_cli_and_trainer():
-    from train import cli, preemption
-    assert cli.PREEMPTED_EXIT_CODE == preemption.PREEMPTED_EXIT_CODE == 75
+def test_preemption_flag_records_the_first_signal_and_restores_handlers():
+    import os
+    import signal
+
+    from geo3d.preemption import PreemptionFlag
+
+    before = signal.getsignal(signal.SIGUSR1)
+    flag = PreemptionFlag().install()
+    try:
+        assert not flag.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.requested and flag.signal_name == "SIGUSR1"
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 # ---- store / dataset join ---------------------------------------------------------------------------

@@ -8,10 +8,7 @@ from typing import List, Optional
 import typer
 
 from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, handle_errors
-
-# Exit code after a preemption signal (SIGTERM / SIGUSR1) once the resume checkpoint is written; the same
-# value as train.preemption.PREEMPTED_EXIT_CODE (kept literal here so this module stays import-light).
-PREEMPTED_EXIT_CODE = 75
+from geo3d.preemption import PREEMPTED_EXIT_CODE  # after a signal, once the resume checkpoint is written
 
 
 @handle_errors

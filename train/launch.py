@@ -71,12 +71,12 @@ def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerSta
 
 def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     """Validate, build, (resume,) train. Raises Geo3dError for bad input before any training step."""
-    from train.preemption import PreemptionFlag
+    from geo3d.preemption import PreemptionFlag
     flag = PreemptionFlag().install()
     try:
         return _run_training(cfg, resume, flag)
     finally:
-        flag.uninstall()
+        flag.restore()
 
 
 def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:

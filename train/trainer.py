@@ -21,7 +21,7 @@ from geo3d.errors import Geo3dError
 from train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
 from train.dataset import move_batch
 from train.metrics import MetricsLogger, StepTimer, module_grad_norms
-from train.preemption import PreemptionFlag
+from geo3d.preemption import PreemptionFlag
 
 
 @dataclass
