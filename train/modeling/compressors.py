@@ -23,7 +23,9 @@ def group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class GeometryCompressor(nn.Module):
-    """Base: remembers N and casts the input to the module's dtype (bf16 cache -> fp32 weights)."""
+    """Base: remembers N and casts the input to the module's dtype (bf16 cache -> fp32 weights).
+
+    Subclasses define `forward(geometry [B,G,D]) -> list of N tensors [B,K,H]`."""
 
     num_tokens: int
 
@@ -33,9 +35,6 @@ class GeometryCompressor(nn.Module):
 
     def _cast(self, geometry: torch.Tensor) -> torch.Tensor:
         return geometry.to(next(self.parameters()).dtype)
-
-    def forward(self, geometry: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
 
 
 class MeanCompressor(GeometryCompressor):
