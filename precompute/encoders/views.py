@@ -42,10 +42,10 @@ def frames_to_model_input(frames: np.ndarray, image_size: int) -> np.ndarray:
 
     Runs in decode workers (numpy, cheap) so the device only sees fixed-size uint8 batches.
     """
-    from geo3d.data.transforms import resize, upright
+    from geo3d.data.transforms import to_model_images
 
     check_image_size(image_size)
-    return np.ascontiguousarray(resize(upright(frames), image_size))
+    return np.ascontiguousarray(to_model_images(frames, image_size))
 
 
 def normalize_views(images: torch.Tensor, device: torch.device | str) -> list[torch.Tensor]:
