@@ -234,7 +234,7 @@ class FeatureStore:
             except ValueError:  # a malformed marker is one of the things being cleared
                 old = {"unparseable": marker.read_text(errors="replace")[:2000]}
             record = {"shard": i, "reason": reason, "marked_utc": utc_now(), "marker": old}
-            stamp = record["marked_utc"].replace(":", "")
+            stamp = record["marked_utc"].replace(":", "") + "-" + uuid.uuid4().hex[:6]  # never replace an older record
             atomic_write_json(self.path / L.DAMAGED / f"shard-{i:06d}.{stamp}.json", record)
             try:
                 os.unlink(marker)

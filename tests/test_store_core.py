@@ -74,7 +74,10 @@ def test_write_shard_refusals(tmp_path):
         store.write_shard(0, tok, idx)
     assert store.mark_damaged([0], reason="test") == [0]
     assert store.missing_shards() == [0, 1]
-    assert list((tmp_path / "s" / "damaged").iterdir())  # the record of what was un-committed stays
+    store.mark_damaged([0], reason="again")  # a second record (same second) must not replace the first
+    records = [json.loads(p.read_text()) for p in (tmp_path / "s" / "damaged").iterdir()]
+    assert sorted(r["reason"] for r in records) == ["again", "test"]  # the record of what was un-committed stays
+    assert any(r["marker"] and r["marker"]["shard"] == 0 for r in records)
     store.write_shard(0, tok, idx)
     assert store.committed_shards() == [0]
 
