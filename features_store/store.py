@@ -61,7 +61,7 @@ class FeatureStore:
         `overwrite=True` deletes an existing store first: only for a single interactive process.
         """
         path = Path(path)
-        if overwrite and path.exists():
+        if overwrite and path.exists() and not _empty_dir(path):
             _remove_store(path)
         if not _store_exists(path):
             _create_atomically(path, spec)
@@ -277,6 +277,11 @@ def open_arrays(path: Path, mode: str = "r") -> dict[str, Any]:
 
 def _store_exists(path: Path) -> bool:
     return (path / "zarr.json").is_file()
+
+
+def _empty_dir(path: Path) -> bool:
+    """An empty directory (e.g. made by a job script) is simply filled: nothing to overwrite."""
+    return path.is_dir() and next(path.iterdir(), None) is None
 
 
 def _create_atomically(path: Path, spec: StoreSpec) -> None:

@@ -124,6 +124,8 @@ def test_overwrite_replaces_only_a_geo3d_store(tmp_path):
     with pytest.raises(StoreError, match="not empty"):
         FeatureStore.open_or_create(tmp_path / "other", synthetic_spec())
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep"
+    (tmp_path / "empty").mkdir()  # e.g. made by a job script: --overwrite has nothing to delete, just fills it
+    assert FeatureStore.open_or_create(tmp_path / "empty", synthetic_spec(), overwrite=True).committed_shards() == []
 
 
 def test_newer_schema_and_non_store_are_clear_errors(tmp_path):
