@@ -201,3 +201,40 @@ def test_config_value_types_are_checked():
     cfg.model.compressor.num_tokens = "sixteen"
     with pytest.raises(Geo3dError, match="model.compressor.num_tokens must be int"):
         build_policy(cfg)
+
+
+def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
+    """The head's math, with the network replaced by the exact velocity of the straight path from noise to the
+    action: x_t = (1-t)*noise + t*action and target action - noise give zero loss (the opposite sign does not),
+    padded steps do not count, t skews to the noisy end (t = (s_max - s)/s_max, s ~ Beta(1.5, 1)), and the Euler
+    sampler integrates from noise (t=0) to the action (t=1)."""
+    from train.modeling.action_head import FlowMatchingHead
+    from train.modeling.configuration_policy import PolicyConfig
+
+    head = FlowMatchingHead(PolicyConfig.from_cfg(tiny_cfg()).action_head)
+    torch.manual_seed(0)
+    t = head.sample_t(20000, "cpu")
+    assert -0.001 <= float(t.min()) and float(t.max()) <= 1  # s > 0.999 gives t < 0 (GR00T's formula, as specified)
+    assert abs(float(t.mean()) - (1 - 0.6 / 0.999)) < 0.01  # E[s] = 1.5 / 2.5
+    assert float((t < 0.5).float().mean()) > 0.6  # P(s > 0.4995) = 1 - 0.4995**1.5 = 0.647
+
+    g = torch.Generator().manual_seed(1)
+    actions, state = torch.rand(B, 8, 7, generator=g) * 2 - 1, torch.randn(B, 8, generator=g)
+    pad = torch.zeros(B, 8, dtype=torch.bool)
+    pad[1, 5:] = True
+    target = actions.repeat_interleave(head.cfg.repeats, 0)
+    sign = {"value": 1.0}
+
+    def oracle(x_t, t, state, ctx, keep, geom_slice):
+        v = (target - x_t) / (1 - t)[:, None, None]  # = action - noise on the path above
+        wrong_on_pads = torch.where(keep[..., None], v, v + 100.0)
+        return sign["value"] * wrong_on_pads, torch.zeros(head.cfg.num_layers)
+
+    monkeypatch.setattr(head, "velocity", oracle)
+    loss, _ = head.loss(None, state, actions, pad, slice(0, 0))
+    assert float(loss) < 1e-6
+    sign["value"] = -1.0
+    assert float(head.loss(None, state, actions, pad, slice(0, 0))[0]) > 0.1
+    sign["value"], target = 1.0, actions  # sampling: no repeats
+    sampled, _ = head.sample(None, state, slice(0, 0), num_steps=4, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(sampled, actions, atol=1e-5)
