@@ -17,7 +17,6 @@ from typing import Optional
 import typer
 
 from geo3d.cliutil import handle_errors
-from geo3d.data.suites import DEMO_DATA_ROOT
 from geo3d.errors import Geo3dError
 
 
@@ -47,10 +46,15 @@ def demo(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the store if one exists at OUT/store.zarr."),
 ) -> None:
     """Run stage 1 (tiny encoder) -> verify-cache -> stage 2 (tiny Qwen2.5-VL + compressor + DiT) on `demo`."""
+    from geo3d.data.suites import DEMO_DATA_ROOT  # here, not at import: every `geo3d` command loads this module
+
     out = out.resolve()
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     store, run_dir = out / "store.zarr", out / f"train_{compressor}"
+    if run_dir.is_dir() and any(run_dir.iterdir()):  # geo3d train would refuse it, after precompute + verify
+        raise Geo3dError(f"{run_dir} already holds a training run from an earlier demo; delete it (rm -r {run_dir}) "
+                         "or pass --out NEW_DIR")
+    logs.mkdir(parents=True, exist_ok=True)
     # The shipped dataset, named explicitly so a GEO3D_DATA_ROOT set for real data cannot redirect the demo.
     data = ["--suite", "demo", "--data-root", str(DEMO_DATA_ROOT)]
     precompute = ["precompute", *data, "--encoder", "tiny", "--store", str(store)]

@@ -54,3 +54,13 @@ def test_cli_lists_every_verb():
     out = subprocess.run([sys.executable, "-m", "geo3d.cli", "--help"], capture_output=True, text=True, check=True)
     for verb in ("precompute", "verify-cache", "train", "serve", "eval", "report", "demo", "submit"):
         assert verb in out.stdout
+
+
+def test_demo_refuses_an_earlier_run_before_any_work(tmp_path):
+    """`geo3d demo` twice into one --out: refused up front (exit 2, one error line), not after precompute."""
+    (tmp_path / "train_qformer").mkdir()
+    (tmp_path / "train_qformer" / "metrics.jsonl").write_text("{}\n")
+    r = subprocess.run([sys.executable, "-m", "geo3d.cli", "demo", "--out", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "already holds a training run" in r.stderr and "--out NEW_DIR" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_qformer"]  # no store, no logs: nothing ran
