@@ -104,6 +104,14 @@ def test_resume_refuses_changed_trajectory_keys_but_allows_extending():
     assert resume_differences(saved, other) == ["train.lr.vlm: run has 0.0001, now 0.5"]
 
 
+def test_preflight_refuses_zero_intervals_before_any_work():
+    from train.setup import preflight
+    preflight(compose_train_config([], [], {"suite": "demo"}))
+    for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):
+        with pytest.raises(Geo3dError, match=f"train.{key} must be >= 1"):
+            preflight(compose_train_config([], [f"train.{key}=0"], {"suite": "demo"}))
+
+
 def test_checkpoint_listing_ignores_partial_and_unmarked(tmp_path):
     ck = tmp_path / "checkpoints"
     for name, marked in (("steps_5", True), ("steps_10", True), (".steps_15.partial", True), ("steps_20", False)):

@@ -40,6 +40,9 @@ def preflight(cfg: DictConfig) -> None:
     from train.modeling.configuration_policy import PolicyConfig
     compressor_type(cfg)
     PolicyConfig.from_cfg(cfg.model)
+    for key in ("max_steps", "save_interval", "grad_accum_steps", "per_device_batch_size"):
+        if int(cfg.train[key]) < 1:  # 0 would crash mid-run (modulo by zero, empty step) instead of up front
+            raise Geo3dError(f"train.{key} must be >= 1, got {cfg.train[key]}; fix the config or the override")
     if cfg.train.wandb.enabled and importlib.util.find_spec("wandb") is None:
         raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]', or "
                          "set train.wandb.enabled=false")
