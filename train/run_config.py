@@ -70,7 +70,9 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.train.out_root) / str(cfg.train.run_name)
 
 
-# Keys a resumed run may change (they do not alter the trajectory of the optimization up to the old end).
+# Keys a resumed run may change. None alters a step already taken; but max_steps is also the end of the cosine
+# schedule, so after a changed max_steps the learning rates from the resume point on follow the new length
+# (the run is then no longer identical to one started with either length).
 RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "train.log_interval",
                   "train.num_workers", "train.prefetch_factor", "train.wandb", "train.out_dir", "train.out_root",
                   "data.data_root", "train.store")
