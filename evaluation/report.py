@@ -2,7 +2,7 @@
 
 Per run it reads RUN_DIR/metrics.jsonl (written by train/metrics.py), RUN_DIR/resolved_config.yaml
 (model.compressor.type names the run) and every eval result RUN_DIR/eval*/results.json (written by
-`geo3d eval`, whose default --out for a run's checkpoint is RUN_DIR/eval_<suite>/). Panels: training loss,
+`geo3d eval`, whose default --out for a run's checkpoint is RUN_DIR/eval_<suite>_step<N>/). Panels: training loss,
 gradient norm reaching the compressor, attention mass on geometry tokens per DiT layer, success per suite.
 """
 

@@ -26,7 +26,7 @@ from geo3d.preemption import PreemptionFlag
 
 @dataclass
 class TrainingParts:
-    """Everything the loop needs; built by train.setup.build_training."""
+    """Everything the loop needs; built by train.launch.run_training."""
 
     cfg: DictConfig
     run_dir: Path
@@ -170,6 +170,6 @@ def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | 
 
 
 def loss_window_means(losses: list[float], fraction: float = 0.1) -> tuple[float, float]:
-    """Mean loss of the first and the last `fraction` of steps (how `geo3d report` and tests judge a fall)."""
+    """Mean loss of the first and the last `fraction` of steps (how the training tests judge a fall)."""
     n = max(1, math.ceil(len(losses) * fraction))
     return sum(losses[:n]) / n, sum(losses[-n:]) / n
