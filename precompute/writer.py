@@ -32,6 +32,7 @@ class ShardWriter:
         self.bytes_written = 0
         self.shards_committed: list[int] = []
         self._lock = threading.Lock()
+        self._closed = False
         self.threads = [threading.Thread(target=self._run, name=f"geo3d-shard-writer-{i}", daemon=True)
                         for i in range(max(1, threads))]
         for t in self.threads:
@@ -76,11 +77,17 @@ class ShardWriter:
             self.on_commit(lease.shard, nbytes)
 
     def close(self) -> None:
-        """Drain the queue (every queued shard is committed), stop the threads, re-raise a write failure."""
-        for _ in self.threads:
-            self.queue.put(None)
-        for t in self.threads:
-            t.join()
+        """Drain the queue (every queued shard is committed), stop the threads, re-raise a write failure.
+
+        Idempotent: after a failed close, `abandon()` calls it again, and with the threads gone a second round
+        of stop sentinels would block forever on the bounded queue.
+        """
+        if not self._closed:
+            self._closed = True
+            for _ in self.threads:
+                self.queue.put(None)
+            for t in self.threads:
+                t.join()
         self.raise_if_failed()
 
     def abandon(self) -> None:
