@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from evaluation.results import markdown, summarize, write_json_atomic
-from evaluation.runner import Job, PolicySource, read_done, request_stop, run_jobs
+from evaluation.runner import (Job, PolicySource, install_stop_handlers, read_done, restore_handlers, run_jobs,
+                               stopped_by)
 from geo3d.errors import Geo3dError
 from geo3d.preemption import Preempted
 
@@ -121,7 +121,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     episodes = [rec for (tid, i), rec in done.items()
                 if any(t.task_id == tid for t in tasks) and i < int(e.episodes_per_task)]
     start, complete = time.perf_counter(), False
-    signal.signal(signal.SIGTERM, request_stop)  # SLURM preemption / scancel: keep results, exit cleanly
+    previous_handlers = install_stop_handlers()  # SLURM preemption / scancel: keep results, exit 75
     bar = tqdm(total=len(jobs) + len(episodes), initial=len(episodes), desc=f"eval {e.suite}", unit="ep")
     try:
         with (out / EPISODES_FILE).open("a") as log:
@@ -133,7 +133,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                 bar.set_postfix(success=f"{sum(r['success'] for r in episodes)}/{len(episodes)}")
         complete = True
     except EpisodeInterrupted:
-        raise Preempted(f"evaluation terminated (SIGTERM) after {len(episodes)} episodes; they are kept in "
+        raise Preempted(f"evaluation terminated ({stopped_by()}) after {len(episodes)} episodes; they are kept in "
                          f"{out / EPISODES_FILE}: rerun the same command with --resume") from None
     finally:
         bar.close()
@@ -148,5 +148,6 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                    "config": OmegaConf.to_container(cfg, resolve=True)}
         write_json_atomic(out / RESULTS_FILE, results)
         (out / TABLE_FILE).write_text(markdown(results))
+        restore_handlers(previous_handlers)  # after the results are written: a second signal must not kill that
     results["out"] = str(out)
     return results

@@ -21,12 +21,34 @@ from evaluation.video import RolloutVideo
 
 
 STOP = threading.Event()
+_STOPPED_BY: list[str] = []  # name of the first signal that set STOP
 
 
 def request_stop(signum: int = signal.SIGTERM, frame: Any = None) -> None:
-    """SIGTERM handler: only sets a flag. Raising from a handler could land inside robosuite/MuJoCo code whose
+    """Preemption handler: only sets a flag. Raising from a handler could land inside robosuite/MuJoCo code whose
     bare `except:` swallows it; the episode loop and the result loop poll the flag instead."""
+    if not STOP.is_set():
+        _STOPPED_BY[:] = [signal.Signals(signum).name]
     STOP.set()
+
+
+def install_stop_handlers() -> dict[int, Any]:
+    """Clear STOP and route the preemption signals (SIGTERM, SIGUSR1: geo3d.preemption) to `request_stop`;
+    returns the previous handlers (for `restore_handlers`)."""
+    from geo3d.preemption import PREEMPTION_SIGNALS
+
+    STOP.clear()
+    _STOPPED_BY.clear()
+    return {sig: signal.signal(sig, request_stop) for sig in (getattr(signal, n) for n in PREEMPTION_SIGNALS)}
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def stopped_by() -> str:
+    return _STOPPED_BY[0] if _STOPPED_BY else "a stop request"
 
 
 @dataclass(frozen=True)
@@ -123,7 +145,7 @@ _WORKER: _Worker | None = None
 def _init_worker(source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    signal.signal(signal.SIGTERM, request_stop)  # SLURM signals the whole job: stop the episode, then exit
+    install_stop_handlers()  # SLURM signals the whole job: stop the episode, then exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     _WORKER = _Worker(source, settings, gl)
 
