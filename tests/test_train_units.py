@@ -126,6 +126,8 @@ def test_metrics_truncate_after_drops_records_past_the_resume_step(tmp_path):
     log = MetricsLogger(tmp_path, enabled=True)
     for s in range(1, 6):
         log.log({"step": s, "loss": float(s)})
+    with log.path.open("a") as f:
+        f.write('{"step": 6, "lo')  # the torn last line of a run killed mid-write
     log.truncate_after(3)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 

@@ -68,8 +68,7 @@ class MetricsLogger:
         """Drop records past `step` (written after the checkpoint a resumed run restarts from)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)
@@ -86,6 +85,14 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def _step_of(line: str) -> float:
+    """A record's step; +inf (dropped by truncate_after) for a blank or torn line, e.g. a write cut by kill -9."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
