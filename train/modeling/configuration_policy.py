@@ -98,10 +98,6 @@ class PolicyConfig:
         cfg.validate()
         return cfg
 
-    @property
-    def uses_geometry(self) -> bool:
-        return self.compressor.type != "none"
-
     def validate(self) -> None:
         c, h = self.compressor, self.action_head
         if c.type not in COMPRESSOR_TYPES:
