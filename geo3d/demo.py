@@ -43,17 +43,16 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the store, run and logs go."),
     compressor: str = typer.Option("qformer", "--compressor", help="none | mean | pool | per_layer | qformer"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: configs/train/demo.yaml)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the store if one exists at OUT/store.zarr."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUT/store.zarr instead of reusing it."),
 ) -> None:
     """Run stage 1 (tiny encoder) -> verify-cache -> stage 2 (tiny Qwen2.5-VL + compressor + DiT) on `demo`."""
     from geo3d.data.suites import DEMO_DATA_ROOT  # here, not at import: every `geo3d` command loads this module
 
     out = out.resolve()
-    logs = out / "logs"
-    store, run_dir = out / "store.zarr", out / f"train_{compressor}"
-    if run_dir.is_dir() and any(run_dir.iterdir()):  # geo3d train would refuse it, after precompute + verify
-        raise Geo3dError(f"{run_dir} already holds a training run from an earlier demo; delete it (rm -r {run_dir}) "
-                         "or pass --out NEW_DIR")
+    # Rerunning the demo reuses OUT's store (precompute skips committed shards, verify proves it again) and
+    # trains a new run beside the earlier ones: nothing of an earlier demo is overwritten.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    store, run_dir, logs = out / "store.zarr", out / f"train_{compressor}_{stamp}", out / "logs" / stamp
     logs.mkdir(parents=True, exist_ok=True)
     # The shipped dataset, named explicitly so a GEO3D_DATA_ROOT set for real data cannot redirect the demo.
     data = ["--suite", "demo", "--data-root", str(DEMO_DATA_ROOT)]
@@ -72,7 +71,7 @@ def demo(
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
                "seconds": {k: round(v, 1) for k, v in timings.items()},
                "checkpoints": sorted(str(p) for p in run_dir.glob("**/steps_*_pytorch_model.pt"))}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    (logs / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== demo finished")
     print(f"  features store : {store}  (verified)")
     print(f"  training run   : {run_dir}  (metrics.jsonl, resolved_config.yaml, checkpoints)")
@@ -80,4 +79,4 @@ def demo(
         print(f"  checkpoint     : {ckpt}")
     print(f"  step logs      : {logs}")
     print(f"  timings (s)    : {summary['seconds']}")
-    print(f"  summary        : {out / 'demo_summary.json'}")
+    print(f"  summary        : {logs / 'demo_summary.json'}")
