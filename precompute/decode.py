@@ -86,7 +86,9 @@ def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> D
         if frames is None:
             frames = np.empty((span.length, *img.shape), dtype=np.uint8)
         frames[k], ids[k] = img, cid
-    assert frames is not None, f"episode {episode_index} of dataset {dataset_id} has no frames"
+    if frames is None:
+        raise DataError(f"episode {episode_index} of {mix.datasets[dataset_id].path} decoded no frames; its "
+                        "videos are empty or unreadable: re-export or remove that episode")
     return DecodedEpisode(dataset_id, episode_index, span.start, frames, ids)
 
 

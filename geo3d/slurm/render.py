@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
 from geo3d.config import REPO_ROOT
+from geo3d.errors import Geo3dError
 
 TEMPLATE_DIR = REPO_ROOT / "scripts" / "slurm"
 JOB_LIB = "job_lib.sh"
@@ -22,7 +23,8 @@ Value = Union[str, int, float, Sequence[str]]
 def template_text(name: str) -> str:
     path = TEMPLATE_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"sbatch template missing: {path} (is the geo3d checkout complete?)")
+        raise Geo3dError(f"sbatch template missing: {path}; geo3d submit renders the templates of its checkout "
+                         "(install it editable: `make install` or `pip install -e .`)")
     return path.read_text()
 
 
@@ -41,7 +43,8 @@ def sbatch_block(options: Iterable[str]) -> str:
     lines = []
     for opt in options:
         if "\n" in opt or not opt.startswith("-"):
-            raise ValueError(f"bad sbatch option {opt!r}: one option per entry, starting with '-'")
+            raise Geo3dError(f"bad sbatch option {opt!r} (slurm.extra_sbatch): one option per entry, starting "
+                             "with '-', e.g. ['--exclusive', '--mail-type=FAIL']")
         lines.append(f"#SBATCH {opt}")
     return "\n".join(lines)
 
