@@ -74,6 +74,33 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+# eval settings that change an episode's outcome: a resumed evaluation must keep them (workers, video, device,
+# tasks and episodes_per_task may change).
+OUTCOME_KEYS = ("suite", "max_steps", "settle_steps", "replan_steps", "gripper", "render_size", "seed")
+
+
+def check_resume_matches(out: Path, cfg: DictConfig, ckpt: str | None) -> None:
+    """--resume must not mix episodes run under other settings or another checkpoint into one success rate."""
+    saved_cfg, saved_res = out / "resolved_config.yaml", out / RESULTS_FILE
+    diffs = []
+    if saved_cfg.exists():
+        saved = OmegaConf.load(saved_cfg)
+        for key in OUTCOME_KEYS:
+            before = OmegaConf.select(saved, f"eval.{key}", default=None)
+            now = OmegaConf.select(cfg, f"eval.{key}", default=None)
+            if OmegaConf.is_config(before):
+                before, now = OmegaConf.to_container(before), OmegaConf.to_container(now)
+            if before != now:
+                diffs.append(f"eval.{key}: results have {before!r}, now {now!r}")
+    if saved_res.exists() and ckpt is not None:
+        before = json.loads(saved_res.read_text()).get("checkpoint")
+        if before is not None and before != ckpt:
+            diffs.append(f"checkpoint: results have {before}, now {ckpt}")
+    if diffs:
+        raise Geo3dError(f"--resume: {out} holds episodes run with other settings:\n  " + "\n  ".join(diffs)
+                         + "\nresume with the same settings, or pass --out elsewhere (or --overwrite to start over)")
+
+
 def resolve_gl(gl: str) -> str:
     if gl != "auto":
         return gl
@@ -112,6 +139,8 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     if int(e.episodes_per_task) > n_init:
         raise Geo3dError(f"{e.suite} bundles {n_init} init states per task; --episodes-per-task must be <= {n_init}")
     out = Path(e.out) if e.out else default_out(ckpt, step, e.suite)
+    if resume:
+        check_resume_matches(out, cfg, ckpt)
     prepare_out(out, resume, overwrite)
     save_resolved(cfg, out)
     video_dir = str(out / "videos") if e.video else None
