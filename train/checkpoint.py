@@ -104,7 +104,8 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerStat
         marker = {"step": state.step, "weights": weights_name(state.step), "ema_weights": state.ema is not None,
                   **meta}
         (partial / MARKER).write_text(json.dumps(marker, indent=2, default=str))
-        if final.exists():  # same step saved before (e.g. preemption right after a periodic save)
+        if final.exists():  # only a dir without a marker can be here (a complete one would have been resumed
+            # from, and the loop saves each step once): not a checkpoint, so replacing it loses nothing
             shutil.rmtree(final)
         os.replace(partial, final)
     accelerator.wait_for_everyone()
