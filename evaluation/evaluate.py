@@ -40,13 +40,16 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
         from evaluation.client import RemotePolicy
 
         client = RemotePolicy(source.server, connect_timeout=30)
-        meta = client.metadata
-        client.close()
+        try:
+            meta = client.metadata
+        finally:
+            client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
+    from train.checkpoint import read_marker
     from train.inference import resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
-    marker = json.loads((ckpt / "checkpoint.json").read_text())
+    marker = read_marker(ckpt)
     image_size = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "data.image_size", default=None)
     return str(ckpt), int(marker["step"]), None if image_size is None else int(image_size)
 

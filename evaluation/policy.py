@@ -38,15 +38,14 @@ def resolve_device(device: str) -> str:
 def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: str | Path | None = None) -> Policy:
     """Load a checkpoint directory (or a run directory's latest checkpoint) into this process, with the
     geometry encoder its training tokens came from when its compressor needs live geometry."""
-    import json
-
     from omegaconf import OmegaConf
 
+    from train.checkpoint import read_marker
     from train.inference import load_policy, resolve_checkpoint  # heavy: torch + transformers
 
     ckpt_dir = resolve_checkpoint(ckpt)
     device = resolve_device(device)
-    marker = json.loads((ckpt_dir / "checkpoint.json").read_text())
+    marker = read_marker(ckpt_dir)
     encoder = None
     if marker.get("compressor", "none") != "none":
         from evaluation.geometry import build_live_encoder
