@@ -23,12 +23,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory's latest checkpoint."""
     p = Path(path)
     if not p.exists():
-        raise Geo3dError(f"checkpoint not found: {p}")
+        raise Geo3dError(f"checkpoint not found: {p}; pass a run directory (its latest checkpoint is used) or one "
+                         f"of its checkpoints/steps_<N> directories")
     if (p / "checkpoint.json").is_file():
         return p
     latest = latest_checkpoint(p)
     if latest is None:
-        raise Geo3dError(f"{p} has no complete checkpoint (expected checkpoints/steps_<N>/checkpoint.json)")
+        raise Geo3dError(f"{p} has no complete checkpoint (expected checkpoints/steps_<N>/checkpoint.json); train "
+                         f"until a checkpoint is saved (train.save_interval) or pass another run directory")
     return latest
 
 
