@@ -8,7 +8,8 @@
     resume/                      accelerate.save_state: model, optimizer, scheduler, RNG (python, numpy,
                                  torch, cuda) per process, and the trainer state (step, sampler position, EMA)
 Everything is written under checkpoints/.steps_<N>.partial and renamed into place, so a crash never
-leaves a half checkpoint under a real name. The first four files alone are enough for inference.
+leaves a half checkpoint under a real name. The first four files alone are enough for inference with the tiny
+VLM; a real Qwen2.5-VL run also needs the model dir that config.yaml names (model.vlm.source).
 """
 
 from __future__ import annotations
