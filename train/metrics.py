@@ -47,6 +47,10 @@ class StepTimer:
         self.compute += now - self._t
         self._t = now
 
+    def restart(self) -> None:
+        """Start the next interval now: time spent between steps (a checkpoint save) is neither data nor compute."""
+        self._t = time.perf_counter()
+
     def pop(self) -> dict[str, float]:
         out = {"time_data_s": self.data, "time_compute_s": self.compute}
         self.data = self.compute = 0.0

@@ -161,6 +161,7 @@ def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | 
             stop = _preemption_requested(parts, flag)
             if step % save_every == 0 or step == max_steps or stop:
                 last = _save(parts)
+                timer.restart()  # else the save would show up as the next step's data wait
             if stop:
                 return TrainResult(step, flag.signal_name or "peer rank", last)
     finally:
