@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from geo3d.errors import Geo3dError
+from train.metrics_file import METRICS_FILE, read_metrics, window_means
 
-METRICS_FILE = "metrics.jsonl"
 # Keys of train/metrics.py records: loss; grad_norm.compressor (null when the compressor got no gradient, e.g.
 # `none`); geom_attention_mass = [one value per DiT layer].
 
@@ -42,8 +42,7 @@ class RunSummary:
         """Mean of the last `frac` of a curve: a noise-robust 'final' value."""
         if not values:
             return None
-        n = max(1, int(len(values) * frac))
-        return sum(values[-n:]) / n
+        return window_means(values, frac)[1]
 
 
 def _compressor_of(run_dir: Path) -> str:
@@ -54,18 +53,6 @@ def _compressor_of(run_dir: Path) -> str:
 
     value = OmegaConf.select(OmegaConf.load(cfg), "model.compressor.type", default=None)
     return str(value) if value is not None else "?"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a run killed mid-write leaves a torn last line: skip it, say so
-            print(f"warning: {path}:{n} is not JSON (torn write?), skipped")
-    return records
 
 
 def _eval_results(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -94,7 +81,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
                          "made by `geo3d train --out RUN_DIR`")
     compressor = _compressor_of(run_dir)
     run = RunSummary(run_dir, f"{compressor} ({run_dir.name})", compressor)
-    for rec in _read_jsonl(metrics):
+    for rec in read_metrics(run_dir):
         step = rec.get("step")
         if step is None:
             continue

@@ -4,6 +4,7 @@ success read from a real `geo3d eval` result when the simulator is available."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -24,7 +25,7 @@ def runs(tmp_path_factory):
 
 
 def _tail_mean(values):
-    n = max(1, int(len(values) * 0.1))
+    n = max(1, math.ceil(len(values) * 0.1))
     return sum(values[-n:]) / n
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from train.metrics import read_metrics
-from train.trainer import loss_window_means
+from train.metrics_file import window_means
 from train_fixtures import make_train_data, run_geo3d, train_args
 
 COMPRESSORS = ("none", "mean", "pool", "per_layer", "qformer")
@@ -32,7 +32,7 @@ def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, t
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_metrics(out)
     assert [rec["step"] for rec in records] == list(range(1, STEPS + 1))
-    first, last = loss_window_means([rec["loss"] for rec in records], 0.1)
+    first, last = window_means([rec["loss"] for rec in records], 0.1)
     assert last < 0.8 * first, (compressor, first, last)
     rec = records[-1]
     assert set(rec["lr"]) == ({"vlm", "action_head"} | ({"compressor"} if compressor != "none" else set()))

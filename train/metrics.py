@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-METRICS_FILE = "metrics.jsonl"
+from train.metrics_file import METRICS_FILE, read_metrics  # noqa: F401  (re-exported)
 
 
 def module_grad_norms(groups: Mapping[str, nn.Module]) -> dict[str, float | None]:
@@ -97,12 +97,6 @@ def _step_of(line: str) -> float:
         return float(json.loads(line).get("step", 0))
     except (json.JSONDecodeError, AttributeError):
         return float("inf")
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl, in order."""
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,6 @@ resumed from step N produces the same losses as the uninterrupted run (exactly, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -168,9 +167,3 @@ def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | 
         bar.close()
         parts.logger.close()
     return TrainResult(parts.state.step, None, last)
-
-
-def loss_window_means(losses: list[float], fraction: float = 0.1) -> tuple[float, float]:
-    """Mean loss of the first and the last `fraction` of steps (how the training tests judge a fall)."""
-    n = max(1, math.ceil(len(losses) * fraction))
-    return sum(losses[:n]) / n, sum(losses[-n:]) / n
