@@ -86,9 +86,6 @@ class FeatureStore:
         start = shard * self.spec.shard_frames
         return range(start, min(start + self.spec.shard_frames, self.spec.frames))
 
-    def shard_of(self, frame: int) -> int:
-        return int(frame) // self.spec.shard_frames
-
     def committed_shards(self) -> list[int]:
         return committed_shards(self.path)
 

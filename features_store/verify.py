@@ -201,7 +201,8 @@ def _check_tokens(tokens: Any, shard: int, rng: range, sums: np.ndarray, report:
         bits, bad_decode = _read_frames_one_by_one(tokens, rng)
         report.add("undecodable", f"shard {shard}: stored data cannot be decoded ({type(e).__name__}: {e})",
                    bad_decode, [shard])
-    ok = np.array([f not in set(bad_decode) for f in rng])
+    unreadable = set(bad_decode)
+    ok = np.array([f not in unreadable for f in rng])
     wrong = np.flatnonzero((frame_checksums(bits) != sums) & ok)
     # A frame that reads back as pure fill value was never stored (an absent chunk inside a shard): zarr
     # returned the fill silently. Name it as missing rather than as a checksum + NaN fault.

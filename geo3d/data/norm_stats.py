@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geo3d.data.layout import ACTION_KEY, STATE_KEY
+from geo3d.data.meta_stats import vector_stats
 from geo3d.errors import DataError
 
 FIELDS = {"action": ACTION_KEY, "state": STATE_KEY}  # our stats key -> parquet column / meta/stats.json key
@@ -28,10 +29,8 @@ def _datasets(source: Any) -> list:
 
 def exact_stats(x: np.ndarray) -> dict[str, list[float]]:
     """min/max/mean/std/q01/q99 per dimension of [N, D] values, computed in float64 over all N rows."""
-    x = np.asarray(x, dtype=np.float64)
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "q01": np.quantile(x, 0.01, axis=0).tolist(),
-            "q99": np.quantile(x, 0.99, axis=0).tolist()}
+    stats = vector_stats(x)  # the same float64 computation the datasets' meta/stats.json entries use
+    return {name: stats[name] for name in STAT_NAMES}
 
 
 def compute_norm_stats(source: Any) -> dict[str, Any]:
