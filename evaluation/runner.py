@@ -125,6 +125,14 @@ class _Worker:
             self.env.close()
         self.env = self.task = self.init_states = None
 
+    def close(self) -> None:
+        """The simulator, and the policy's server connection when it has one."""
+        self.close_env()
+        close = getattr(self.policy, "close", None)
+        if close is not None:
+            close()
+        self.policy = None
+
 
 def _seed_everything(seed: int) -> None:
     """Same episode, same noise: the flow-matching sampler draws from torch's global generator."""
@@ -164,7 +172,7 @@ def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, g
             for job in jobs:
                 yield worker.run(job).to_json()
         finally:
-            worker.close_env()
+            worker.close()
         return
     import multiprocessing as mp
 
