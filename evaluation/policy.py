@@ -26,21 +26,13 @@ class Policy(Protocol):
     def predict_action(self, images: np.ndarray, instruction: str, state: np.ndarray) -> np.ndarray: ...
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when available, else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: str | Path | None = None) -> Policy:
     """Load a checkpoint directory (or a run directory's latest checkpoint) into this process, with the
     geometry encoder its training tokens came from when its compressor needs live geometry."""
     from omegaconf import OmegaConf
 
     from train.checkpoint import read_marker
+    from geo3d.device import resolve_device
     from train.inference import load_policy, resolve_checkpoint  # heavy: torch + transformers
 
     ckpt_dir = resolve_checkpoint(ckpt)

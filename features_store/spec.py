@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from geo3d.errors import StoreError
+from geo3d.jsonvalue import plain_json
 
 SCHEMA_VERSION = 1
 DTYPE = "bfloat16"  # the real dtype of the tokens
@@ -110,7 +111,7 @@ class StoreSpec:
 def _jsonable(value: Any, what: str) -> Any:
     """A JSON round-trip: tuples become lists, numpy scalars must be converted by the caller (clear error)."""
     try:
-        return json.loads(json.dumps(value, sort_keys=True))
+        return plain_json(value)
     except TypeError as e:
         raise StoreError(f"store spec: {what} must be JSON-serialisable (plain dict/list/str/number): {e}") from e
 

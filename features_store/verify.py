@@ -10,7 +10,6 @@ Levels (each reported with its measured cost per 10k frames):
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -262,24 +261,15 @@ def _live_mask(spec: StoreSpec, shards: list[int]) -> np.ndarray:
 def _check_dataset(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[int], mixture: Any,
                    report: VerifyReport) -> bool:
     """Store vs dataset on disk. Returns False when the frame maps cannot be aligned (skip --deep)."""
-    from features_store.spec import diff_specs
+    from features_store.dataset_check import dataset_differences
 
-    if len(mixture) != spec.frames:
-        report.add("dataset", f"frame count: store has {spec.frames}, dataset on disk has {len(mixture)}; the "
-                   "store belongs to another dataset version: re-run precompute into a new store")
-        return False
-    current = json.loads(json.dumps(mixture.identity(), sort_keys=True, default=str))
-    diffs = [d.replace("requested", "dataset on disk has") for d in diff_specs(dict(spec.dataset), current)]
-    if diffs:
-        report.add("dataset", "dataset identity differs from the one recorded at precompute: " + "; ".join(diffs))
-    live = _live_mask(spec, committed)
-    for k in L.INT_INDEX:
-        theirs = np.asarray(getattr(mixture, k), dtype=np.int64)
-        bad = np.flatnonzero(live & (index[k] != theirs))
-        if len(bad):
-            report.add("index", f"{k} of {len(bad)} frame(s) differs from the dataset on disk", bad,
-                       {int(b) // spec.shard_frames for b in bad})
-    return True
+    aligned = len(mixture) == spec.frames
+    for d in dataset_differences(spec, index, _live_mask(spec, committed), mixture):
+        if len(d.frames):
+            report.add(d.kind, d.message, d.frames, {int(b) // spec.shard_frames for b in d.frames})
+        else:
+            report.add(d.kind, d.message)
+    return aligned
 
 
 def _check_deep(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[int], mixture: Any,

@@ -5,7 +5,6 @@ Lives here, not in features_store, so the store package never imports an encoder
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Mapping
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from geo3d.errors import StoreError
+from geo3d.jsonvalue import plain_json
 
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
 
@@ -23,14 +23,14 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
     Used by `verify-cache --recompute` and by evaluation to encode live frames exactly like the training tokens.
     """
-    from precompute.sharding import resolve_device
+    from geo3d.device import resolve_device
 
     built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
     for what, mine, theirs in (("encoder identity", built.identity(), encoder),
                                ("preprocessing", built.preprocessing(), preprocessing)):
-        if _as_json(mine) != _as_json(theirs):
+        if plain_json(mine) != plain_json(theirs):
             raise StoreError(f"the rebuilt encoder's {what} differs from the recorded one "
-                             f"({_as_json(mine)} vs {_as_json(theirs)}): the code or weights changed")
+                             f"({plain_json(mine)} vs {plain_json(theirs)}): the code or weights changed")
     return built
 
 
@@ -54,11 +54,6 @@ def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, de
                              "config.json + model.safetensors used to build this store)")
         return MapAnythingEncoder(weights=weights, **common)
     raise StoreError(f"store encoder {enc['name']!r} is unknown to this version of precompute")
-
-
-def _as_json(value: Any) -> Any:
-    """Compare records the way the store does: as plain JSON values."""
-    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray], torch.Tensor]:

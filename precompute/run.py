@@ -68,7 +68,8 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     from geo3d.data.mixture import LiberoMixture
     from precompute.decode import DataSource, EpisodeFeeder
     from precompute.encoders import build_encoder, preflight_encoder
-    from precompute.sharding import resolve_device, worker_slot
+    from geo3d.device import resolve_device
+    from precompute.sharding import worker_slot
 
     p = cfg.precompute
     if not p.store:

@@ -74,16 +74,3 @@ def worker_slot(shard: int | None, num_shards: int | None, env: Mapping[str, str
     if tr:
         return WorkerSlot(tr[0], tr[1], tr[2], "torchrun")
     return WorkerSlot(0, 1, local, "single")
-
-
-def resolve_device(device: str, local_rank: int | None) -> str:
-    """`auto` -> cuda:LOCAL_RANK when CUDA is available, else cpu; anything else is used as given."""
-    import torch
-
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise Geo3dError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{(local_rank or 0) % torch.cuda.device_count()}"
-    return "cpu"

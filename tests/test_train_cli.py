@@ -31,7 +31,7 @@ def test_store_from_another_suite_is_refused_saying_what_differs(data_store, tmp
     out = tmp_path / "run"
     args = train_args(data, store, out)
     args[args.index("libero_spatial")] = "libero_object"
-    _refused(run_geo3d(args), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset '
+    _refused(run_geo3d(args), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset on disk '
                                                                      'has "libero_object"')
 
 

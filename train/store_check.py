@@ -1,8 +1,9 @@
 """Refuse to train on a features store that does not belong to the dataset (or to the model) — before
 any model is built or step taken — and say exactly what differs.
 
-Checks: frame count; the dataset identity recorded in the store vs `mixture.identity()`; the view order;
-the per-frame content identity on a spread sample of frames; the token shape vs `model.geometry`.
+Checks: the store-vs-dataset check shared with verify-cache (features_store.dataset_check: frame count,
+dataset identity, view order, frame map); completeness; the per-frame content identity on a spread sample
+of frames; the token shape vs `model.geometry`.
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ def sample_frames(num_frames: int, count: int) -> list[int]:
 
 
 def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Path, check_frames: int) -> None:
-    """Frame count, dataset identity and content identities of sampled frames must agree."""
+    """The store must belong to this dataset (features_store.dataset_check, the same check verify-cache runs),
+    be complete, and the content identities of sampled frames must agree."""
+    from features_store.dataset_check import dataset_differences
+
     spec = reader.spec
-    problems = []
-    if int(spec.frames) != len(mixture):
-        problems.append(f"frames: store has {spec.frames}, dataset has {len(mixture)}")
-    problems += _identity_differences(dict(spec.dataset), mixture.identity())
-    problems += _view_order_differences(dict(spec.preprocessing))
-    if not problems:
-        problems += _frame_map_differences(reader, mixture)
+    index = {k: getattr(reader, k) for k in ("dataset_id", "episode_index", "frame_index")}
+    problems = [d.message for d in dataset_differences(spec, index, reader.committed_mask(), mixture)]
     if problems:
         raise StoreError(f"store {store_path} was not made from this dataset ({_suite_of(mixture)}):\n  "
                          + "\n  ".join(problems)
@@ -59,30 +58,6 @@ def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Pat
                          f"made. Re-run `geo3d precompute`, or `geo3d verify-cache --deep` to see the damage")
 
 
-def _identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    from features_store.spec import diff_specs  # the store's own differ, so messages read the same
-    return [f"dataset identity {d}".replace("requested", "dataset has")
-            for d in diff_specs(dict(stored), _jsonable(current))]
-
-
-# The dataset's camera order (geo3d.data.layout.CAMERA_KEYS) under the names stores record in preprocessing.views.
-CAMERA_NAMES = {"observation.images.image": "agentview", "observation.images.wrist_image": "wrist"}
-
-
-def _view_order_differences(preprocessing: Mapping[str, Any]) -> list[str]:
-    from geo3d.data.layout import CAMERA_KEYS
-    dataset_views = [CAMERA_NAMES.get(k, k) for k in CAMERA_KEYS]
-    stored = preprocessing.get("views")
-    if stored is None or list(stored) == dataset_views:
-        return []
-    return [f"view order: store has {list(stored)}, dataset and policy use {dataset_views}"]
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 def _suite_of(mixture: Any) -> str:
     return str(getattr(mixture, "suite", "?"))
 
@@ -94,17 +69,3 @@ def _store_content_id(reader: Any, i: int) -> int:
 def _dataset_content_id(mixture: Any, i: int) -> Any:
     from geo3d.data.content_id import frame_content_id
     return int(frame_content_id(mixture.read_stored_frames(i)))
-
-
-def _frame_map_differences(reader: Any, mixture: Any) -> list[str]:
-    """Every frame's (dataset_id, episode_index, frame_index) must be the same in store and dataset."""
-    out = []
-    committed = reader.committed_mask()
-    for key in ("dataset_id", "episode_index", "frame_index"):
-        a = np.asarray(getattr(reader, key), dtype=np.int64)
-        b = np.asarray(getattr(mixture, key), dtype=np.int64)
-        bad = np.flatnonzero((a != b) & committed)
-        if len(bad):
-            i = int(bad[0])
-            out.append(f"{key}: {len(bad)} frames differ (first: frame {i}, store {a[i]}, dataset {b[i]})")
-    return out

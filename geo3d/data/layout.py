@@ -12,6 +12,7 @@ from typing import Any
 AGENTVIEW_KEY = "observation.images.image"
 WRIST_KEY = "observation.images.wrist_image"
 CAMERA_KEYS = (AGENTVIEW_KEY, WRIST_KEY)  # V order everywhere: agentview, wrist
+VIEW_NAMES = ("agentview", "wrist")  # the names of CAMERA_KEYS (same order) that stores record as preprocessing.views
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 STATE_DIM = 8

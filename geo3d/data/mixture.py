@@ -18,8 +18,6 @@ from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.suites import resolve_suite
 from geo3d.data.transforms import to_model_images
 
-VIEWS = ("agentview", "wrist")
-
 
 @dataclass(frozen=True)
 class EpisodeSpan:

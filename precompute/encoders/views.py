@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geo3d.data.layout import VIEW_NAMES
 from geo3d.errors import Geo3dError
 
 PATCH_SIZE = 14
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VIEW_ORDER = ("agentview", "wrist")  # camera order of every stored frame; the model sees view 0 as reference
 
 
 def check_image_size(image_size: int, patch_size: int = PATCH_SIZE) -> None:
@@ -95,7 +95,7 @@ def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: 
     side = image_size // PATCH_SIZE
     t_side = grid_side(tokens_per_view)
     return {
-        "views": list(VIEW_ORDER),
+        "views": list(VIEW_NAMES),  # camera order of every stored frame; the model sees view 0 as reference
         "orientation": "geo3d.data.transforms.upright on frames as stored",
         "image_path_probe": image_path_probe(image_size),
         "resize": {"size": [image_size, image_size], "fn": "geo3d.data.transforms.resize"},
