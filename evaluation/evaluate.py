@@ -11,10 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from evaluation.results import markdown, summarize, write_json_atomic
-from evaluation.runner import (Job, PolicySource, install_stop_handlers, read_done, restore_handlers, run_jobs,
-                               stopped_by)
+from evaluation.runner import Job, PolicySource, read_done, run_jobs
 from geo3d.errors import Geo3dError
-from geo3d.preemption import Preempted
+from geo3d.preemption import Preempted, PreemptionFlag
 
 EPISODES_FILE, RESULTS_FILE, TABLE_FILE = "episodes.jsonl", "results.json", "results.md"
 
@@ -153,11 +152,11 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     episodes = [rec for (tid, i), rec in done.items()
                 if any(t.task_id == tid for t in tasks) and i < int(e.episodes_per_task)]
     start, complete = time.perf_counter(), False
-    previous_handlers = install_stop_handlers()  # SLURM preemption / scancel: keep results, exit 75
+    stop = PreemptionFlag().install()  # SLURM preemption / scancel: keep results, exit 75
     bar = tqdm(total=len(jobs) + len(episodes), initial=len(episodes), desc=f"eval {e.suite}", unit="ep")
     try:
         with (out / EPISODES_FILE).open("a") as log:
-            for rec in run_jobs(jobs, source, settings, gl, int(e.workers)):
+            for rec in run_jobs(jobs, source, settings, gl, int(e.workers), stop):
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 episodes.append(rec)
@@ -165,7 +164,8 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                 bar.set_postfix(success=f"{sum(r['success'] for r in episodes)}/{len(episodes)}")
         complete = True
     except EpisodeInterrupted:
-        raise Preempted(f"evaluation terminated ({stopped_by()}) after {len(episodes)} episodes; they are kept in "
+        raise Preempted(f"evaluation terminated ({stop.signal_name or 'a stop request'}) after {len(episodes)} "
+                        f"episodes; they are kept in "
                          f"{out / EPISODES_FILE}: rerun the same command with --resume") from None
     finally:
         bar.close()
@@ -180,6 +180,6 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                    "config": OmegaConf.to_container(cfg, resolve=True)}
         write_json_atomic(out / RESULTS_FILE, results)
         (out / TABLE_FILE).write_text(markdown(results))
-        restore_handlers(previous_handlers)  # after the results are written: a second signal must not kill that
+        stop.restore()  # after the results are written: a second signal must not kill that
     results["out"] = str(out)
     return results

@@ -3,7 +3,9 @@
 Each worker process holds one policy handle (a `RemotePolicy` connection to `geo3d serve`, or the policy
 loaded in-process) and one simulator env, rebuilt only when its next episode belongs to another task.
 Finished episodes are appended to OUT/episodes.jsonl as they arrive, so an interrupted evaluation resumes
-(--resume) without rerunning them.
+(--resume) without rerunning them. Preemption is geo3d.preemption's `PreemptionFlag` (one per evaluation, one
+per worker process): a signal only sets the flag, and the episode and result loops poll it (raising from a
+handler could land inside robosuite/MuJoCo code whose bare `except:` swallows it).
 """
 
 from __future__ import annotations
@@ -11,44 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
 from evaluation.video import RolloutVideo
-
-
-STOP = threading.Event()
-_STOPPED_BY: list[str] = []  # name of the first signal that set STOP
-
-
-def request_stop(signum: int = signal.SIGTERM, frame: Any = None) -> None:
-    """Preemption handler: only sets a flag. Raising from a handler could land inside robosuite/MuJoCo code whose
-    bare `except:` swallows it; the episode loop and the result loop poll the flag instead."""
-    if not STOP.is_set():
-        _STOPPED_BY[:] = [signal.Signals(signum).name]
-    STOP.set()
-
-
-def install_stop_handlers() -> dict[int, Any]:
-    """Clear STOP and route the preemption signals (SIGTERM, SIGUSR1: geo3d.preemption) to `request_stop`;
-    returns the previous handlers (for `restore_handlers`)."""
-    from geo3d.preemption import PREEMPTION_SIGNALS
-
-    STOP.clear()
-    _STOPPED_BY.clear()
-    return {sig: signal.signal(sig, request_stop) for sig in (getattr(signal, n) for n in PREEMPTION_SIGNALS)}
-
-
-def restore_handlers(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def stopped_by() -> str:
-    return _STOPPED_BY[0] if _STOPPED_BY else "a stop request"
+from geo3d.preemption import PreemptionFlag
 
 
 @dataclass(frozen=True)
@@ -83,8 +54,8 @@ class Job:
 class _Worker:
     """Per-process state: the policy (opened once) and the current task's env (kept across episodes)."""
 
-    def __init__(self, source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
-        self.source, self.settings, self.gl = source, settings, gl
+    def __init__(self, source: PolicySource, settings: EpisodeSettings, gl: str, stop: PreemptionFlag) -> None:
+        self.source, self.settings, self.gl, self.stop = source, settings, gl, stop
         self.policy: Any = None
         self.env: Any = None
         self.task: Any = None
@@ -113,7 +84,7 @@ class _Worker:
         _seed_everything(job.seed * 1000 + job.episode)
         video = RolloutVideo() if job.video_dir else None
         res = run_episode(self.env, self.policy, self.task.language, self.init_states[job.episode], job.task_id,
-                          job.episode, settings, on_frame=video.add if video else None, should_stop=STOP.is_set)
+                          job.episode, settings, on_frame=video.add if video else None, should_stop=lambda: self.stop.requested)
         if video is not None:
             outcome = "success" if res.success else "failure"
             name = f"task{job.task_id:02d}_ep{job.episode:03d}_{outcome}.mp4"
@@ -153,9 +124,9 @@ _WORKER: _Worker | None = None
 def _init_worker(source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    install_stop_handlers()  # SLURM signals the whole job: stop the episode, then exit
+    stop = PreemptionFlag().install()  # SLURM signals the whole job: stop the episode, then exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
-    _WORKER = _Worker(source, settings, gl)
+    _WORKER = _Worker(source, settings, gl, stop)
 
 
 def _run_in_worker(job: Job) -> dict[str, Any]:
@@ -164,10 +135,11 @@ def _run_in_worker(job: Job) -> dict[str, Any]:
 
 
 def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, gl: str, workers: int,
-             ) -> Iterable[dict[str, Any]]:
-    """Yield each episode's result as it finishes (in-process for 1 worker, else a spawn process pool)."""
+             stop: PreemptionFlag) -> Iterable[dict[str, Any]]:
+    """Yield each episode's result as it finishes (in-process for 1 worker, else a spawn process pool);
+    raises EpisodeInterrupted once `stop` is requested."""
     if workers <= 1:
-        worker = _Worker(source, settings, gl)
+        worker = _Worker(source, settings, gl, stop)
         try:
             for job in jobs:
                 yield worker.run(job).to_json()
@@ -182,7 +154,7 @@ def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, g
         results = pool.imap_unordered(_run_in_worker, jobs, chunksize=1)
         for _ in jobs:
             while True:  # poll, so a stop request is seen while every worker is busy
-                if STOP.is_set():
+                if stop.requested:
                     raise EpisodeInterrupted("stop requested")
                 try:
                     yield results.next(timeout=0.5)

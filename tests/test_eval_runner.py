@@ -9,22 +9,35 @@ import signal
 
 import pytest
 
-from evaluation.runner import STOP, install_stop_handlers, restore_handlers, stopped_by
+from geo3d.preemption import PreemptionFlag
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signals_set_the_stop_flag_and_handlers_are_restored(sig):
+    """Eval uses geo3d.preemption's flag like precompute and train (no module-level stop state of its own)."""
     before = signal.getsignal(sig)
-    previous = install_stop_handlers()
+    stop = PreemptionFlag().install()
     try:
-        assert not STOP.is_set()
+        assert not stop.requested
         os.kill(os.getpid(), sig)
-        assert STOP.is_set() and stopped_by() == signal.Signals(sig).name
+        assert stop.requested and stop.signal_name == signal.Signals(sig).name
     finally:
-        restore_handlers(previous)
+        stop.restore()
     assert signal.getsignal(sig) is before
-    restore_handlers(install_stop_handlers())  # the next evaluation does not inherit the old stop request
-    assert not STOP.is_set()
+    assert not PreemptionFlag().install().requested  # the next evaluation does not inherit the old stop request
+    signal.signal(sig, before)
+
+
+def test_run_jobs_stops_when_the_flag_is_set():
+    """A requested stop ends run_jobs before the next episode (no simulator is started)."""
+    from evaluation.episode import EpisodeInterrupted, EpisodeSettings
+    from evaluation.runner import Job, PolicySource, run_jobs
+
+    stop = PreemptionFlag()
+    stop.signal_name = "SIGTERM"
+    jobs = [Job("libero_spatial", 0, i, 0, None) for i in range(3)]
+    with pytest.raises(EpisodeInterrupted):
+        list(run_jobs(jobs, PolicySource(server="ws://127.0.0.1:1"), EpisodeSettings(max_steps=1), "egl", 2, stop))
 
 
 def test_resume_refuses_results_of_other_settings_or_another_checkpoint(tmp_path):
