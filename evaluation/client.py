@@ -35,6 +35,8 @@ class RemotePolicy:
         self.metadata: dict[str, Any] = unpackb(self._ws.recv())
         self.image_size = self.metadata.get("image_size")
         self.num_views = self.metadata.get("num_views")
+        self.action_horizon = self.metadata.get("action_horizon")
+        self.action_dim, self.state_dim = self.metadata.get("action_dim"), self.metadata.get("state_dim")
 
     def request(self, mtype: str, payload: dict | None = None) -> dict[str, Any]:
         """Send one message, return the `data` of an ok reply; an error reply raises Geo3dError."""

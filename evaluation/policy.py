@@ -13,9 +13,11 @@ import numpy as np
 
 from geo3d.errors import Geo3dError
 
-ACTION_HORIZON = 8
-ACTION_DIM = 7
-STATE_DIM = 8
+from geo3d.data.layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
+
+# What a policy reports about itself (LoadedPolicy reads them from its checkpoint; RemotePolicy from the server).
+POLICY_INFO_KEYS = ("action_horizon", "action_dim", "state_dim", "image_size", "num_views", "compressor",
+                    "checkpoint", "step")
 
 
 @runtime_checkable
@@ -49,8 +51,8 @@ def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: s
 
 def policy_info(policy: Any) -> dict[str, Any]:
     """What a client should know about the served policy (sent on connect and on health requests)."""
-    info: dict[str, Any] = {"action_horizon": ACTION_HORIZON, "action_dim": ACTION_DIM, "state_dim": STATE_DIM}
-    for key in ("image_size", "num_views", "compressor", "checkpoint", "step"):
+    info: dict[str, Any] = {}
+    for key in POLICY_INFO_KEYS:
         value = getattr(policy, key, None)
         if isinstance(value, (str, int, float, bool)):
             info[key] = value

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.policy import STATE_DIM
+from geo3d.data.layout import STATE_DIM  # the simulator state (eef pos 3, axis-angle 3, gripper qpos 2)
 
 MESSAGE_TYPES = ("infer", "health", "ping", "reset")
 
@@ -49,21 +49,22 @@ def _images(value: Any, num_views: int | None) -> np.ndarray:
     return value
 
 
-def _state(value: Any) -> np.ndarray:
+def _state(value: Any, state_dim: int) -> np.ndarray:
     if isinstance(value, (list, tuple)):
         value = np.asarray(value)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
-        raise BadRequest(f"'state' must be a numeric array [{STATE_DIM}], got {type(value).__name__}")
+        raise BadRequest(f"'state' must be a numeric array [{state_dim}], got {type(value).__name__}")
     state = value.astype(np.float32).reshape(-1)
-    if state.shape != (STATE_DIM,):
-        raise BadRequest(f"'state' must have {STATE_DIM} values (eef pos, axis-angle, gripper qpos), "
+    if state.shape != (state_dim,):
+        raise BadRequest(f"'state' must have {state_dim} values (eef pos, axis-angle, gripper qpos), "
                          f"got shape {list(value.shape)}")
     if not np.all(np.isfinite(state)):
         raise BadRequest("'state' contains NaN or inf")
     return state
 
 
-def parse_infer(payload: Any, num_views: int | None = None) -> tuple[np.ndarray, str, np.ndarray]:
+def parse_infer(payload: Any, num_views: int | None = None, state_dim: int | None = None,
+                ) -> tuple[np.ndarray, str, np.ndarray]:
     """(images uint8 [V,H,W,3], instruction, state float32 [8]) or BadRequest naming the bad field."""
     if not isinstance(payload, dict):
         raise BadRequest(f"infer payload must be a map, got {type(payload).__name__}")
@@ -73,4 +74,4 @@ def parse_infer(payload: Any, num_views: int | None = None) -> tuple[np.ndarray,
     instruction = payload["instruction"]
     if not isinstance(instruction, str) or not instruction.strip():
         raise BadRequest("'instruction' must be a non-empty string")
-    return _images(payload["images"], num_views), instruction, _state(payload["state"])
+    return _images(payload["images"], num_views), instruction, _state(payload["state"], state_dim or STATE_DIM)

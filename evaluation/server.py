@@ -43,11 +43,12 @@ class PolicyServer:
         self.policy, self.metadata, self.host, self.port = policy, metadata, host, port
         self.image_size: int | None = metadata.get("image_size")
         self.num_views: int | None = metadata.get("num_views")
+        self.state_dim: int | None = metadata.get("state_dim")  # the checkpoint's (policy_info)
         self._lock = asyncio.Lock()
         self.served = 0
 
     def _infer_blocking(self, payload: Any) -> dict[str, Any]:
-        images, instruction, state = parse_infer(payload, self.num_views)
+        images, instruction, state = parse_infer(payload, self.num_views, self.state_dim)
         images = fit_views(images, self.image_size)
         actions = check_action_chunk(self.policy.predict_action(images, instruction, state))
         return {"actions": actions}

@@ -48,10 +48,9 @@ class StoreLayout:
     def from_config(cls, cfg: Mapping[str, Any]) -> "StoreLayout":
         """Build from the `store` section of a config (unknown keys are an error, not silently ignored)."""
         keys = {f.name for f in dataclasses.fields(cls)}
-        runtime_only = {"zarr_concurrency"}  # a per-process knob, not part of the store's identity
-        unknown = set(cfg) - keys - runtime_only
+        unknown = set(cfg) - keys
         if unknown:
-            raise StoreError(f"unknown store config keys {sorted(unknown)}; known: {sorted(keys | runtime_only)}")
+            raise StoreError(f"unknown store config keys {sorted(unknown)}; known: {sorted(keys)}")
         return cls(**{k: cfg[k] for k in keys if k in cfg})
 
 

@@ -34,9 +34,10 @@ class RunResult:
 def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
     """The store's identity: encoder fingerprint + preprocessing + dataset identity + layout."""
     from features_store import StoreLayout, StoreSpec
+    from geo3d.data.layout import VIEW_NAMES
 
     layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
-    return StoreSpec(frames=len(mixture), views=2, tokens=encoder.tokens_per_view, dim=encoder.dim,
+    return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view, dim=encoder.dim,
                      encoder=encoder.identity(), preprocessing=encoder.preprocessing(),
                      dataset=mixture.identity(), layout=StoreLayout.from_config(layout_cfg))
 

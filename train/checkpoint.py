@@ -26,9 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from geo3d.errors import Geo3dError
+from train.run_layout import CKPT_DIR, MARKER
 
-CKPT_DIR = "checkpoints"
-MARKER = "checkpoint.json"
 _STEP_DIR = re.compile(r"^steps_(\d+)$")
 
 

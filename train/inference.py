@@ -47,6 +47,8 @@ class LoadedPolicy:
         self.compressor = str(cfg.model.compressor.type)
         self.image_size = int(cfg.data.image_size)
         self.num_views = int(cfg.model.geometry.views)
+        head = cfg.model.action_head  # what eval and the policy server validate against: the checkpoint's own dims
+        self.action_horizon, self.action_dim, self.state_dim = int(head.horizon), int(head.action_dim), int(head.state_dim)
         self.store = marker.get("store")  # encoder identity + preprocessing the run's tokens came from
         self.geometry_encoder = geometry_encoder
         self.device = next(policy.parameters()).device

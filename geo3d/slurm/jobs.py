@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from geo3d.config import REPO_ROOT, data_root_from
 from geo3d.errors import Geo3dError
+from geo3d.preemption import PREEMPTED_EXIT_CODE
 from geo3d.slurm.render import render
+from train.run_layout import CHECKPOINT_GLOB
 
 LOG_DIR = "logs"
 
@@ -73,7 +75,7 @@ def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: b
 
 
 def _common_settings(cfg: DictConfig, job_dir: Path) -> dict:
-    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code))}
+    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(PREEMPTED_EXIT_CODE)}
 
 
 def _data_root_args(cfg: DictConfig) -> list[str]:
@@ -139,7 +141,7 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
     extra += [str(o) for o in cfg.stage.train_overrides]
     settings = {**_common_settings(cfg, job_dir), "COMPRESSOR": compressor, "SUITE": suite,
                 "STORE": absolute(require(cfg, "stage.store", "--store")), "OUT": absolute(out),
-                "CHECKPOINT_GLOB": str(cfg.slurm.checkpoint_glob), "EXTRA_ARGS": extra}
+                "CHECKPOINT_GLOB": CHECKPOINT_GLOB, "EXTRA_ARGS": extra}
     opts = sbatch_options(cfg, "train", name, log, True)
     nodes = int(t.nodes)
     template = "train.sbatch"
@@ -151,7 +153,7 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
         settings |= {"GPUS_PER_NODE": str(int(t.gpus)), "ACCELERATE_CONFIG": str(accel.resolve()),
                      "MAIN_PROCESS_PORT": str(int(t.main_process_port)),
                      # torchrun reports a worker's exit 75 as 1
-                     "REQUEUE_EXIT_CODES": f"{int(cfg.slurm.requeue_exit_code)} 1"}
+                     "REQUEUE_EXIT_CODES": f"{PREEMPTED_EXIT_CODE} 1"}
     text = render(template, sbatch=opts, settings=settings, setup=setup_lines(cfg))
     return JobScript(name, f"{name}.sbatch", text, str(log))
 
