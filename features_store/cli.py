@@ -1,18 +1,44 @@
 """`geo3d verify-cache STORE`: exit 0 when clean, 1 when faults were found, 2 for usage errors.
 
-Imports nothing heavy at module level (the `geo3d` CLI loads every verb module).
+The store sits below both stages, so what verify needs from above it (open the dataset, rebuild the encoder,
+find the data root precompute recorded) arrives as `VerifyHooks`, injected by the `geo3d` CLI with
+`install_hooks` (geo3d/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from geo3d.cliutil import handle_errors
 from geo3d.errors import DataError, Geo3dError
+
+
+@dataclass(frozen=True)
+class VerifyHooks:
+    """What verify-cache needs from the layers above the store."""
+
+    open_dataset: Callable[[str, Optional[Path]], Any]  # (suite, data_root) -> a LiberoMixture-like dataset
+    make_recompute: Callable[[Any, Optional[Path]], Any]  # (spec, data_root) -> fn(frame indices) -> bf16 tokens
+    recorded_data_root: Callable[[Path], Optional[Path]]  # store -> the data root its precompute run used
+
+
+_HOOKS: list[VerifyHooks] = []
+
+
+def install_hooks(hooks: VerifyHooks) -> None:
+    """Called once by the CLI that registers this verb."""
+    _HOOKS[:] = [hooks]
+
+
+def _hooks() -> VerifyHooks:
+    if not _HOOKS:
+        raise Geo3dError("verify-cache was started without its dataset/encoder hooks; run it as `geo3d verify-cache`")
+    return _HOOKS[0]
 
 
 @handle_errors
@@ -42,9 +68,9 @@ def verify_cache(
     if not (store / "zarr.json").is_file():
         read_metadata(store)  # no store here: a usage error (exit 2) naming the path
     spec = _spec_or_none(store)
-    data_root = data_root or _env_data_root() or _recorded_data_root(store)
+    data_root = data_root or _env_data_root() or _hooks().recorded_data_root(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
-    recompute_fn = _recompute_fn(spec, data_root) if recompute and spec is not None else None
+    recompute_fn = _hooks().make_recompute(spec, data_root) if recompute and spec is not None else None
     report = verify_store(store, mixture=mixture, deep=deep, recompute=recompute_fn, recompute_frames=recompute,
                           seed=seed, recompute_atol=recompute_atol, progress=progress)
     marked = _mark(store, report) if mark_damaged else []
@@ -85,44 +111,16 @@ def _env_data_root() -> Path | None:
     return Path(os.environ[DATA_ROOT_ENV]) if os.environ.get(DATA_ROOT_ENV) else None
 
 
-# precompute saves each run's resolved config inside the store (precompute/run.py LOG_DIR); the newest one
-# that names a data root is where the store's frames came from.
-PRECOMPUTE_LOG_DIR = "precompute_logs"
-
-
-def _recorded_data_root(store: Path) -> Path | None:
-    from omegaconf import OmegaConf
-
-    for cfg_file in sorted((store / PRECOMPUTE_LOG_DIR).glob("*.config.yaml"), reverse=True):
-        try:
-            root = OmegaConf.select(OmegaConf.load(cfg_file), "data.data_root", default=None)
-        except Exception:  # an unreadable log is not a reason to fail verification
-            continue
-        if root and Path(root).is_dir():
-            return Path(root)
-    return None
-
-
 def _open_mixture(spec: Any, data_root: Path | None) -> Any:
-    from geo3d.data.mixture import LiberoMixture
-
     suite = spec.dataset.get("suite")
     if not suite:
         raise Geo3dError("the store records no dataset suite, so it cannot be checked against a dataset; "
                          "pass --no-dataset to check the store alone")
     try:
-        return LiberoMixture(suite, data_root=data_root)
+        return _hooks().open_dataset(suite, data_root)
     except DataError as e:
         raise Geo3dError(f"cannot open the store's dataset (suite {suite!r}) to check it: {e}. Pass --data-root "
                          "DIR, or --no-dataset to check the store alone") from None
-
-
-def _recompute_fn(spec: Any, data_root: Path | None) -> Any:
-    try:
-        from precompute.recompute import make_recompute_fn
-    except ImportError as e:
-        raise Geo3dError(f"--recompute needs the precompute package ({e}); install geo3d fully") from None
-    return make_recompute_fn(spec, str(data_root) if data_root else None)
 
 
 def _mark(store: Path, report: Any) -> list[int]:

@@ -11,6 +11,7 @@ from evaluation.cli import eval_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from geo3d.demo import demo
 from geo3d.submit import submit_app
+from geo3d.verify_hooks import install_verify_hooks
 from precompute.cli import precompute
 from train.cli import train
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("precompute", help="Stage 1: encode every frame with the frozen encoder into a Zarr store.")(precompute)
 app.command("verify-cache", help="Prove a features store complete and true (exit 0 clean, 1 faults, 2 usage).")(
     verify_cache)
+install_verify_hooks()
 app.command("train", help="Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens.")(train)
 app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + numpy).")(serve_cmd)
 app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)

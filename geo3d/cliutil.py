@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import typer
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from geo3d.config import ConfigError, load_config, merge_overrides, set_if_given
+from geo3d.config import CONFIG_DIR, ConfigError, load_config, merge_overrides, set_if_given
 from geo3d.errors import Geo3dError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,13 +33,38 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def build_config(defaults: Iterable[str], config: Iterable[Path] | None, overrides: Iterable[str] | None,
+def build_config(defaults: Sequence[str | Path], config: Iterable[Path] | None, overrides: Iterable[str] | None,
                  flags: Mapping[str, Any] | None = None) -> DictConfig:
-    """defaults YAML < --config files < explicit flags (dotted keys) < positional `key=value` overrides."""
-    cfg = load_config([*defaults, *(config or [])])
+    """The one config builder every verb uses. Later wins: defaults YAML (data.yaml first) <
+    configs/model/<model_config>.yaml (only when the composed config names a `model_config`; merged right after
+    the first default, below every verb default) < --config files < explicit flags (dotted keys) < positional
+    `key=value` overrides. `model_config` is read from the composed layers first, so a --config or an override
+    such as `model_config=tiny` chooses the model."""
+    defaults, files, overrides = list(defaults), list(config or []), list(overrides or [])
+    cfg = _compose([*defaults, *files], flags, overrides)
+    model_name = OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None)
+    if model_name is None:
+        return cfg
+    return _compose([*defaults[:1], _model_file(str(model_name)), *defaults[1:], *files], flags, overrides)
+
+
+MODEL_CONFIG_KEY = "model_config"
+
+
+def _compose(files: list[str | Path], flags: Mapping[str, Any] | None, overrides: list[str]) -> DictConfig:
+    cfg = load_config(files)
     for key, value in (flags or {}).items():
         set_if_given(cfg, key, value)
-    return merge_overrides(cfg, overrides or [])
+    return merge_overrides(cfg, overrides)
+
+
+def _model_file(name: str) -> Path:
+    model_dir = CONFIG_DIR / "model"
+    path = model_dir / f"{name}.yaml"
+    if not name or not path.is_file():
+        known = sorted(p.stem for p in model_dir.glob("*.yaml"))
+        raise ConfigError(f"{MODEL_CONFIG_KEY}={name!r}: {path} does not exist; known: {known}")
+    return path
 
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Extra YAML config(s), merged after the defaults.")

@@ -1,19 +1,21 @@
 """How `geo3d train` composes its config, and where a run lives.
 
-Order (later wins): configs/data.yaml < configs/model/<model_config>.yaml < configs/train/default.yaml
-< configs/train/demo.yaml (only for `--suite demo` without any --config) < --config files < explicit flags
-< positional key=value overrides. `model_config` names the model file; it is read from the same layers
-first, so a --config or an override such as `model_config=tiny` chooses the model.
+Through the one builder every verb uses (geo3d.cliutil.build_config): configs/data.yaml <
+configs/model/<model_config>.yaml < configs/train/default.yaml < configs/train/demo.yaml (the demo preset:
+only for `--suite demo` without any --config, and announced on stderr) < --config files < explicit flags
+< positional key=value overrides.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.config import ConfigError, REPO_ROOT, load_config, merge_overrides, set_if_given
+from geo3d.cliutil import MODEL_CONFIG_KEY, build_config
+from geo3d.config import ConfigError, load_config
 
 DATA_DEFAULTS = "data.yaml"
 TRAIN_DEFAULTS = "train/default.yaml"
@@ -34,6 +36,9 @@ FLAG_KEYS = {
 def _layers(configs: list[Path], flags: Mapping[str, Any]) -> list[str | Path]:
     suite = flags.get("suite")
     demo = not configs and (suite == "demo" or (suite is None and _default_suite() == "demo"))
+    if demo:
+        print(f"train: --suite demo without --config: using the demo preset configs/{DEMO_PRESET} (tiny model, "
+              "CPU-sized batch and steps); pass --config to choose another", file=sys.stderr)
     return [TRAIN_DEFAULTS, *([DEMO_PRESET] if demo else []), *configs]
 
 
@@ -41,26 +46,15 @@ def _default_suite() -> str | None:
     return OmegaConf.select(load_config([DATA_DEFAULTS]), "data.suite", default=None)
 
 
-def _apply(cfg: DictConfig, flags: Mapping[str, Any], overrides: Iterable[str]) -> DictConfig:
-    for name, value in flags.items():
-        set_if_given(cfg, FLAG_KEYS[name], value)
-    return merge_overrides(cfg, overrides)
-
-
 def compose_train_config(configs: Iterable[Path] | None = None, overrides: Iterable[str] | None = None,
                          flags: Mapping[str, Any] | None = None) -> DictConfig:
     """The run's full config (data + model + train), before any file is read or model built."""
-    configs, overrides, flags = list(configs or []), list(overrides or []), dict(flags or {})
+    configs, flags = list(configs or []), dict(flags or {})
     layers = _layers(configs, flags)
-    probe = _apply(load_config([DATA_DEFAULTS, *layers]), flags, overrides)
-    model_name = OmegaConf.select(probe, "model_config", default=None)
-    if not model_name:
+    cfg = build_config([DATA_DEFAULTS, *layers], None, overrides, {FLAG_KEYS[k]: v for k, v in flags.items()})
+    if OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None) is None:
         raise ConfigError("no model_config set: give one (e.g. model_config=tiny) naming configs/model/<name>.yaml")
-    model_file = REPO_ROOT / "configs" / "model" / f"{model_name}.yaml"
-    if not model_file.is_file():
-        known = sorted(p.stem for p in (REPO_ROOT / "configs" / "model").glob("*.yaml"))
-        raise ConfigError(f"model_config={model_name!r}: {model_file} does not exist; known: {known}")
-    return _apply(load_config([DATA_DEFAULTS, model_file, *layers]), flags, overrides)
+    return cfg
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
