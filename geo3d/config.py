@@ -12,8 +12,18 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the source checkout (in a wheel install: site-packages)
+
+
+def shipped_dir(checkout_path: str, wheel_name: str) -> Path:
+    """A folder geo3d ships beside its code: geo3d/<wheel_name> in a wheel (pyproject package-data), else
+    <checkout>/<checkout_path> in a source checkout."""
+    installed = PACKAGE_DIR / wheel_name
+    return installed if installed.is_dir() else REPO_ROOT / checkout_path
+
+
+CONFIG_DIR = shipped_dir("configs", "configs")
 DATA_ROOT_ENV = "GEO3D_DATA_ROOT"
 
 

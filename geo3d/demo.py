@@ -22,7 +22,8 @@ from geo3d.errors import Geo3dError
 
 def _run_step(title: str, args: list[str], log_dir: Path) -> float:
     """Run one `geo3d` verb, streaming its output to the terminal and to `log_dir/<title>.log`."""
-    cmd = [sys.executable, "-m", "geo3d.cli", *args]
+    # -P (Python >= 3.11): the working directory is not put on sys.path, so no user file there shadows geo3d
+    cmd = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "geo3d.cli", *args]
     print(f"\n=== {title}: geo3d {shlex.join(args)}", flush=True)
     start = time.perf_counter()
     log_path = log_dir / f"{title}.log"

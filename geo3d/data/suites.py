@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from geo3d.config import DATA_ROOT_ENV, REPO_ROOT
+from geo3d.config import DATA_ROOT_ENV, shipped_dir
 from geo3d.errors import DataError
 
 SUITE_FOLDERS = {
@@ -19,7 +19,7 @@ SUITE_GROUPS = {
     "demo": ("libero_spatial", "libero_object"),  # the shipped demo_data/ holds these two folders
 }
 VALID_SUITES = tuple(SUITE_FOLDERS) + tuple(SUITE_GROUPS)
-DEMO_DATA_ROOT = REPO_ROOT / "demo_data"
+DEMO_DATA_ROOT = shipped_dir("demo_data", "demo_data")
 
 
 def suite_members(suite: str) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.config import REPO_ROOT, data_root_from
+from geo3d.config import CONFIG_DIR, data_root_from
 from geo3d.errors import Geo3dError
 from geo3d.preemption import PREEMPTED_EXIT_CODE
 from geo3d.slurm.render import render
@@ -149,7 +149,7 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
         template = "train_multinode.sbatch"
         opts += [f"--nodes={nodes}", "--ntasks-per-node=1"]
         accel = Path(str(t.accelerate_config))
-        accel = accel if accel.is_absolute() or accel.exists() else REPO_ROOT / accel
+        accel = accel if accel.is_absolute() or accel.exists() else CONFIG_DIR.parent / accel  # configs/accelerate/...
         settings |= {"GPUS_PER_NODE": str(int(t.gpus)), "ACCELERATE_CONFIG": str(accel.resolve()),
                      "MAIN_PROCESS_PORT": str(int(t.main_process_port)),
                      # torchrun reports a worker's exit 75 as 1

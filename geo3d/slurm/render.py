@@ -12,10 +12,10 @@ import shlex
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
-from geo3d.config import REPO_ROOT
+from geo3d.config import shipped_dir
 from geo3d.errors import Geo3dError
 
-TEMPLATE_DIR = REPO_ROOT / "scripts" / "slurm"
+TEMPLATE_DIR = shipped_dir("scripts/slurm", "sbatch")
 JOB_LIB = "job_lib.sh"
 Value = Union[str, int, float, Sequence[str]]
 
