@@ -29,8 +29,8 @@ def serve_cmd(
     import asyncio
     import logging
 
-    from evaluation.policy import load_local_policy, policy_info
-    from evaluation.server import PolicyServer
+    from geo3d.evaluation.policy_handle import load_local_policy, policy_info
+    from geo3d.evaluation.server import PolicyServer
 
     cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port,
                                                       "serve.device": device, "serve.encoder_weights": encoder_weights})
@@ -66,8 +66,8 @@ def eval_cmd(
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
     """Evaluate a policy in the LIBERO simulator; writes results.json, results.md, episodes.jsonl."""
-    from evaluation.evaluate import evaluate
-    from evaluation.runner import PolicySource
+    from geo3d.evaluation.evaluate import evaluate
+    from geo3d.evaluation.runner import PolicySource
 
     cfg = build_config(DEFAULTS, config, overrides, {
         "eval.suite": suite, "eval.tasks": tasks, "eval.episodes_per_task": episodes_per_task,
@@ -79,7 +79,7 @@ def eval_cmd(
     source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
                           encoder_weights=cfg.eval.encoder_weights)
     results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
-    from evaluation.results import markdown
+    from geo3d.evaluation.results import markdown
 
     print(markdown(results))
     print(f"results: {results['out']}/results.json")
@@ -92,7 +92,7 @@ def report_cmd(
     config: Optional[List[Path]] = CONFIG_OPTION,
 ) -> None:
     """Loss curves, compressor grad norms, geometry attention mass, and success rates from RUN_DIR/eval*/."""
-    from evaluation.report import write_report
+    from geo3d.evaluation.report import write_report
 
     cfg = build_config(DEFAULTS, config, None, {"report.out": str(out) if out else None})
     paths = write_report(run_dirs, Path(cfg.report.out or "report"))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from geo3d.errors import Geo3dError
-from evaluation.wire import packb, unpackb
+from geo3d.evaluation.msgpack_wire import packb, unpackb
 
 
 class RemotePolicy:

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evaluation.frames import observation_to_inputs, upright_frame
-from evaluation.policy import Policy, check_action_chunk
+from geo3d.evaluation.observation import observation_to_inputs, upright_frame
+from geo3d.evaluation.policy_handle import Policy, check_action_chunk
 
 # The standard per-suite step caps (longest training demo of each suite, rounded up), as LIBERO evaluations use.
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}

@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
-from evaluation.results import markdown, summarize, write_json_atomic
-from evaluation.runner import Job, PolicySource, read_done, run_jobs
+from geo3d.evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
+from geo3d.evaluation.results import markdown, summarize, write_json_atomic
+from geo3d.evaluation.runner import Job, PolicySource, read_done, run_jobs
 from geo3d.errors import Geo3dError
 from geo3d.preemption import Preempted, PreemptionFlag
 
@@ -36,7 +36,7 @@ def select_tasks(tasks: list[Any], wanted: Any) -> list[Any]:
 def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | None]:
     """(checkpoint dir, step, image size) of the evaluated policy, from --ckpt or the server's metadata."""
     if source.server:
-        from evaluation.client import RemotePolicy
+        from geo3d.evaluation.client import RemotePolicy
 
         client = RemotePolicy(source.server, connect_timeout=30)
         try:
@@ -44,8 +44,8 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
         finally:
             client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
-    from train.checkpoint import read_marker
-    from train.inference import resolve_checkpoint
+    from geo3d.train.checkpoint import read_marker
+    from geo3d.train.inference import resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
     marker = read_marker(ckpt)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from geo3d.errors import Geo3dError
-from train.metrics_file import METRICS_FILE, read_metrics, window_means
+from geo3d.train.metrics_file import METRICS_FILE, read_metrics, window_means
 
 # Keys of train/metrics.py records: loss; grad_norm.compressor (null when the compressor got no gradient, e.g.
 # `none`); geom_attention_mass = [one value per DiT layer].
@@ -101,7 +101,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
 
 def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
     """report.png + report.md + report.json (the numbers behind both) in `out`."""
-    from evaluation.report_render import markdown_table, render_png
+    from geo3d.evaluation.report_render import markdown_table, render_png
 
     if not run_dirs:
         raise Geo3dError("give at least one run directory")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.report import RunSummary
+from geo3d.evaluation.report import RunSummary
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:

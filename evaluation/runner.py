@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
-from evaluation.video import RolloutVideo
+from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
+from geo3d.evaluation.rollout_video import RolloutVideo
 from geo3d.preemption import PreemptionFlag
 
 
@@ -33,10 +33,10 @@ class PolicySource:
 
     def open(self) -> Any:
         if self.server:
-            from evaluation.client import RemotePolicy
+            from geo3d.evaluation.client import RemotePolicy
 
             return RemotePolicy(self.server)
-        from evaluation.policy import load_local_policy
+        from geo3d.evaluation.policy_handle import load_local_policy
 
         return load_local_policy(self.ckpt, self.device, self.encoder_weights)
 

@@ -1,6 +1,6 @@
 """`geo3d serve`: a websocket policy server speaking msgpack + numpy (the openpi / StarVLA convention).
 
-Protocol (documented for clients in evaluation/requests.py):
+Protocol (documented for clients in evaluation/server_requests.py):
 - on connect the server sends one map: the policy metadata (action horizon/dim, state dim, image size, ...)
 - each binary msgpack request gets exactly one reply:
     {"status": "ok", "ok": True, "type": <type>, "request_id": <echo>, "data": {...}}
@@ -19,10 +19,10 @@ import logging
 from http import HTTPStatus
 from typing import Any, Callable
 
-from evaluation.frames import fit_views
-from evaluation.policy import Policy, check_action_chunk
-from evaluation.requests import BadRequest, parse_infer, split_message
-from evaluation.wire import packb, unpackb
+from geo3d.evaluation.observation import fit_views
+from geo3d.evaluation.policy_handle import Policy, check_action_chunk
+from geo3d.evaluation.server_requests import BadRequest, parse_infer, split_message
+from geo3d.evaluation.msgpack_wire import packb, unpackb
 
 log = logging.getLogger("geo3d.serve")
 HEALTH_PATH = "/healthz"

@@ -1,6 +1,6 @@
 """features_store: the on-disk contract between the stages (Zarr v3 store of bf16 geometry tokens).
 
-Public API (imported lazily so `features_store.cli` stays light):
+Public API (imported lazily so `geo3d.features_store.cli` stays light):
     StoreSpec, StoreLayout, FeatureStore, FeatureReader, ShardLease, verify_store, VerifyReport, SCHEMA_VERSION
 """
 
@@ -10,14 +10,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "StoreSpec": "features_store.spec",
-    "StoreLayout": "features_store.spec",
-    "SCHEMA_VERSION": "features_store.spec",
-    "FeatureStore": "features_store.store",
-    "FeatureReader": "features_store.reader",
-    "ShardLease": "features_store.lease",
-    "verify_store": "features_store.verify",
-    "VerifyReport": "features_store.verify",
+    "StoreSpec": "geo3d.features_store.spec",
+    "StoreLayout": "geo3d.features_store.spec",
+    "SCHEMA_VERSION": "geo3d.features_store.spec",
+    "FeatureStore": "geo3d.features_store.store",
+    "FeatureReader": "geo3d.features_store.reader",
+    "ShardLease": "geo3d.features_store.lease",
+    "verify_store": "geo3d.features_store.verify",
+    "VerifyReport": "geo3d.features_store.verify",
 }
 
 __all__ = list(_EXPORTS)
@@ -26,4 +26,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'features_store' has no attribute {name!r}")
+    raise AttributeError(f"module 'geo3d.features_store' has no attribute {name!r}")

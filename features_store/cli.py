@@ -2,7 +2,7 @@
 
 The store sits below both stages, so what verify needs from above it (open the dataset, rebuild the encoder,
 find the data root precompute recorded) arrives as `VerifyHooks`, injected by the `geo3d` CLI with
-`install_hooks` (geo3d/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
+`install_hooks` (geo3d/cli/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def verify_cache(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Prove a features store complete and true; name every bad frame."""
-    from features_store.metadata import read_metadata
-    from features_store.verify import verify_store
+    from geo3d.features_store.metadata import read_metadata
+    from geo3d.features_store.verify import verify_store
 
     if no_dataset and deep:
         raise Geo3dError("--deep compares against the dataset: drop --no-dataset or --deep")
@@ -92,7 +92,7 @@ def verify_cache(
 def _spec_or_none(store: Path) -> Any:
     """The spec, or None when the metadata is damaged (verify_store then reports it as a fault, exit 1).
     A store from a newer geo3d is a usage error (exit 2): upgrade."""
-    from features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
+    from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
     from geo3d.errors import StoreError
 
     try:
@@ -124,7 +124,7 @@ def _open_mixture(spec: Any, data_root: Path | None) -> Any:
 
 
 def _mark(store: Path, report: Any) -> list[int]:
-    from features_store.store import FeatureStore
+    from geo3d.features_store.store import FeatureStore
 
     shards = report.damaged_shards()
     if not shards:

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from features_store.layout import INT_INDEX
-from features_store.spec import StoreSpec, diff_specs
-from geo3d.data.layout import VIEW_NAMES
+from geo3d.features_store.array_layout import INT_INDEX
+from geo3d.features_store.spec import StoreSpec, diff_specs
+from geo3d.data.lerobot_layout import VIEW_NAMES
 from geo3d.jsonvalue import plain_json
 
 

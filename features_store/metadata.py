@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
+from geo3d.features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
 from geo3d.errors import StoreError
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from features_store import layout as L
-from features_store.metadata import read_metadata, spec_from_metadata
-from features_store.spec import StoreSpec
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.metadata import read_metadata, spec_from_metadata
+from geo3d.features_store.spec import StoreSpec
 from geo3d.errors import StoreError
 
 
@@ -43,7 +43,7 @@ class FeatureReader:
         return self.spec.frames
 
     def __getitem__(self, i: int):
-        from features_store.frames import bits_to_bf16, frame_checksums
+        from geo3d.features_store.token_codec import bits_to_bf16, frame_checksums
 
         i = self._check_frame(i)
         bits = self._tokens_array()[i]
@@ -53,7 +53,7 @@ class FeatureReader:
 
     # ---- committed frames ------------------------------------------------------------------------
     def _scan_committed(self) -> np.ndarray:
-        from features_store.store import committed_shards
+        from geo3d.features_store.store import committed_shards
 
         mask = np.zeros(self.spec.num_shards, dtype=bool)
         mask[committed_shards(self.path)] = True
@@ -117,7 +117,7 @@ class FeatureReader:
         return self.index("content_id")
 
     def _load_index(self) -> dict[str, np.ndarray]:
-        from features_store.store import open_arrays
+        from geo3d.features_store.store import open_arrays
 
         self._ensure_open()
         arrays = open_arrays(self.path, mode="r")

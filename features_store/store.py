@@ -27,12 +27,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from features_store import layout as L
-from features_store.frames import bf16_to_bits, encode_content_ids, frame_checksums, nonfinite_frames
-from features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
-from features_store.lease import ShardLease, lock_scope_problem, try_lock
-from features_store.metadata import build_metadata, read_metadata, spec_from_metadata
-from features_store.spec import META_KEY, StoreSpec, diff_specs
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.token_codec import bf16_to_bits, encode_content_ids, frame_checksums, nonfinite_frames
+from geo3d.features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
+from geo3d.features_store.lease import ShardLease, lock_scope_problem, try_lock
+from geo3d.features_store.metadata import build_metadata, read_metadata, spec_from_metadata
+from geo3d.features_store.spec import META_KEY, StoreSpec, diff_specs
 from geo3d.errors import StoreError
 
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from features_store.spec import StoreLayout, StoreSpec
-from features_store.store import FeatureStore
+from geo3d.features_store.spec import StoreLayout, StoreSpec
+from geo3d.features_store.store import FeatureStore
 
 TINY_ENCODER = {"name": "synthetic", "fingerprint": "synthetic-0", "config": {"seed": 0}}
 

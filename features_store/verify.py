@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from features_store import layout as L
-from features_store.frames import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
-from features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
-from features_store.spec import StoreSpec
-from features_store.store import FeatureStore, open_arrays
-from features_store.verify_report import VerifyReport
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.token_codec import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
+from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
+from geo3d.features_store.spec import StoreSpec
+from geo3d.features_store.store import FeatureStore, open_arrays
+from geo3d.features_store.verify_report import VerifyReport
 from geo3d.errors import StoreError
 
 RecomputeFn = Callable[[np.ndarray], Any]  # frame indices -> torch.bfloat16 [k, V, T, D]
@@ -261,7 +261,7 @@ def _live_mask(spec: StoreSpec, shards: list[int]) -> np.ndarray:
 def _check_dataset(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[int], mixture: Any,
                    report: VerifyReport) -> bool:
     """Store vs dataset on disk. Returns False when the frame maps cannot be aligned (skip --deep)."""
-    from features_store.dataset_check import dataset_differences
+    from geo3d.features_store.dataset_check import dataset_differences
 
     aligned = len(mixture) == spec.frames
     for d in dataset_differences(spec, index, _live_mask(spec, committed), mixture):

@@ -43,7 +43,7 @@ def precompute(
     cfg = build_config(DEFAULTS, config, overrides, flags)
 
     from geo3d.preemption import PREEMPTED_EXIT_CODE
-    from precompute.run import run_precompute
+    from geo3d.precompute.run import run_precompute
 
     r = run_precompute(cfg)
     fps = r.frames / r.seconds if r.seconds > 0 else 0.0

@@ -73,7 +73,7 @@ def _ready() -> bool:
 
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
     """Decode one episode in order; frames go through the one image path (upright -> resize)."""
-    from precompute.encoders.views import frames_to_model_input
+    from geo3d.precompute.encoders.views import frames_to_model_input
 
     if _WORKER_MIXTURE is None:
         _init_worker(source, ignore_signals=False)

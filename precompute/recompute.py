@@ -35,8 +35,8 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
 
 def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, device: str) -> Any:
-    from precompute.encoders.mapanything import MapAnythingEncoder
-    from precompute.encoders.tiny import TinyEncoder
+    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.precompute.encoders.tiny import TinyEncoder
 
     try:
         image_size = int(pre["resize"]["size"][0])
@@ -63,7 +63,7 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     `fn.device` tells the verifier where the encoder ran (bit-exact comparisons only make sense CPU vs CPU).
     """
     from geo3d.data.mixture import LiberoMixture
-    from precompute.encoders.views import frames_to_model_input
+    from geo3d.precompute.encoders.views import frames_to_model_input
 
     encoder = encoder_from_record(spec.encoder, spec.preprocessing, spec.tokens)
     suite = spec.dataset.get("suite")

@@ -33,8 +33,8 @@ class RunResult:
 
 def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
     """The store's identity: encoder fingerprint + preprocessing + dataset identity + layout."""
-    from features_store import StoreLayout, StoreSpec
-    from geo3d.data.layout import VIEW_NAMES
+    from geo3d.features_store import StoreLayout, StoreSpec
+    from geo3d.data.lerobot_layout import VIEW_NAMES
 
     layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
     return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view, dim=encoder.dim,
@@ -80,10 +80,10 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 
     from geo3d.config import data_root_from
     from geo3d.data.mixture import LiberoMixture
-    from precompute.decode import DataSource, EpisodeFeeder
-    from precompute.encoders import build_encoder, preflight_encoder
+    from geo3d.precompute.decode import DataSource, EpisodeFeeder
+    from geo3d.precompute.encoders import build_encoder, preflight_encoder
     from geo3d.device import resolve_device
-    from precompute.sharding import worker_slot
+    from geo3d.precompute.worker_slot import worker_slot
 
     p = cfg.precompute
     if not p.store:
@@ -114,13 +114,13 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     import torch
     from tqdm import tqdm
 
-    from features_store import FeatureStore
+    from geo3d.features_store import FeatureStore
     from geo3d.config import data_root_from, save_resolved
     from geo3d.provenance import provenance
-    from precompute.pipeline import TokenBuffers, run_worker
-    from precompute.planner import ShardPlanner
+    from geo3d.precompute.pipeline import TokenBuffers, run_worker
+    from geo3d.precompute.shard_planner import ShardPlanner
     from geo3d.preemption import PreemptionFlag
-    from precompute.writer import ShardWriter
+    from geo3d.precompute.shard_writer import ShardWriter
 
     p = cfg.precompute
     spec = build_spec(encoder, mixture, cfg.store)

@@ -1,7 +1,7 @@
 """Precompute benchmark: end-to-end `geo3d precompute` frames/s vs encoder-only frames/s on the same frames,
 measured side by side in one run (alternating rounds), on this machine. Goal: ratio >= 0.9.
 
-end-to-end  = steady state (after the first shard; startup is also printed) of the real worker (`precompute.run.run_precompute`): background decode of the AV1 videos, upright +
+end-to-end  = steady state (after the first shard; startup is also printed) of the real worker (`geo3d.precompute.run.run_precompute`): background decode of the AV1 videos, upright +
               resize, batching, encode, background checksum/write/commit into a fresh store.
 encoder-only = the same encoder, same batches (per store shard), same torch thread count, over the same frames
               already decoded into memory (decode time excluded).
@@ -42,7 +42,7 @@ CONFIGS = {
 
 def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[float, float]:
     """(steady-state frames/s after the first shard, overall frames/s including startup)."""
-    from precompute.run import run_precompute
+    from geo3d.precompute.run import run_precompute
 
     cfg = build_config(("data", "store", "precompute"), None, [
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *cfg_overrides])
@@ -51,8 +51,8 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[
 
 
 def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) -> float:
-    from precompute.encoders import build_encoder
-    from precompute.pipeline import encode_frames
+    from geo3d.precompute.encoders import build_encoder
+    from geo3d.precompute.pipeline import encode_frames
 
     cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *cfg_overrides])
     enc = build_encoder(cfg.encoder, int(cfg.data.image_size), "cpu")
@@ -68,7 +68,7 @@ def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) 
 
 def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
     from geo3d.data.mixture import LiberoMixture
-    from precompute.decode import DataSource, decode_episode
+    from geo3d.precompute.decode import DataSource, decode_episode
 
     mix = LiberoMixture("demo", data_root, image_size=image_size)
     src = DataSource("demo", str(data_root), image_size)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec, verify_store  # noqa: E402
+from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec, verify_store  # noqa: E402
 
 LAYOUTS = {
     "shard64/chunk1 none": dict(shard_frames=64, chunk_frames=1, sharding=True, compressor="none"),
@@ -121,7 +121,7 @@ def bench_deep(frames: int, tmp: Path) -> float:
     from geo3d.data.episode_arrays import EpisodeArrays
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.suites import SUITE_FOLDERS
-    from geo3d.data.writer import write_lerobot_dataset
+    from geo3d.data.lerobot_writer import write_lerobot_dataset
 
     yy, xx = np.mgrid[0:256, 0:256]
     view = np.stack([np.stack([(xx + yy * 2 + 5 * t + 60 * c) % 256 for c in range(3)], -1)

@@ -64,11 +64,11 @@ def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float
     from torch.utils.data import DataLoader
 
     from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
-    from train import setup
-    from train.dataset import GeoTrainDataset, TrainCollator
-    from train.modeling.policy import build_policy
-    from train.run_config import compose_train_config
-    from train.sampler import ResumableSampler
+    from geo3d.train import preflight as setup
+    from geo3d.train.dataset import GeoTrainDataset, TrainCollator
+    from geo3d.train.modeling.policy import build_policy
+    from geo3d.train.run_config import compose_train_config
+    from geo3d.train.sampler import ResumableSampler
 
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
     mixture = setup.open_mixture(cfg)
@@ -102,7 +102,7 @@ def peak_rss_of_training(a: argparse.Namespace, store: str, tmp: Path) -> dict[s
     """Run `geo3d train` for one epoch; poll the RSS of its process tree (psutil) every 20 ms."""
     import psutil
 
-    from train.run_config import compose_train_config
+    from geo3d.train.run_config import compose_train_config
     from geo3d.data.mixture import LiberoMixture
     from geo3d.config import data_root_from
 

@@ -9,7 +9,7 @@ IPEC LIBERO data a policy trains on (OSC_POSE deltas in [-1, 1], translation 1.0
 controller output_max, rotation ~0, gripper -1 open / +1 close). A waypoint controller over the simulator's
 object poses gives smooth, purposeful motion: above the object, descend, close, lift, above the target
 (plate / basket), lower, open. Each episode's raw arrays are saved as .npz as soon as it is rendered so a
-crash never costs a re-render; the dataset folders are then written by geo3d.data.writer (v2.0, AV1).
+crash never costs a re-render; the dataset folders are then written by geo3d.data.lerobot_writer (v2.0, AV1).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from geo3d import sim  # noqa: E402
-from geo3d.data.writer import EpisodeArrays, write_lerobot_dataset  # noqa: E402
+from geo3d.data.lerobot_writer import EpisodeArrays, write_lerobot_dataset  # noqa: E402
 from geo3d.errors import Geo3dError  # noqa: E402
 
 # Suite -> dataset folder name (as geo3d.data.suites resolves `demo`) and the tasks/init states rendered.

@@ -9,7 +9,7 @@ import numpy as np
 
 from geo3d.data.episode_arrays import EpisodeArrays
 from geo3d.data.suites import SUITE_FOLDERS
-from geo3d.data.writer import write_lerobot_dataset
+from geo3d.data.lerobot_writer import write_lerobot_dataset
 
 
 def synthetic_episode(rng: np.random.Generator, task: str, length: int, size: int) -> EpisodeArrays:

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from data_fixtures import make_synthetic_libero, synthetic_sources
 
-from geo3d.data.layout import ACTION_KEY, CAMERA_KEYS, STATE_KEY
+from geo3d.data.lerobot_layout import ACTION_KEY, CAMERA_KEYS, STATE_KEY
 from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.suites import SUITE_FOLDERS
-from geo3d.data.writer import write_lerobot_dataset
+from geo3d.data.lerobot_writer import write_lerobot_dataset
 from geo3d.errors import DataError
 
 LENGTHS = (7, 12, 9)  # uneven, odd lengths: v3.0 episode boundaries fall mid-GOP

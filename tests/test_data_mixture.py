@@ -170,7 +170,7 @@ def test_from_config_uses_data_keys(root, monkeypatch):
 
 def test_random_access_recovers_when_a_seek_lands_past_the_frame(root, monkeypatch):
     """Some files seek to a keyframe after the wanted time; the reader must step back, not skip frames."""
-    from geo3d.data.video import VideoFile
+    from geo3d.data.video_decode import VideoFile
 
     m = LiberoMixture("demo", root, image_size=None)
     expect = {i: m.read_stored_frames(i) for i in (9, 14, 25)}

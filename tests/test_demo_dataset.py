@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from geo3d.data.layout import ACTION_KEY, STATE_KEY
+from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
 from geo3d.data.suites import DEMO_DATA_ROOT

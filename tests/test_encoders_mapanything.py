@@ -147,7 +147,7 @@ def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
 
 
 def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
 
     log = tmp_path / "log.json"
     monkeypatch.syspath_prepend(str(fake_pkgs))
@@ -170,7 +170,7 @@ def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_p
 
 
 def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
 
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
@@ -181,7 +181,7 @@ def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fa
 
 
 def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
-    from precompute.encoders.mapanything import import_mapanything_class
+    from geo3d.precompute.encoders.mapanything import import_mapanything_class
 
     bad = fake_pkgs / "mapanything/models/__init__.py"
     bad.write_text("import uniception_missing_dependency_xyz\n")

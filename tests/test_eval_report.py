@@ -65,7 +65,7 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
 def test_report_uses_complete_evaluations_of_the_latest_step(runs, tmp_path):
     if sim_available() is not None:
         pytest.skip("needs a real `geo3d eval` result (LIBERO simulator not importable)")
-    from evaluation.report import load_run
+    from geo3d.evaluation.report import load_run
 
     src = runs["qformer"] / "eval_libero_spatial_step2" / "results.json"
     res = json.loads(src.read_text())

@@ -30,8 +30,8 @@ def test_preemption_signals_set_the_stop_flag_and_handlers_are_restored(sig):
 
 def test_run_jobs_stops_when_the_flag_is_set():
     """A requested stop ends run_jobs before the next episode (no simulator is started)."""
-    from evaluation.episode import EpisodeInterrupted, EpisodeSettings
-    from evaluation.runner import Job, PolicySource, run_jobs
+    from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeSettings
+    from geo3d.evaluation.runner import Job, PolicySource, run_jobs
 
     stop = PreemptionFlag()
     stop.signal_name = "SIGTERM"
@@ -44,7 +44,7 @@ def test_resume_refuses_results_of_other_settings_or_another_checkpoint(tmp_path
     """Episodes of another step cap (or checkpoint) must not be mixed into one success rate by --resume."""
     from omegaconf import OmegaConf
 
-    from evaluation.evaluate import RESULTS_FILE, check_resume_matches
+    from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
     from geo3d.config import save_resolved
     from geo3d.errors import Geo3dError
 

@@ -12,9 +12,9 @@ import pytest
 from websockets.sync.client import connect
 
 from eval_fixtures import IMAGE, ServeProcess, trained_runs
-from evaluation.client import RemotePolicy
-from evaluation.server import PolicyServer
-from evaluation.wire import packb, unpackb
+from geo3d.evaluation.client import RemotePolicy
+from geo3d.evaluation.server import PolicyServer
+from geo3d.evaluation.msgpack_wire import packb, unpackb
 from geo3d.errors import Geo3dError
 
 

@@ -27,7 +27,7 @@ if _REASON is not None:
 def sim_trace():
     """Observations of libero_spatial task 0 (init state 0): after settling, after 15 dataset-convention
     'close' commands, after 15 'open' commands."""
-    from evaluation.episode import EpisodeSettings, to_sim_action
+    from geo3d.evaluation.episode import EpisodeSettings, to_sim_action
     from geo3d import sim
 
     sim.configure("osmesa")
@@ -70,11 +70,11 @@ def test_stored_orientation_matches_the_lerobot_datasets(sim_trace):
 def test_eval_images_are_the_training_images(sim_trace, tmp_path):
     """Frames stored like the demo generator stores them, read back by the training data layer, equal (up to
     video compression) what the eval path gives the policy for the same observation; a rotated frame does not."""
-    from evaluation.frames import observation_to_inputs
+    from geo3d.evaluation.observation import observation_to_inputs
     from geo3d.data.episode_arrays import EpisodeArrays
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.suites import SUITE_FOLDERS
-    from geo3d.data.writer import write_lerobot_dataset
+    from geo3d.data.lerobot_writer import write_lerobot_dataset
     from geo3d.sim import frames_as_stored, state_from_obs
 
     obs_list = [sim_trace[k] for k in ("settled", "closed", "opened")]

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from geo3d.config import CONFIG_DIR
 from geo3d.errors import Geo3dError
-from train.modeling.configuration_policy import COMPRESSOR_TYPES
-from train.modeling.policy import GeoVLAPolicy, build_policy
+from geo3d.train.modeling.configuration_policy import COMPRESSOR_TYPES
+from geo3d.train.modeling.policy import GeoVLAPolicy, build_policy
 
 B = 2
 
@@ -208,8 +208,8 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
     action: x_t = (1-t)*noise + t*action and target action - noise give zero loss (the opposite sign does not),
     padded steps do not count, t skews to the noisy end (t = (s_max - s)/s_max, s ~ Beta(1.5, 1)), and the Euler
     sampler integrates from noise (t=0) to the action (t=1)."""
-    from train.modeling.action_head import FlowMatchingHead
-    from train.modeling.configuration_policy import PolicyConfig
+    from geo3d.train.modeling.action_head import FlowMatchingHead
+    from geo3d.train.modeling.configuration_policy import PolicyConfig
 
     head = FlowMatchingHead(PolicyConfig.from_cfg(tiny_cfg()).action_head)
     torch.manual_seed(0)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from geo3d.config import REPO_ROOT
-from train.modeling.configuration_policy import TinyVLMConfig
-from train.modeling.processor_policy import PolicyProcessor, load_hf_processor
-from train.modeling.tiny_qwen import build_tokenizer, tiny_model_dir
+from geo3d.train.modeling.configuration_policy import TinyVLMConfig
+from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
+from geo3d.train.modeling.tiny_qwen import build_tokenizer, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_offline_save_and_load_round_trip(tmp_path):
     same model inputs (the cluster loads the 3B the same way: local_files_only, no hub)."""
     script = textwrap.dedent(f"""
         import numpy as np, torch
-        from train.modeling.configuration_policy import TinyVLMConfig
-        from train.modeling.processor_policy import PolicyProcessor, load_hf_processor
-        from train.modeling.tiny_qwen import tiny_model_dir
+        from geo3d.train.modeling.configuration_policy import TinyVLMConfig
+        from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
+        from geo3d.train.modeling.tiny_qwen import tiny_model_dir
         src = tiny_model_dir(TinyVLMConfig(), {str(tmp_path / 'cache')!r})
         first = PolicyProcessor(load_hf_processor(str(src)))
         first.hf.save_pretrained({str(tmp_path / 'saved')!r})

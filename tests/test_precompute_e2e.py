@@ -71,7 +71,7 @@ def _encoded_shards(store: Path) -> list[int]:
 
 
 def _contents(store: Path) -> dict[str, np.ndarray]:
-    from features_store.store import open_arrays
+    from geo3d.features_store.store import open_arrays
 
     return {k: np.asarray(a[:]) for k, a in open_arrays(store).items()}
 
@@ -180,6 +180,6 @@ def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, re
     proc = _run(_cmd(data_root, store, "--overwrite", "--shard", "0", "--num-shards", "2"), expect=2)
     assert "--overwrite with 2 workers" in proc.stderr
     _run(_cmd(data_root, store, "encoder.tiny.seed=1", "--overwrite"))
-    from features_store import FeatureStore
+    from geo3d.features_store import FeatureStore
 
     assert FeatureStore.open(store).spec.encoder["config"]["seed"] == 1

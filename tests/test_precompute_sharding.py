@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from geo3d.errors import Geo3dError
-from precompute.planner import ShardPlanner, missing_runs
-from precompute.sharding import worker_slot
+from geo3d.precompute.shard_planner import ShardPlanner, missing_runs
+from geo3d.precompute.worker_slot import worker_slot
 
 
 def test_flags_win_over_environment():
@@ -52,7 +52,7 @@ def test_missing_runs_longest_first():
 
 @pytest.fixture
 def store(tmp_path: Path):
-    from features_store import FeatureStore, StoreLayout, StoreSpec
+    from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
 
     spec = StoreSpec(frames=40, views=2, tokens=1, dim=2, encoder={"name": "t", "fingerprint": "f", "config": {}},
                      preprocessing={}, dataset={"suite": "x"}, layout=StoreLayout(shard_frames=4))
@@ -82,7 +82,7 @@ def test_planner_starts_at_own_block_and_walks_forward(store):
 
 
 def test_planner_skips_committed_and_held_shards_and_finishes(store):
-    from features_store import FeatureStore
+    from geo3d.features_store import FeatureStore
 
     for s in (0, 1, 2):
         _commit(store, s)
@@ -100,7 +100,7 @@ def test_planner_skips_committed_and_held_shards_and_finishes(store):
 
 
 def test_planner_steals_from_the_middle_of_a_held_run(store):
-    from features_store import FeatureStore
+    from geo3d.features_store import FeatureStore
 
     other = FeatureStore.open(store.path)
     held = other.try_claim(0)  # someone is working from the front of the only run

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from precompute.writer import ShardWriter
+from geo3d.precompute.shard_writer import ShardWriter
 
 
 class _Lease:

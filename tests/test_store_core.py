@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from features_store import FeatureReader, FeatureStore, StoreLayout
-from features_store.testing import (make_synthetic_store, synthetic_index, synthetic_spec, synthetic_tokens,
+from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout
+from geo3d.features_store.testing import (make_synthetic_store, synthetic_index, synthetic_spec, synthetic_tokens,
                                     write_all_shards)
 from geo3d.errors import StoreError
 
@@ -179,7 +179,7 @@ def test_real_token_shape(tmp_path):
 
 
 def test_lock_scope_problems_are_recognised_from_mount_options():
-    from features_store.lease import lock_scope_problem
+    from geo3d.features_store.lease import lock_scope_problem
 
     mounts = "\n".join([
         "/dev/vda / ext4 rw,relatime 0 0",

@@ -69,7 +69,7 @@ try:
 except SystemExit as e:
     code = e.code
 print("MODULES=" + json.dumps({"code": code, "modules": sorted(m for m in sys.modules
-      if m.split(".")[0] in ("precompute", "mapanything") or "mapanything" in m)}))
+      if m.startswith("geo3d.precompute") or "mapanything" in m)}))
 """
 
 
@@ -83,4 +83,4 @@ def test_training_never_imports_the_geometry_encoder(data_store, tmp_path):
     assert probe["code"] in (0, None), r.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "steps_3").is_dir()  # it really trained
     # the CLI assembler imports each verb's light module (precompute/cli.py); nothing else of stage 1
-    assert set(probe["modules"]) <= {"precompute", "precompute.cli"}, probe["modules"]
+    assert set(probe["modules"]) <= {"geo3d.precompute", "geo3d.precompute.cli"}, probe["modules"]

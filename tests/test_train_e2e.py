@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from train.metrics import read_metrics
-from train.metrics_file import window_means
+from geo3d.train.metrics import read_metrics
+from geo3d.train.metrics_file import window_means
 from train_fixtures import make_train_data, run_geo3d, train_args
 
 COMPRESSORS = ("none", "mean", "pool", "per_layer", "qformer")
@@ -62,10 +62,10 @@ def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, t
 
 def _predict_from_checkpoint_dir(ckpt, data, store, compressor):
     """Only the checkpoint dir (+ the frame's geometry tokens) is needed to act."""
-    from features_store import FeatureReader
+    from geo3d.features_store import FeatureReader
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.norm_stats import load_norm_stats
-    from train.inference import load_policy
+    from geo3d.train.inference import load_policy
 
     policy = load_policy(ckpt)
     assert policy.step == 60 and policy.compressor == compressor

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from train.metrics import METRICS_FILE, read_metrics
+from geo3d.train.metrics import METRICS_FILE, read_metrics
 from geo3d.preemption import PREEMPTED_EXIT_CODE
 from train_fixtures import geo3d_cmd, make_train_data, run_geo3d, train_args
 

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from geo3d.errors import Geo3dError, StoreError
-from train.checkpoint import MARKER, latest_checkpoint, list_checkpoints
-from train.metrics import MetricsLogger, module_grad_norms, read_metrics
-from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler, cosine_factor
-from train.run_config import compose_train_config, resume_differences, run_dir_of
-from train.sampler import ResumableSampler
+from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints
+from geo3d.train.metrics import MetricsLogger, module_grad_norms, read_metrics
+from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler, cosine_factor
+from geo3d.train.run_config import compose_train_config, resume_differences, run_dir_of
+from geo3d.train.sampler import ResumableSampler
 
 
 def _take(it, n):
@@ -105,7 +105,7 @@ def test_resume_refuses_changed_trajectory_keys_but_allows_extending():
 
 
 def test_preflight_refuses_zero_intervals_before_any_work():
-    from train.setup import preflight
+    from geo3d.train.preflight import preflight
     preflight(compose_train_config([], [], {"suite": "demo"}))
     for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):
         with pytest.raises(Geo3dError, match=f"train.{key} must be >= 1"):
@@ -165,9 +165,9 @@ def data_and_store(tmp_path_factory):
 
 
 def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store):
-    from features_store import FeatureReader
+    from geo3d.features_store import FeatureReader
     from geo3d.data.mixture import LiberoMixture
-    from train.store_check import check_store_matches_dataset, check_token_shape
+    from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
     root, spatial, store = data_and_store
     reader = FeatureReader(store)
     check_store_matches_dataset(reader, spatial, store, check_frames=8)
@@ -180,8 +180,8 @@ def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store
 
 
 def test_store_join_detects_changed_frame_content_and_view_order(data_and_store, tmp_path):
-    from features_store import FeatureReader
-    from train.store_check import check_store_matches_dataset
+    from geo3d.features_store import FeatureReader
+    from geo3d.train.store_check import check_store_matches_dataset
     from train_fixtures import make_matching_store
     _, spatial, _ = data_and_store
     swapped = make_matching_store(spatial, tmp_path / "swapped", views=2, tokens=4, dim=8,

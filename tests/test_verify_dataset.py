@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features_store import FeatureStore, StoreLayout, StoreSpec, verify_store
-from features_store.testing import TINY_ENCODER, synthetic_tokens
+from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec, verify_store
+from geo3d.features_store.testing import TINY_ENCODER, synthetic_tokens
 from geo3d.data.episode_arrays import EpisodeArrays
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS
-from geo3d.data.writer import write_lerobot_dataset
+from geo3d.data.lerobot_writer import write_lerobot_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "libero_spatial"

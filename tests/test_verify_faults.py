@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from features_store import FeatureStore, verify_store
-from features_store import layout as L
-from features_store.frames import frame_checksums
-from features_store.testing import make_synthetic_store, synthetic_tokens, write_all_shards
+from geo3d.features_store import FeatureStore, verify_store
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.token_codec import frame_checksums
+from geo3d.features_store.testing import make_synthetic_store, synthetic_tokens, write_all_shards
 from geo3d.errors import StoreError
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from features_store import FeatureStore, StoreLayout, StoreSpec
+from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
 from geo3d.config import REPO_ROOT
 
 ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {"seed": 0}}

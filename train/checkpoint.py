@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from geo3d.errors import Geo3dError
-from train.run_layout import CKPT_DIR, MARKER
+from geo3d.train.run_layout import CKPT_DIR, MARKER
 
 _STEP_DIR = re.compile(r"^steps_(\d+)$")
 
@@ -63,7 +63,7 @@ class TrainerState:
         self.step = 0
         self.consumed = 0  # samples this rank has drawn from its sampler
         self.world_size = 1  # processes of the run that wrote the state
-        self.ema: Any = None  # train.optim.EMA or None
+        self.ema: Any = None  # geo3d.train.optim.EMA or None
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "consumed": self.consumed, "world_size": self.world_size,

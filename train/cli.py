@@ -36,17 +36,17 @@ def train(
     """
     import json
 
-    from train.run_config import compose_train_config
+    from geo3d.train.run_config import compose_train_config
 
     flags = {"compressor": compressor, "suite": suite, "data_root": str(data_root) if data_root else None,
              "store": str(store) if store else None, "out": str(out) if out else None,
              "max_steps": max_steps, "seed": seed}
     cfg = compose_train_config(config, overrides, flags)
     if dry_run:
-        from train.launch import dry_run as build_dry_run
+        from geo3d.train.launch import dry_run as build_dry_run
         typer.echo(json.dumps(build_dry_run(cfg), indent=2))
         return
-    from train.launch import run_training
+    from geo3d.train.launch import run_training
     result = run_training(cfg, resume)
     if not result.is_main:
         raise typer.Exit(PREEMPTED_EXIT_CODE if result.preempted_by is not None else 0)

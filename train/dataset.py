@@ -34,7 +34,7 @@ class GeoTrainDataset(Dataset):
 
     def reader(self) -> Any:
         if self._reader is None:
-            from features_store import FeatureReader
+            from geo3d.features_store import FeatureReader
             self._reader = FeatureReader(self.store_path)
         return self._reader
 

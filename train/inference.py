@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from geo3d.errors import Geo3dError
-from train.checkpoint import latest_checkpoint, read_marker
+from geo3d.train.checkpoint import latest_checkpoint, read_marker
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -96,7 +96,7 @@ class LoadedPolicy:
 def load_policy(ckpt_dir: str | Path, device: str = "cpu", geometry_encoder: Any = None) -> LoadedPolicy:
     """Rebuild the policy from config.yaml, load steps_<N>_pytorch_model.pt and norm_stats.json."""
     from geo3d.data.norm_stats import ActionNormalizer, load_norm_stats
-    from train.modeling.policy import build_policy
+    from geo3d.train.modeling.policy import build_policy
     ckpt = resolve_checkpoint(ckpt_dir)
     marker = read_marker(ckpt)
     cfg = OmegaConf.load(ckpt / "config.yaml")

@@ -11,9 +11,9 @@ import torch
 from omegaconf import DictConfig
 
 from geo3d.errors import Geo3dError
-from train import setup
-from train.checkpoint import TrainerState
-from train.trainer import TrainingParts, TrainResult, train_loop
+from geo3d.train import preflight as setup
+from geo3d.train.checkpoint import TrainerState
+from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
 
 
 def make_accelerator(cfg: DictConfig) -> Any:
@@ -46,8 +46,8 @@ def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
     """Parameter counts per top-level module (total and trainable, after the freeze list) — no memory used."""
-    from train.modeling.policy import build_policy
-    from train.optim import apply_freeze
+    from geo3d.train.modeling.policy import build_policy
+    from geo3d.train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
@@ -57,7 +57,7 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
 
 def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerState, acc: Any) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader
-    from train.sampler import ResumableSampler
+    from geo3d.train.sampler import ResumableSampler
     sampler = ResumableSampler(len(dataset), seed=int(cfg.train.seed), rank=acc.process_index,
                                world_size=acc.num_processes, consumed=state.consumed, shuffle=bool(cfg.train.shuffle))
     workers = int(cfg.train.num_workers)
@@ -81,10 +81,10 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
 
 def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from accelerate.utils import set_seed
-    from train.dataset import GeoTrainDataset, TrainCollator
-    from train.metrics import MetricsLogger
-    from train.modeling.policy import build_policy
-    from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
+    from geo3d.train.dataset import GeoTrainDataset, TrainCollator
+    from geo3d.train.metrics import MetricsLogger
+    from geo3d.train.modeling.policy import build_policy
+    from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
 
     setup.preflight(cfg)
     store = setup.check_store_path(cfg)

@@ -1,7 +1,7 @@
 """The run's metrics.jsonl as data: reading it back and summarising a curve.
 
 Light on purpose (json only, no torch): `geo3d report` and the tests read runs with it, and the trainer
-(`train.metrics`) writes the same file.
+(`geo3d.train.metrics`) writes the same file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Refuse to train on a features store that does not belong to the dataset (or to the model) — before
 any model is built or step taken — and say exactly what differs.
 
-Checks: the store-vs-dataset check shared with verify-cache (features_store.dataset_check: frame count,
+Checks: the store-vs-dataset check shared with verify-cache (geo3d.features_store.dataset_check: frame count,
 dataset identity, view order, frame map); completeness; the per-frame content identity on a spread sample
 of frames; the token shape vs `model.geometry`.
 """
@@ -35,9 +35,9 @@ def sample_frames(num_frames: int, count: int) -> list[int]:
 
 
 def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Path, check_frames: int) -> None:
-    """The store must belong to this dataset (features_store.dataset_check, the same check verify-cache runs),
+    """The store must belong to this dataset (geo3d.features_store.dataset_check, the same check verify-cache runs),
     be complete, and the content identities of sampled frames must agree."""
-    from features_store.dataset_check import dataset_differences
+    from geo3d.features_store.dataset_check import dataset_differences
 
     spec = reader.spec
     index = {k: getattr(reader, k) for k in ("dataset_id", "episode_index", "frame_index")}

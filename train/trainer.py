@@ -17,15 +17,15 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from geo3d.errors import Geo3dError
-from train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
-from train.dataset import move_batch
-from train.metrics import MetricsLogger, StepTimer, module_grad_norms
+from geo3d.train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
+from geo3d.train.dataset import move_batch
+from geo3d.train.metrics import MetricsLogger, StepTimer, module_grad_norms
 from geo3d.preemption import PreemptionFlag
 
 
 @dataclass
 class TrainingParts:
-    """Everything the loop needs; built by train.launch.run_training."""
+    """Everything the loop needs; built by geo3d.train.launch.run_training."""
 
     cfg: DictConfig
     run_dir: Path

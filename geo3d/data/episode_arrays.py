@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geo3d.data.layout import ACTION_DIM, STATE_DIM
+from geo3d.data.lerobot_layout import ACTION_DIM, STATE_DIM
 from geo3d.errors import DataError
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geo3d.data.layout import (ACTION_KEY, CAMERA_KEYS, CHUNKS_SIZE, STATE_KEY, SUPPORTED_VERSIONS,
+from geo3d.data.lerobot_layout import (ACTION_KEY, CAMERA_KEYS, CHUNKS_SIZE, STATE_KEY, SUPPORTED_VERSIONS,
                                V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH)
-from geo3d.data.video import VideoCache, VideoFile
+from geo3d.data.video_decode import VideoCache, VideoFile
 from geo3d.errors import DataError
 
 FIX_HINT = "re-download this dataset folder (or re-create it) and check the path"

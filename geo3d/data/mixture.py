@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from geo3d.data.content_id import frame_content_id
-from geo3d.data.layout import ACTION_KEY, STATE_KEY
+from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.suites import resolve_suite
 from geo3d.data.transforms import to_model_images

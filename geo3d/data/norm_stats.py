@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geo3d.data.layout import ACTION_KEY, STATE_KEY
+from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.meta_stats import vector_stats
 from geo3d.errors import DataError
 

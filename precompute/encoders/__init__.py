@@ -7,19 +7,19 @@ from typing import Any
 import torch
 
 from geo3d.errors import Geo3dError
-from precompute.encoders.base import GeometryEncoder
+from geo3d.precompute.encoders.base import GeometryEncoder
 
 ENCODER_NAMES = ("tiny", "mapanything")
 
 
 def preflight_encoder(enc_cfg: Any, image_size: int) -> None:
     """Cheap checks before any slow work: image size, and for MapAnything weights dir, package and hub code."""
-    from precompute.encoders.views import check_image_size, grid_side
+    from geo3d.precompute.encoders.views import check_image_size, grid_side
 
     check_image_size(image_size)
     grid_side(int(enc_cfg.tokens_per_view))
     if enc_cfg.name == "mapanything":
-        from precompute.encoders.mapanything import preflight
+        from geo3d.precompute.encoders.mapanything import preflight
 
         preflight(enc_cfg.mapanything.weights)
     elif enc_cfg.name not in ENCODER_NAMES:
@@ -31,14 +31,14 @@ def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str) -> 
     name = enc_cfg.name
     tokens = int(enc_cfg.tokens_per_view)
     if name == "tiny":
-        from precompute.encoders.tiny import TinyEncoder
+        from geo3d.precompute.encoders.tiny import TinyEncoder
 
         t = enc_cfg.tiny
         return TinyEncoder(width=int(t.width), depth=int(t.depth), heads=int(t.heads), out_dim=int(t.out_dim),
                            seed=int(t.seed), image_size=image_size, tokens_per_view=tokens, device=device,
                            dtype=str(t.dtype))
     if name == "mapanything":
-        from precompute.encoders.mapanything import MapAnythingEncoder
+        from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
 
         m = enc_cfg.mapanything
         return MapAnythingEncoder(weights=m.weights, image_size=image_size, tokens_per_view=tokens,

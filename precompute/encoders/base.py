@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from precompute.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
+from geo3d.precompute.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
                                        pool_view_features, preprocessing_record)
 
 

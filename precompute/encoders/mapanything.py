@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from geo3d.errors import Geo3dError
-from precompute.encoders.base import GeometryEncoder
+from geo3d.precompute.encoders.base import GeometryEncoder
 
 INSTALL_HINT = ("install it from its repository (it is not on PyPI): "
                 "pip install 'git+https://github.com/facebookresearch/map-anything' "
@@ -151,7 +151,7 @@ class MapAnythingEncoder(GeometryEncoder):
 
     def __init__(self, *, weights: str | Path | None, image_size: int, tokens_per_view: int,
                  device: torch.device | str = "cuda", dtype: str = "bfloat16"):
-        from precompute.encoders.views import check_image_size
+        from geo3d.precompute.encoders.views import check_image_size
 
         check_image_size(image_size)  # before the ~20 s model build
         self.weights = check_weights_dir(weights)

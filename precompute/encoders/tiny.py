@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from precompute.encoders.base import GeometryEncoder, state_dict_sha256
-from precompute.encoders.tiny_model import TinyGeometryModel
+from geo3d.precompute.encoders.base import GeometryEncoder, state_dict_sha256
+from geo3d.precompute.encoders.tiny_model import TinyGeometryModel
 
 
 class TinyEncoder(GeometryEncoder):

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geo3d.errors import Geo3dError
-from precompute.encoders.views import PATCH_SIZE
+from geo3d.precompute.encoders.views import PATCH_SIZE
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geo3d.data.layout import VIEW_NAMES
+from geo3d.data.lerobot_layout import VIEW_NAMES
 from geo3d.errors import Geo3dError
 
 PATCH_SIZE = 14

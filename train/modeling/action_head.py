@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Beta
 
-from train.modeling.configuration_policy import ActionHeadConfig
-from train.modeling.dit import DiT, sinusoidal_embedding
+from geo3d.train.modeling.configuration_policy import ActionHeadConfig
+from geo3d.train.modeling.dit import DiT, sinusoidal_embedding
 
 
 class MLP(nn.Module):

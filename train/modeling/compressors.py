@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from geo3d.errors import Geo3dError
-from train.modeling.configuration_policy import COMPRESSOR_TYPES, PolicyConfig
+from geo3d.train.modeling.configuration_policy import COMPRESSOR_TYPES, PolicyConfig
 
 
 def group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from geo3d.errors import Geo3dError
-from train.modeling.action_head import FlowMatchingHead
-from train.modeling.compressors import GeometryCompressor, build_compressor
-from train.modeling.configuration_policy import PolicyConfig
-from train.modeling.dit import ContextKV
-from train.modeling.vlm import QwenVLBackbone
+from geo3d.train.modeling.action_head import FlowMatchingHead
+from geo3d.train.modeling.compressors import GeometryCompressor, build_compressor
+from geo3d.train.modeling.configuration_policy import PolicyConfig
+from geo3d.train.modeling.dit import ContextKV
+from geo3d.train.modeling.vlm import QwenVLBackbone
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _eval_mode(module: nn.Module):
 
 def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False) -> GeoVLAPolicy:
     """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read)."""
-    from train.modeling.processor_policy import PolicyProcessor, load_hf_processor
+    from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
 
     cfg = PolicyConfig.from_cfg(model_cfg)
     vlm = QwenVLBackbone.build(cfg.vlm, meta=meta)

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from train.modeling.configuration_policy import TinyVLMConfig
+from geo3d.train.modeling.configuration_policy import TinyVLMConfig
 
 RECIPE_VERSION = 1  # bump when the build below changes, so stale cached dirs are not reused
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -98,7 +98,7 @@ def build_config(tiny: TinyVLMConfig, tokenizer):
 def build_processor(tiny: TinyVLMConfig, tokenizer):
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    from train.modeling.processor_policy import QwenVLImageTextProcessor
+    from geo3d.train.modeling.processor_policy import QwenVLImageTextProcessor
 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=tiny.min_pixels, max_pixels=tiny.max_pixels)
     return QwenVLImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from geo3d.errors import Geo3dError
-from train.modeling.configuration_policy import VLMConfig
+from geo3d.train.modeling.configuration_policy import VLMConfig
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -65,7 +65,7 @@ class QwenVLBackbone(nn.Module):
     def build(cls, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
         dtype = DTYPES[cfg.dtype]
         if cfg.source == "tiny":
-            from train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
+            from geo3d.train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
             model_dir = tiny_model_dir(cfg.tiny)
             return cls(build_tiny_model(cfg.tiny, model_dir, dtype, cfg.attn_implementation, meta), model_dir)
         return cls._build_local(Path(cfg.source).expanduser(), dtype, cfg.attn_implementation, meta)

@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.config import data_root_from, save_resolved
 from geo3d.errors import Geo3dError, StoreError
 from geo3d.provenance import provenance
-from train.checkpoint import latest_checkpoint
-from train.metrics import METRICS_FILE
-from train.run_config import resume_differences, run_dir_of
+from geo3d.train.checkpoint import latest_checkpoint
+from geo3d.train.metrics import METRICS_FILE
+from geo3d.train.run_config import resume_differences, run_dir_of
 
 NORM_STATS_FILE = "norm_stats.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -26,7 +26,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 
 def compressor_type(cfg: DictConfig) -> str:
     """The configured compressor, refused early (before data or model) when the policy does not know it."""
-    from train.modeling.configuration_policy import COMPRESSOR_TYPES
+    from geo3d.train.modeling.configuration_policy import COMPRESSOR_TYPES
     name = OmegaConf.select(cfg, "model.compressor.type", default=None)
     if name not in COMPRESSOR_TYPES:
         raise Geo3dError(f"unknown compressor {name!r}; use --compressor one of {list(COMPRESSOR_TYPES)}")
@@ -37,7 +37,7 @@ def preflight(cfg: DictConfig) -> None:
     """Config checks that need no data: model config valid, compressor known, optional tools installed."""
     import importlib.util
 
-    from train.modeling.configuration_policy import PolicyConfig
+    from geo3d.train.modeling.configuration_policy import PolicyConfig
     compressor_type(cfg)
     PolicyConfig.from_cfg(cfg.model)
     for key in ("max_steps", "save_interval", "grad_accum_steps", "per_device_batch_size"):
@@ -93,8 +93,8 @@ def open_mixture(cfg: DictConfig) -> Any:
 
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
-    from features_store import FeatureReader
-    from train.store_check import check_store_matches_dataset, check_token_shape
+    from geo3d.features_store import FeatureReader
+    from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
     reader = FeatureReader(store)
     check_token_shape(reader.spec, cfg.model.geometry, store)
     check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))

@@ -52,7 +52,7 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
                          f"this job passes none on")
     cfg = build_config(["data", "slurm"], config, routed["submit"], flags)
     if cfg.slurm.activate is None:  # documented default: the environment running `geo3d submit`
-        from geo3d.slurm.jobs import default_activate
+        from geo3d.cli.slurm.jobs import default_activate
         cfg.slurm.activate = default_activate()
     cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
     cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
@@ -61,7 +61,7 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
 
 def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], list], dry_run: bool) -> None:
     """Render with `build(cfg, job_dir)`; print (--dry-run) or write the record and submit."""
-    from geo3d.slurm import submission as sub
+    from geo3d.cli.slurm import submission as sub
     preview_dir = Path(str(cfg.slurm.submit_dir)).resolve() / f"<UTC time>_{verb}"
     scripts = build(cfg, preview_dir)  # every input error surfaces here, before anything is written
     if dry_run:
@@ -91,7 +91,7 @@ def precompute_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit stage 1 as an array job: one task per shard, one GPU each, requeued on preemption."""
-    from geo3d.slurm.jobs import precompute_job
+    from geo3d.cli.slurm.jobs import precompute_job
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "slurm.precompute.num_shards": num_shards, "slurm.precompute.time": time,
@@ -108,7 +108,7 @@ def verify_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit `geo3d verify-cache STORE` as a job (its JSON report goes beside the logs)."""
-    from geo3d.slurm.jobs import verify_job
+    from geo3d.cli.slurm.jobs import verify_job
     cfg = resolve(config, overrides, {
         "stage.store": _s(store), "data.data_root": _s(data_root), "slurm.verify.time": time,
         "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_to=None)
@@ -130,7 +130,7 @@ def train_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit one compressor run (checkpoints and requeues itself before the time limit, then resumes)."""
-    from geo3d.slurm.jobs import require, train_job
+    from geo3d.cli.slurm.jobs import require, train_job
     cfg = resolve(config, overrides, {
         "stage.compressor": compressor, "data.suite": suite, "data.data_root": _s(data_root),
         "stage.store": _s(store), "stage.out": _s(out), "slurm.train.nodes": nodes, "slurm.train.gpus": gpus,
@@ -157,7 +157,7 @@ def ablation_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit precompute -> verify -> one train job per compressor, chained with --dependency=afterok."""
-    from geo3d.slurm.jobs import ablation_jobs
+    from geo3d.cli.slurm.jobs import ablation_jobs
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "stage.out": _s(out), "slurm.partition": partition,

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import typer
 
-from evaluation.cli import eval_cmd, report_cmd, serve_cmd
-from features_store.cli import verify_cache
-from geo3d.demo import demo
-from geo3d.submit import submit_app
-from geo3d.verify_hooks import install_verify_hooks
-from precompute.cli import precompute
-from train.cli import train
+from geo3d.evaluation.cli import eval_cmd, report_cmd, serve_cmd
+from geo3d.features_store.cli import verify_cache
+from geo3d.cli.demo import demo
+from geo3d.cli.submit import submit_app
+from geo3d.cli.verify_hooks import install_verify_hooks
+from geo3d.precompute.cli import precompute
+from geo3d.train.cli import train
 
 app = typer.Typer(
     name="geo3d",

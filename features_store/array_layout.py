@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from features_store.frames import FILL_BITS
-from features_store.spec import StoreSpec
+from geo3d.features_store.token_codec import FILL_BITS
+from geo3d.features_store.spec import StoreSpec
 
 TOKENS = "tokens"
 INT_INDEX = ("dataset_id", "episode_index", "frame_index")

@@ -20,20 +20,20 @@ def open_dataset(suite: str, data_root: Path | None) -> Any:
 
 def make_recompute(spec: Any, data_root: Path | None) -> Any:
     try:
-        from precompute.recompute import make_recompute_fn
+        from geo3d.precompute.recompute import make_recompute_fn
     except ImportError as e:
         raise Geo3dError(f"--recompute needs the precompute package ({e}); install geo3d fully") from None
     return make_recompute_fn(spec, str(data_root) if data_root else None)
 
 
 def recorded_data_root(store: Path) -> Path | None:
-    from precompute.run import recorded_data_root as from_precompute_logs
+    from geo3d.precompute.run import recorded_data_root as from_precompute_logs
 
     return from_precompute_logs(store)
 
 
 def install_verify_hooks() -> None:
-    from features_store.cli import VerifyHooks, install_hooks
+    from geo3d.features_store.cli import VerifyHooks, install_hooks
 
     install_hooks(VerifyHooks(open_dataset=open_dataset, make_recompute=make_recompute,
                               recorded_data_root=recorded_data_root))

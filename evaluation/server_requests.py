@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from geo3d.data.layout import STATE_DIM  # the simulator state (eef pos 3, axis-angle 3, gripper qpos 2)
+from geo3d.data.lerobot_layout import STATE_DIM  # the simulator state (eef pos 3, axis-angle 3, gripper qpos 2)
 
 MESSAGE_TYPES = ("infer", "health", "ping", "reset")
 

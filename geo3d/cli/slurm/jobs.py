@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.config import CONFIG_DIR, data_root_from
 from geo3d.errors import Geo3dError
 from geo3d.preemption import PREEMPTED_EXIT_CODE
-from geo3d.slurm.render import render
-from train.run_layout import CHECKPOINT_GLOB
+from geo3d.cli.slurm.render import render
+from geo3d.train.run_layout import CHECKPOINT_GLOB
 
 LOG_DIR = "logs"
 

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from geo3d.config import save_resolved
 from geo3d.errors import Geo3dError
 from geo3d.provenance import provenance
-from geo3d.slurm.jobs import LOG_DIR, JobScript, absolute
-from geo3d.slurm.render import write_script
+from geo3d.cli.slurm.jobs import LOG_DIR, JobScript, absolute
+from geo3d.cli.slurm.render import write_script
 
 JOB_LINE = "geo3d-job"
 

@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geo3d.data.episode_arrays import EpisodeArrays
-from geo3d.data.layout import (ACTION_DIM, ACTION_KEY, AGENTVIEW_KEY, CAMERA_KEYS, CHUNKS_SIZE,
+from geo3d.data.lerobot_layout import (ACTION_DIM, ACTION_KEY, AGENTVIEW_KEY, CAMERA_KEYS, CHUNKS_SIZE,
                                STATE_DIM, STATE_KEY, SUPPORTED_VERSIONS, V2_DATA_PATH, V2_VIDEO_PATH,
                                V3_DATA_PATH, V3_EPISODES_PATH, V3_TASKS_PATH, V3_VIDEO_PATH, WRIST_KEY,
                                huggingface_schema_metadata, libero_features)
 from geo3d.data.meta_stats import columns_stats, image_stats
-from geo3d.data.video import encode_av1
+from geo3d.data.video_decode import encode_av1
 from geo3d.errors import DataError
 
 __all__ = ["EpisodeArrays", "write_lerobot_dataset"]

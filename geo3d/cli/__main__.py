@@ -1,0 +1,5 @@
+"""`python -m geo3d.cli ...` is the `geo3d` command."""
+
+from geo3d.cli.app import app
+
+app()
