@@ -44,7 +44,7 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
         finally:
             client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
-    from geo3d.train.checkpoint import read_marker
+    from geo3d.train.inference import read_marker
     from geo3d.train.inference import resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)

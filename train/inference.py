@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from geo3d.errors import Geo3dError
 from geo3d.train.checkpoint import latest_checkpoint, read_marker
 
+__all__ = ["LoadedPolicy", "load_policy", "read_marker", "resolve_checkpoint"]  # what evaluation may use
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory's latest checkpoint."""
