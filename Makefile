@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM    := $(VENV)/.sim-installed
 
-.PHONY: install demo test sim bench clean
+.PHONY: install demo test test-fast lint-imports sim bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -21,8 +21,16 @@ demo: install
 	$(VENV)/bin/geo3d demo
 
 # The tests also need the LIBERO simulator (a real episode is evaluated); the SLURM tests install their own.
+# `make test` runs every tier (CI); `make test-fast` only the fast one (tests/conftest.py says what is where).
 test: install $(SIM)
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not sim and not slurm"
+
+# The layer contracts (pyproject.toml [tool.importlinter]); tests/test_layers.py runs the same check.
+lint-imports: install
+	$(PY) scripts/lint_imports.py
 
 # The LIBERO simulator (demo-data generation, `geo3d eval`): scripts/install_sim.sh says what and why.
 sim: $(SIM)

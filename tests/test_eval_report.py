@@ -14,6 +14,8 @@ from PIL import Image
 from eval_fixtures import ENV, evaluated_run, geo3d, run, sim_available, trained_runs
 from geo3d.config import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # trains real runs first (eval_fixtures)
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -161,6 +161,7 @@ def served_checkpoint(tmp_path_factory):
     srv.stop()
 
 
+@pytest.mark.slow  # trains a real checkpoint first
 def test_geo3d_serve_answers_with_a_real_checkpoint(served_checkpoint):
     client = RemotePolicy(served_checkpoint.url)
     meta = client.metadata

@@ -15,11 +15,6 @@ from geo3d.train.modeling.policy import GeoVLAPolicy, build_policy
 B = 2
 
 
-@pytest.fixture(autouse=True)
-def _tiny_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GEO3D_CACHE", str(tmp_path_factory.getbasetemp() / "geo3d_cache"))
-
-
 def tiny_cfg(compressor: str = "pool", **head):
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
     cfg.model.compressor.type = compressor

@@ -14,12 +14,12 @@ import pytest
 from geo3d.config import REPO_ROOT
 from geo3d.train.modeling.configuration_policy import TinyVLMConfig
 from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
-from geo3d.train.modeling.tiny_qwen import build_tokenizer, tiny_model_dir
+from geo3d.train.modeling.tiny_qwen import build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def processor(tmp_path_factory) -> PolicyProcessor:
-    return PolicyProcessor(load_hf_processor(str(tiny_model_dir(TinyVLMConfig(), tmp_path_factory.mktemp("cache")))))
+def processor(tiny_vlm_dir) -> PolicyProcessor:
+    return PolicyProcessor(load_hf_processor(str(tiny_vlm_dir)))
 
 
 def images(b: int = 2, v: int = 2, size: int = 224, seed: int = 0) -> np.ndarray:

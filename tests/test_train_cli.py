@@ -12,6 +12,8 @@ import pytest
 from geo3d.config import REPO_ROOT
 from train_fixtures import make_train_data, run_geo3d, train_args
 
+pytestmark = pytest.mark.slow  # real geo3d train subprocesses
+
 
 @pytest.fixture(scope="module")
 def data_store(tmp_path_factory):

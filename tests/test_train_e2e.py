@@ -13,6 +13,9 @@ from geo3d.train.metrics import read_metrics
 from geo3d.train.metrics_file import window_means
 from train_fixtures import make_train_data, run_geo3d, train_args
 
+pytestmark = pytest.mark.slow  # real geo3d train subprocesses
+
+
 COMPRESSORS = ("none", "mean", "pool", "per_layer", "qformer")
 STEPS = 60
 

@@ -14,6 +14,9 @@ from geo3d.train.metrics import METRICS_FILE, read_metrics
 from geo3d.preemption import PREEMPTED_EXIT_CODE
 from train_fixtures import geo3d_cmd, make_train_data, run_geo3d, train_args
 
+pytestmark = pytest.mark.slow  # kills and resumes real training subprocesses
+
+
 STEPS = 30
 SAVE_EVERY = 10
 
