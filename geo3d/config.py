@@ -35,6 +35,8 @@ def resolve_config_path(name: str | Path) -> Path:
     """Accept a path, or a name relative to `configs/` (with or without `.yaml`)."""
     p = Path(name)
     candidates = [p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]
+    if p.parts[:1] == ("configs",):  # `--config configs/train/x.yaml` also works outside a checkout (a wheel)
+        candidates.append(CONFIG_DIR / p.relative_to("configs"))
     for c in candidates:
         if c.is_file():
             return c
