@@ -25,16 +25,17 @@ META_KEY = "geo3d"  # key of the geo3d metadata inside the root group's zarr att
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """How frames are placed on disk. Defaults (configs/store.yaml) are chosen by measurement: see README.
+    """How frames are placed on disk. These defaults are the one source (configs/store.yaml sets only what
+    differs), chosen by measurement: see README and scripts/bench_store.py.
 
     `shard_frames` is the unit of work AND (with `sharding`) the file: one writer per shard, ~N/shard_frames
     files. `chunk_frames` is the read granularity: 1 keeps random single-frame reads cheap.
     """
 
-    shard_frames: int = 64
-    chunk_frames: int = 1
-    sharding: bool = True
-    compressor: str = "none"
+    shard_frames: int = 64  # one writer per shard, ~N/64 files (libero_all: ~4.3k)
+    chunk_frames: int = 1  # 1-frame chunks keep random single-frame reads ~1-2 ms
+    sharding: bool = True  # pack each shard's 1-frame chunks in one file; false = one file per chunk
+    compressor: str = "none"  # none | zstd | blosc_zstd (bf16 compresses only ~1.3x)
     compression_level: int = 3
 
     def __post_init__(self) -> None:

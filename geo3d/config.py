@@ -6,6 +6,7 @@ reproduced from its own directory. Nothing in code overrides a value the user se
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -77,6 +78,15 @@ def data_root_from(cfg: DictConfig, key: str = "data.data_root") -> str | None:
     """The data root: config/flag value first, then the GEO3D_DATA_ROOT environment variable."""
     value = OmegaConf.select(cfg, key, default=None)
     return value if value else os.environ.get(DATA_ROOT_ENV) or None
+
+
+DATA_YAML = "configs/data.yaml"  # marks an argument whose default is configs/data.yaml's value
+
+
+@functools.lru_cache(maxsize=None)
+def data_default(key: str) -> Any:
+    """`data.<key>` of configs/data.yaml: the one source of the data-layer defaults (LiberoMixture uses it)."""
+    return OmegaConf.select(load_config(["data"]), f"data.{key}", throw_on_missing=True)
 
 
 def save_resolved(cfg: DictConfig, out_dir: str | Path, name: str = "resolved_config.yaml") -> Path:

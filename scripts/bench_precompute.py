@@ -52,11 +52,13 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[
 
 def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) -> float:
     from geo3d.precompute.encoders import build_encoder
+    from geo3d.features_store import StoreLayout
     from geo3d.precompute.pipeline import encode_frames
 
     cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *cfg_overrides])
     enc = build_encoder(cfg.encoder, int(cfg.data.image_size), "cpu")
-    shard, batch = int(cfg.store.shard_frames), int(cfg.precompute.batch_size)
+    shard = StoreLayout.from_config(cfg.store).shard_frames
+    batch = int(cfg.precompute.batch_size)
     out = torch.empty((shard, 2, enc.tokens_per_view, enc.dim), dtype=torch.bfloat16)
     encode_frames(enc, frames[:batch], out, batch)  # warm-up
     t0 = time.perf_counter()

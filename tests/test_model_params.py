@@ -16,7 +16,7 @@ from geo3d.train.modeling.configuration_policy import PolicyConfig
 
 def full_cfg(compressor: str = "pool") -> PolicyConfig:
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "qwen2_5_vl_3b.yaml")
-    cfg.model.compressor.type = compressor
+    OmegaConf.update(cfg, "model.compressor.type", compressor, force_add=True)  # on top of the YAML
     return PolicyConfig.from_cfg(cfg)
 
 
@@ -64,7 +64,7 @@ def test_full_policy_meta_build_param_counts(tmp_path):
 
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent")
-    cfg.model.compressor.type = "per_layer"
+    OmegaConf.update(cfg, "model.compressor.type", "per_layer", force_add=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         policy = build_policy(cfg, meta=True)

@@ -17,9 +17,9 @@ B = 2
 
 def tiny_cfg(compressor: str = "pool", **head):
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
-    cfg.model.compressor.type = compressor
+    OmegaConf.update(cfg, "model.compressor.type", compressor, force_add=True)  # on top of the YAML
     for k, v in head.items():
-        cfg.model.action_head[k] = v
+        OmegaConf.update(cfg, f"model.action_head.{k}", v, force_add=True)
     return cfg
 
 

@@ -54,6 +54,9 @@ def compose_train_config(configs: Iterable[Path] | None = None, overrides: Itera
     cfg = build_config([DATA_DEFAULTS, *layers], None, overrides, {FLAG_KEYS[k]: v for k, v in flags.items()})
     if OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None) is None:
         raise ConfigError("no model_config set: give one (e.g. model_config=tiny) naming configs/model/<name>.yaml")
+    from geo3d.train.modeling.configuration_policy import full_model_section  # torch-free
+
+    cfg.model = full_model_section(cfg.get("model", {}))  # the class's defaults + the YAML's differences
     return cfg
 
 

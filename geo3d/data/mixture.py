@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from geo3d.config import DATA_YAML, data_default
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.lerobot_format import LeRobotDataset
@@ -32,11 +33,13 @@ class EpisodeSpan:
 class LiberoMixture:
     """LIBERO suite(s) as one indexable dataset (map-style, DataLoader-safe, lazy I/O)."""
 
-    def __init__(self, suite: str, data_root: str | Path | None = None, action_horizon: int = 8,
-                 image_size: int | None = 224, video_cache_size: int = 4):
+    def __init__(self, suite: str, data_root: str | Path | None = None, action_horizon: int | None = None,
+                 image_size: int | None | str = DATA_YAML, video_cache_size: int = 4):
+        """action_horizon and image_size default to configs/data.yaml's (their one source); image_size=None
+        keeps frames at their stored size."""
         self.suite = suite
-        self.action_horizon = int(action_horizon)
-        self.image_size = image_size
+        self.action_horizon = int(action_horizon if action_horizon is not None else data_default("action_horizon"))
+        self.image_size = data_default("image_size") if image_size == DATA_YAML else image_size
         self.paths = resolve_suite(suite, data_root)
         self.datasets = [LeRobotDataset(p, video_cache_size=video_cache_size) for p in self.paths]
         spans, start = [], 0

@@ -1,7 +1,9 @@
-"""Typed, validated view of the `model:` config section (configs/model/*.yaml).
+"""The model's configuration class (lerobot's configuration_<policy>.py model): defaults and validation.
 
-The YAML stays the single source of values; these dataclasses only check names and types so a typo fails at
-build time with a message listing the valid keys, instead of deep inside a training step.
+These dataclasses are the one source of model defaults (the seed's 3B sizes; TinyVLMConfig the tiny VLM's);
+configs/model/*.yaml carry only what differs per model. `geo3d train` records the full result
+(`full_model_section`) in the run's config, so a checkpoint's config.yaml lists every value. Names and types are
+checked, so a typo fails at build time with a message listing the valid keys.
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ class PolicyConfig:
         for name in ("num_layers", "horizon", "repeats", "num_inference_steps", "timestep_buckets"):
             if getattr(h, name) < 1:
                 raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
+
+
+def full_model_section(model_cfg: Any) -> dict:
+    """The `model:` section with every default filled in and validated (what a run records)."""
+    import dataclasses
+
+    return dataclasses.asdict(PolicyConfig.from_cfg(model_cfg))
 
 
 def _to_container(cfg: Any) -> dict:
