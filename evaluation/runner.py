@@ -124,7 +124,9 @@ _WORKER: _Worker | None = None
 def _init_worker(source: PolicySource, settings: EpisodeSettings, gl: str) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    stop = PreemptionFlag().install()  # SLURM signals the whole job: stop the episode, then exit
+    # SIGUSR1 (SLURM --signal): stop the episode, then exit. SIGTERM keeps its default action here, so the
+    # parent's pool.terminate() (SIGTERM) always ends a worker, even one blocked on the task queue.
+    stop = PreemptionFlag(("SIGUSR1",)).install()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     _WORKER = _Worker(source, settings, gl, stop)
 
