@@ -1,5 +1,5 @@
 """`python -m geo3d.cli ...` is the `geo3d` command."""
 
-from geo3d.cli.command import app
+from geo3d.cli.command import main
 
-app()
+main()

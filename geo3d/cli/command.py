@@ -1,38 +1,72 @@
 """The `geo3d` command. Each package owns its verb; this file only assembles them.
 
-Verb modules import nothing heavy at module level, so `geo3d train` never imports the geometry encoder.
+`main` (the console script and `python -m geo3d.cli`) imports only the invoked verb's module, so a training
+process never loads anything of stage 1 (tests/test_train_cli.py checks it); `--help` lists every verb.
+To add a verb: one row in VERBS.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Iterable, Sequence
+
 import typer
 
-from geo3d.evaluation.cli import eval_cmd, report_cmd, serve_cmd
-from geo3d.features_store.cli import verify_cache
-from geo3d.cli.demo import demo
-from geo3d.cli.submit import submit_app
-from geo3d.cli.verify_hooks import install_verify_hooks
-from geo3d.precompute.cli import precompute
-from geo3d.train.cli import train
-
-app = typer.Typer(
-    name="geo3d",
-    help="Cache frozen MapAnything geometry tokens once (stage 1), train VLA policies on them (stage 2).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+# (verb, module, attribute, help): the attribute is a command function or a typer.Typer (a verb group).
+VERBS = (
+    ("precompute", "geo3d.precompute.cli", "precompute",
+     "Stage 1: encode every frame with the frozen encoder into a Zarr store."),
+    ("verify-cache", "geo3d.features_store.cli", "verify_cache",
+     "Prove a features store complete and true (exit 0 clean, 1 faults, 2 usage)."),
+    ("train", "geo3d.train.cli", "train",
+     "Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens."),
+    ("serve", "geo3d.evaluation.cli", "serve_cmd", "Serve a checkpoint as a websocket policy (msgpack + numpy)."),
+    ("eval", "geo3d.evaluation.cli", "eval_cmd", "Evaluate a checkpoint in the LIBERO simulator."),
+    ("report", "geo3d.evaluation.cli", "report_cmd",
+     "Compare runs: loss curves, compressor grad norms, geometry attention, success."),
+    ("demo", "geo3d.cli.demo", "demo", "Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset."),
+    ("submit", "geo3d.cli.submit", "submit_app", "Render sbatch scripts and submit them to SLURM."),
 )
-app.command("precompute", help="Stage 1: encode every frame with the frozen encoder into a Zarr store.")(precompute)
-app.command("verify-cache", help="Prove a features store complete and true (exit 0 clean, 1 faults, 2 usage).")(
-    verify_cache)
-install_verify_hooks()
-app.command("train", help="Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens.")(train)
-app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + numpy).")(serve_cmd)
-app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)
-app.command("report", help="Compare runs: loss curves, compressor grad norms, geometry attention, success.")(
-    report_cmd)
-app.command("demo", help="Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset.")(demo)
-app.add_typer(submit_app, name="submit", help="Render sbatch scripts and submit them to SLURM.")
+
+
+def build_app(verbs: Iterable[str] | None = None) -> typer.Typer:
+    """The command with every verb, or only `verbs` (their modules are the only ones imported)."""
+    wanted = set(verbs) if verbs is not None else None
+    app = typer.Typer(
+        name="geo3d",
+        help="Cache frozen MapAnything geometry tokens once (stage 1), train VLA policies on them (stage 2).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_group)  # a group even when only one verb is registered (typer would collapse it)
+    for name, module, attr, help_text in VERBS:
+        if wanted is not None and name not in wanted:
+            continue
+        fn = getattr(importlib.import_module(module), attr)
+        if isinstance(fn, typer.Typer):
+            app.add_typer(fn, name=name, help=help_text)
+        else:
+            app.command(name, help=help_text)(fn)
+        if name == "verify-cache":
+            from geo3d.cli.verify_hooks import install_verify_hooks
+
+            install_verify_hooks()
+    return app
+
+
+def _group() -> None:
+    """The verbs' parent command: no options of its own."""
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run `geo3d ARGS` (default: sys.argv), building only the invoked verb when one is named."""
+    argv = list(sys.argv[1:] if args is None else args)
+    names = {v[0] for v in VERBS}
+    verb = argv[0] if argv and argv[0] in names else None
+    build_app([verb] if verb else None)(argv, prog_name="geo3d")
+
 
 if __name__ == "__main__":
-    app()
+    main()
