@@ -73,8 +73,9 @@ def _real_package_or_skip():
     except Geo3dError as e:
         pytest.skip(f"the real MapAnything package is not importable here: {e}")
     if dinov2_hub_dir() is None:
-        pytest.skip(f"no DINOv2 hub code in {torch.hub.get_dir()} (git clone https://github.com/facebookresearch/dinov2 "
-                    f"{torch.hub.get_dir()}/facebookresearch_dinov2_main)")
+        hub = torch.hub.get_dir()
+        pytest.skip(f"no DINOv2 hub code in {hub} (git clone https://github.com/facebookresearch/dinov2 "
+                    f"{hub}/facebookresearch_dinov2_main)")
     return cls
 
 
