@@ -63,6 +63,13 @@ class QwenVLBackbone(nn.Module):
 
     @classmethod
     def build(cls, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
+        backbone = cls._build(cfg, meta)
+        if cfg.gradient_checkpointing:  # decoder (and vision) layers recompute their activations in backward
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return backbone
+
+    @classmethod
+    def _build(cls, cfg: VLMConfig, meta: bool) -> "QwenVLBackbone":
         dtype = DTYPES[cfg.dtype]
         if cfg.source == "tiny":
             from train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
