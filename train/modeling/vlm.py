@@ -65,7 +65,12 @@ class QwenVLBackbone(nn.Module):
     def build(cls, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
         backbone = cls._build(cfg, meta)
         if cfg.gradient_checkpointing:  # decoder (and vision) layers recompute their activations in backward
-            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = backbone.model  # transformers >= 5.x: activation_checkpointing_enable; 4.x: gradient_...
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return backbone
 
     @classmethod
