@@ -54,7 +54,7 @@ class CompressorConfig:
     type: str = "pool"
     num_tokens: int = 16
     heads: int = 8
-    grouping: str = "per_view"  # pool/per_layer: "flat" = the fork's G//K groups; "per_view": K/V groups per camera
+    grouping: str = "flat"  # pool/per_layer: "flat" = G//K groups (the fork); "per_view": K/V groups per camera
 
 
 @dataclass
