@@ -35,20 +35,22 @@ def handle_errors(fn: F) -> F:
 
 def build_config(defaults: Sequence[str | Path], config: Iterable[Path] | None, overrides: Iterable[str] | None,
                  flags: Mapping[str, Any] | None = None) -> DictConfig:
-    """The one config builder every verb uses. Later wins: defaults YAML (data.yaml first) <
-    configs/model/<model_config>.yaml (only when the composed config names a `model_config`; merged right after
-    the first default, below every verb default) < --config files < explicit flags (dotted keys) < positional
-    `key=value` overrides. `model_config` is read from the composed layers first, so a --config or an override
-    such as `model_config=tiny` chooses the model."""
+    """The one config builder every verb uses. Later wins: defaults YAML (data.yaml first) < the named layers
+    (configs/model/<model_config>.yaml, then configs/preset/<preset>.yaml, each only when the composed config
+    names it; merged right after the first default, below every verb default) < --config files < explicit flags
+    (dotted keys) < positional `key=value` overrides. The names are read from the composed layers first, so a
+    --config or an override such as `model_config=tiny` or `preset=geo3d` chooses them."""
     defaults, files, overrides = list(defaults), list(config or []), list(overrides or [])
     cfg = _compose([*defaults, *files], flags, overrides)
-    model_name = OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None)
-    if model_name is None:
+    named = [_named_file(folder, key, str(name)) for key, folder in NAMED_LAYERS
+             if (name := OmegaConf.select(cfg, key, default=None)) is not None]
+    if not named:
         return cfg
-    return _compose([*defaults[:1], _model_file(str(model_name)), *defaults[1:], *files], flags, overrides)
+    return _compose([*defaults[:1], *named, *defaults[1:], *files], flags, overrides)
 
 
 MODEL_CONFIG_KEY = "model_config"
+NAMED_LAYERS = ((MODEL_CONFIG_KEY, "model"), ("preset", "preset"))  # key -> configs/<folder>/<value>.yaml
 
 
 def _compose(files: list[str | Path], flags: Mapping[str, Any] | None, overrides: list[str]) -> DictConfig:
@@ -58,12 +60,12 @@ def _compose(files: list[str | Path], flags: Mapping[str, Any] | None, overrides
     return merge_overrides(cfg, overrides)
 
 
-def _model_file(name: str) -> Path:
-    model_dir = CONFIG_DIR / "model"
-    path = model_dir / f"{name}.yaml"
+def _named_file(folder: str, key: str, name: str) -> Path:
+    """configs/<folder>/<name>.yaml, or a ConfigError listing the known names."""
+    path = CONFIG_DIR / folder / f"{name}.yaml"
     if not name or not path.is_file():
-        known = sorted(p.stem for p in model_dir.glob("*.yaml"))
-        raise ConfigError(f"{MODEL_CONFIG_KEY}={name!r}: {path} does not exist; known: {known}")
+        known = sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
+        raise ConfigError(f"{key}={name!r}: {path} does not exist; known: {known}")
     return path
 
 

@@ -60,13 +60,13 @@ class LoadedPolicy:
         return self.compressor != "none"
 
     def _images(self, images: Any) -> np.ndarray:
-        from geo3d.data.transforms import resize
+        from geo3d.data.transforms import UPRIGHT, to_model_images  # the one image path
         arr = np.asarray(images)
         if arr.ndim != 4 or arr.shape[0] != self.num_views or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise Geo3dError(f"images must be uint8 [{self.num_views},H,W,3] upright (agentview, wrist); got "
                              f"{arr.dtype} {arr.shape}")
         if arr.shape[1:3] != (self.image_size, self.image_size):
-            arr = np.stack([resize(v, self.image_size) for v in arr])
+            arr = to_model_images(arr, self.image_size, UPRIGHT)
         return arr
 
     def _geometry(self, images: np.ndarray, geometry: Any) -> torch.Tensor | None:

@@ -1,9 +1,10 @@
 """How `geo3d train` composes its config, and where a run lives.
 
 Through the one builder every verb uses (geo3d.cliutil.build_config): configs/data.yaml <
-configs/model/<model_config>.yaml < configs/train/default.yaml < configs/train/demo.yaml (the demo preset:
-only for `--suite demo` without any --config, and announced on stderr) < --config files < explicit flags
-< positional key=value overrides.
+configs/model/<model_config>.yaml < configs/preset/<preset>.yaml < configs/train/default.yaml <
+configs/train/demo.yaml (the demo preset: only for `--suite demo` without any --config, and announced on
+stderr) < --config files < explicit flags < positional key=value overrides. `model_config` and `preset`
+(fork | geo3d) are read from the same layers first, so `model_config=tiny` or `preset=geo3d` chooses them.
 """
 
 from __future__ import annotations
