@@ -33,8 +33,8 @@ def _png(out: Path, name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def paths():
     """The input paths inspect builds for the demo (tiny Qwen processor, tiny encoder), built in-process."""
-    from geo3d.inspection.cli import compose_inspect_config
-    from geo3d.inspection.run import build_paths
+    from geo3d.cli.inspection.cli import compose_inspect_config
+    from geo3d.cli.inspection.run import build_paths
     from geo3d.data.mixture import LiberoMixture
 
     cfg = compose_inspect_config(None, None, "demo", None, None)

@@ -26,7 +26,7 @@ VERBS = (
     ("report", "geo3d.evaluation.cli", "report_cmd",
      "Compare runs: loss curves, compressor grad norms, geometry attention, success."),
     ("demo", "geo3d.cli.demo", "demo", "Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset."),
-    ("inspect", "geo3d.inspection.cli", "inspect_cmd",
+    ("inspect", "geo3d.cli.inspection.cli", "inspect_cmd",
      "Write exactly what the VLM and geometry encoder receive for one frame (dataset or sim)."),
     ("submit", "geo3d.cli.submit", "submit_app", "Render sbatch scripts and submit them to SLURM."),
 )

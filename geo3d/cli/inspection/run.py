@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geo3d.data.lerobot_layout import VIEW_NAMES as VIEWS  # the one view order
 from geo3d.errors import Geo3dError
-from geo3d.inspection.sources import Sample
+from geo3d.cli.inspection.sources import Sample
 RESULT_FILE = "inspect.json"
 
 
@@ -78,7 +78,7 @@ def _floats(x: Any) -> Any:
 def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, Any]:
     """Run `sample` through the real input paths and write vlm_<view>.png, geometry_<view>.png, inspect.json."""
     from geo3d.data.orientation import orientation_probe
-    from geo3d.inspection.model_views import encoder_images, vlm_images
+    from geo3d.cli.inspection.model_views import encoder_images, vlm_images
     from geo3d.provenance import provenance
     from geo3d.precompute.encoders.views import frames_to_model_input, norm_mean_std
 

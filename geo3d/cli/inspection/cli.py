@@ -18,7 +18,7 @@ def compose_inspect_config(config: list[Path] | None, overrides: list[str] | Non
     from omegaconf import OmegaConf
 
     from geo3d.config import load_config, merge_overrides, set_if_given
-    from geo3d.inspection.run import checkpoint_config
+    from geo3d.cli.inspection.run import checkpoint_config
     from geo3d.train.run_config import compose_train_config
 
     overrides = list(overrides or [])
@@ -58,8 +58,8 @@ def inspect_cmd(
     Exit codes: 0 written; 2 bad input (nothing written).
     """
     from geo3d.errors import Geo3dError
-    from geo3d.inspection.run import build_paths, inspect_sample, prepare_out
-    from geo3d.inspection.sources import dataset_sample, sim_sample
+    from geo3d.cli.inspection.run import build_paths, inspect_sample, prepare_out
+    from geo3d.cli.inspection.sources import dataset_sample, sim_sample
 
     if (frame is None) == (sim_task is None):
         raise Geo3dError("give exactly one of --frame N (a dataset frame) or --sim-task TASK_ID (a simulator frame)")
