@@ -30,7 +30,9 @@ from slurm_cluster import SlurmCluster, cannot_run_reason
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GEO3D = str(Path(sys.executable).parent / "geo3d")
-ACTIVATE = f"source {REPO_ROOT / '.venv' / 'bin' / 'activate'}"
+# `make test`'s venv in the checkout, else the venv running the tests (e.g. a git worktree without its own .venv)
+VENV = REPO_ROOT / ".venv" if (REPO_ROOT / ".venv" / "bin" / "activate").is_file() else Path(sys.prefix)
+ACTIVATE = f"source {VENV / 'bin' / 'activate'}"
 STEPS = 6  # enough that the USR1 sent after step 1 lands mid-run
 # Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
 JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",

@@ -42,7 +42,7 @@ def test_token_shape_mismatch_unknown_compressor_and_missing_store_are_refused(d
     out = tmp_path / "run"
     shape = [a for a in train_args(data, store, out) if not a.startswith("model.geometry.tokens_per_view")]
     _refused(run_geo3d(shape), out, "[2, 196, 32]", "model.geometry")
-    _refused(run_geo3d(train_args(data, store, out, "transformer")), out, "unknown compressor 'transformer'",
+    _refused(run_geo3d(train_args(data, store, out, "transformer")), out, "unknown model.compressor.type 'transformer'",
              "qformer")
     _refused(run_geo3d(train_args(data, tmp_path / "nope.zarr", out)), out, "features store not found",
              "geo3d precompute")
