@@ -11,6 +11,7 @@ from evaluation.cli import eval_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from features_store.lease_cli import leases
 from geo3d.demo import demo
+from geo3d.doctor.cli import doctor
 from geo3d.submit import submit_app
 from precompute.cli import precompute
 from train.cli import train
@@ -31,6 +32,8 @@ app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + n
 app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)
 app.command("report", help="Compare runs: loss curves, compressor grad norms, geometry attention, success.")(
     report_cmd)
+app.command("doctor", help="Before any GPU hour: what will fail for this run (exit 0 ready, 1 problems, 2 usage).")(
+    doctor)
 app.command("demo", help="Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset.")(demo)
 app.add_typer(submit_app, name="submit", help="Render sbatch scripts and submit them to SLURM.")
 

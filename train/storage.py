@@ -1,9 +1,7 @@
 """`geo3d train` and disk space: what a checkpoint needs, what a storage fault leaves safe, what it cuts short.
 
 A checkpoint's size is measured from the last complete one when the run has one; before that it is estimated
-from the parameter counts (the same counts `--dry-run` prints, on the meta device: no memory). The estimate
-is deliberately simple (stated so in the fault message): fp32 weights for inference + fp32 weights, AdamW
-exp_avg and exp_avg_sq for every trainable parameter in resume/ + an EMA copy when EMA is on.
+from the parameter counts (train/estimates.py; said so in the fault message).
 """
 
 from __future__ import annotations
@@ -16,14 +14,7 @@ from omegaconf import DictConfig
 
 from features_store.space import du_bytes
 from train.checkpoint import CKPT_DIR, latest_checkpoint
-
-FP32 = 4
-
-
-def checkpoint_bytes_from_counts(counts: dict[str, dict[str, int]], ema: bool) -> int:
-    """Bytes of one checkpoint from `policy.param_counts()` (see the module docstring for what is counted)."""
-    total, trainable = counts["total"]["total"], counts["total"]["trainable"]
-    return FP32 * (total + total + 2 * trainable + (trainable if ema else 0))
+from train.estimates import checkpoint_bytes_from_counts, param_counts
 
 
 def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
@@ -33,10 +24,7 @@ def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
     last = latest_checkpoint(run_dir_of(cfg))
     if last is not None:
         return du_bytes(last), f"the size of {last}"
-    from train.launch import dry_run
-
-    counts = dry_run(cfg)["params"]
-    return (checkpoint_bytes_from_counts(counts, bool(cfg.train.ema.enabled)),
+    return (checkpoint_bytes_from_counts(param_counts(cfg), bool(cfg.train.ema.enabled)),
             "estimated from the parameter counts (fp32 weights + resume state with AdamW moments)")
 
 
