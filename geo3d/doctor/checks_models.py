@@ -12,7 +12,7 @@ from geo3d.errors import Geo3dError
 
 QWEN_TOKENIZER = ("tokenizer_config.json",)
 QWEN_TOKENIZER_ANY = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-QWEN_PROCESSOR = ("preprocessor_config.json",)
+QWEN_PROCESSOR = ("preprocessor_config.json", "processor_config.json")  # the hub's / newer transformers' name
 
 
 def check_mapanything(plan: Any) -> Iterator[Finding]:
@@ -87,9 +87,9 @@ def check_qwen(plan: Any) -> Iterator[Finding]:
         yield missing("Qwen2.5-VL tokenizer", need, f"{path} lacks tokenizer files ({absent or 'tokenizer.json'})", fix)
     else:
         yield Finding("Qwen2.5-VL tokenizer", OK, "tokenizer files present")
-    absent = [f for f in QWEN_PROCESSOR if not (path / f).is_file()]
-    yield (missing("Qwen2.5-VL processor", need, f"{path} lacks {absent}", fix) if absent
-           else Finding("Qwen2.5-VL processor", OK, "preprocessor_config.json present"))
+    found = [f for f in QWEN_PROCESSOR if (path / f).is_file()]
+    yield (Finding("Qwen2.5-VL processor", OK, f"{found[0]} present") if found
+           else missing("Qwen2.5-VL processor", need, f"{path} lacks {' or '.join(QWEN_PROCESSOR)}", fix))
     yield from _qwen_shards(path, need, fix)
 
 
