@@ -81,3 +81,48 @@ def test_quota_during_first_checkpoint_then_resume_is_identical(setup, tmp_path)
     r = geo3d(_args(data, store, out, "--resume"))
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_run(out, ref)
+
+
+def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
+    """SIGKILL while torch.save is writing the step-6 checkpoint (a writer blocked inside the save): the cut
+    `.steps_6.partial` is never loaded, resume starts from step 4 and ends identical."""
+    import signal
+    import subprocess
+    import sys
+
+    from storage_fixtures import INJECT, REPO
+    data, store, ref = setup
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, INJECT, "HANG", "torch", ".steps_6.partial", "--",
+                             *_args(data, store, out)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stderr:
+        if "fault-inject: hanging" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    assert list((out / "checkpoints").glob(".steps_6.partial"))  # the cut save is there, and ignored
+    r = geo3d(_args(data, store, out, "--resume"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list((out / "checkpoints").glob(".*.partial"))
+    _assert_same_run(out, ref)
+
+
+def test_read_only_store_serves_training(setup, tmp_path):
+    """The store on a read-only bind mount: verify-cache is clean and training reads it (nothing writes there)."""
+    import subprocess
+    data, store, _ = setup
+    ro = tmp_path / "ro_store"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(store), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True, capture_output=True)
+        assert subprocess.run(["touch", str(ro / "x")], capture_output=True).returncode != 0  # really read-only
+        v = geo3d(["verify-cache", str(ro), "--data-root", str(data)])
+        assert v.returncode == 0, v.stdout[-2000:] + v.stderr[-2000:]
+        r = geo3d(train_args(data, ro, tmp_path / "run", "qformer", 2, "train.save_interval=2"))
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
