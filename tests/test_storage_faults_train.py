@@ -126,3 +126,19 @@ def test_read_only_store_serves_training(setup, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_eval_results_onto_read_only_filesystem_is_a_storage_fault(setup, tmp_path):
+    """`geo3d eval` writing its results dir on a read-only filesystem: exit 74 before any episode runs."""
+    import subprocess
+    _, _, ref = setup
+    with small_fs(tmp_path, "1m") as fs:
+        if fs is None:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        subprocess.run(["mount", "-o", "remount,ro", str(fs.path)], check=True)
+        out = fs.path / "eval"
+        r = geo3d(["eval", "--ckpt", str(ref), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task",
+                   "1", "--out", str(out)])
+        assert r.returncode == STORAGE_FAULT_EXIT_CODE, r.stderr[-3000:]
+        assert "eval: storage fault: the filesystem is read-only (EROFS)" in r.stderr
+        assert "resume with: geo3d eval" in r.stderr and "--resume" in r.stderr
