@@ -90,18 +90,29 @@ def human_bytes(n: int | float | None) -> str:
     return f"{n:.1f} TiB"
 
 
-def classify(exc: BaseException, root: str | Path | None = None) -> tuple[int, str | None] | None:
-    """(errno, failing path) when `exc` (or anything it wraps) is a storage fault, else None.
+def _vanished(e: OSError, root: Path, root_existed: bool) -> bool:
+    """ENOENT is a storage fault only when the output tree itself went away: `root` existed and is gone, or
+    the failing path lies under `root` and its directory no longer exists. A missing input file is not."""
+    if root_existed and not root.exists():
+        return True
+    if not e.filename:
+        return False
+    failed = Path(os.path.abspath(e.filename))
+    inside = failed == root or Path(os.path.abspath(root)) in failed.parents
+    return inside and not failed.parent.exists()
 
-    ENOENT counts only when `root` itself has vanished (a deleted or unmounted output directory), never for
-    a missing input file."""
+
+def classify(exc: BaseException, root: str | Path | None = None,
+             root_existed: bool = True) -> tuple[int, str | None] | None:
+    """(errno, failing path) when `exc` (or anything it wraps) is a storage fault, else None."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in FAULT_ERRNOS:
             return e.errno, e.filename
-        if isinstance(e, OSError) and e.errno == errno.ENOENT and root is not None and not Path(root).exists():
+        if isinstance(e, OSError) and e.errno == errno.ENOENT and root is not None and \
+                _vanished(e, Path(root), root_existed):
             return errno.ENOENT, e.filename or str(root)
         text = str(e)
         for pattern, code in _TEXT_PATTERNS:
@@ -167,12 +178,13 @@ def storage_guard(verb: str, root: str | Path, *, resume: str | None = None,
     (default: this command line); needed/safe: estimate hooks called only on a fault; cleanup: removes what
     the fault cut short (a partial shard, a partial checkpoint), run before the message is built so the
     free space it reports is after the cleanup."""
+    existed = Path(root).exists()
     try:
         yield
     except StorageFault:
         raise
     except Exception as exc:
-        found = classify(exc, root)
+        found = classify(exc, root, existed)
         if found is None:
             raise
         code, failed = found

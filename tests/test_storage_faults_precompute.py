@@ -125,3 +125,24 @@ def test_read_only_store_is_a_storage_fault(data_root, reference, tmp_path):
         r = geo3d(_args(data_root, store))
         assert r.returncode == STORAGE_FAULT_EXIT_CODE, r.stderr[-3000:]
         assert "read-only (EROFS)" in r.stderr and "14 of 17 shards committed" in r.stderr, r.stderr[-3000:]
+
+
+def test_store_directory_vanishing_mid_run_is_a_storage_fault(data_root, tmp_path):
+    """The store deleted under a running worker (a cleanup script, an unmounted scratch): exit 74, not a traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from storage_fixtures import REPO
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "geo3d.cli", *_args(data_root, store, "--batch-size", "1")],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((store / "commits").glob("shard-*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "precompute finished before the store could be removed"
+    os.rename(store, tmp_path / "moved-away")  # atomic, unlike rmtree racing the writer
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == STORAGE_FAULT_EXIT_CODE, err[-3000:]
+    assert "storage fault: the output directory vanished (ENOENT)" in err and "Traceback" not in err, err[-3000:]

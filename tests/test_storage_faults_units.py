@@ -35,10 +35,18 @@ def test_wrapped_library_errors_are_faults(tmp_path):
 
 
 def test_enoent_only_when_the_output_directory_vanished(tmp_path):
-    missing_input = FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "input.parquet"))
-    assert classify(missing_input, tmp_path) is None  # bad input, not a storage fault
-    gone = tmp_path / "out"
-    assert classify(FileNotFoundError(errno.ENOENT, "No such file", str(gone / "x")), gone)[0] == errno.ENOENT
+    out = tmp_path / "out"
+    (out / "commits").mkdir(parents=True)
+    missing_input = FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "data" / "input.parquet"))
+    assert classify(missing_input, out) is None  # bad input, not a storage fault
+    missing_here = FileNotFoundError(errno.ENOENT, "No such file", str(out / "commits" / "x.json"))
+    assert classify(missing_here, out) is None  # its directory exists: a missing file, not a vanished tree
+    (out / "commits").rmdir()
+    assert classify(missing_here, out)[0] == errno.ENOENT  # a directory the job writes into went away
+    import shutil
+    shutil.rmtree(out)
+    assert classify(FileNotFoundError(errno.ENOENT, "No such file"), out, root_existed=True)[0] == errno.ENOENT
+    assert classify(FileNotFoundError(errno.ENOENT, "No such file"), out, root_existed=False) is None
     assert classify(ValueError("no"), tmp_path) is None
 
 
