@@ -147,7 +147,9 @@ def fault_message(verb: str, code: int, failed_path: str | None, root: Path, nee
                   safe: str | None, resume: str) -> str:
     what = FAULT_ERRNOS.get(code, "the output directory vanished (ENOENT)")
     free = free_bytes(root)
-    lines = [f"{verb}: storage fault: {what} while writing {failed_path or root}",
+    target = Path(os.path.abspath(failed_path)) if failed_path else None
+    writing = target is None or Path(os.path.abspath(root)) in (target, *target.parents)
+    lines = [f"{verb}: storage fault: {what} while {'writing' if writing else 'accessing'} {failed_path or root}",
              f"  where: {root} (filesystem at {existing_ancestor(root)})",
              f"  free space: {human_bytes(free)}; this job still needs "
              + (needed if isinstance(needed, str) else f"~{human_bytes(needed)}" if needed is not None else "unknown")]
