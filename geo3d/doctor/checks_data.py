@@ -84,11 +84,11 @@ def check_store(plan: Any) -> Iterator[Finding]:
 
 def check_run_disk(plan: Any) -> Iterator[Finding]:
     """Free disk at the training run directory vs the checkpoints the run will keep (train/estimates.py)."""
-    from train.estimates import checkpoint_bytes_from_counts, param_counts
+    from train.estimates import checkpoint_bytes_from_counts
     from train.run_config import run_dir_of
 
     t = plan.train_cfg.train
-    one = checkpoint_bytes_from_counts(param_counts(plan.train_cfg), bool(t.ema.enabled))
+    one = checkpoint_bytes_from_counts(plan.param_counts(), bool(t.ema.enabled))
     saves = -(-int(t.max_steps) // int(t.save_interval))
     kept = min(saves, int(t.keep_last)) if t.keep_last else saves
     need = one * (kept + 1)  # + the one being written before the oldest is pruned

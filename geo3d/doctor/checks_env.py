@@ -33,9 +33,9 @@ def check_gpu_memory(plan: Any) -> Iterator[Finding]:
     """Free memory of the smallest visible GPU vs the training run's per-GPU floor (train/estimates.py)."""
     import torch
 
-    from train.estimates import gpu_memory_floor_bytes, param_counts
+    from train.estimates import gpu_memory_floor_bytes
 
-    counts = param_counts(plan.train_cfg)
+    counts = plan.param_counts()
     dtype = "bfloat16" if plan.wants_bf16 else "float32"
     need = gpu_memory_floor_bytes(counts, dtype)
     what = (f"training needs >= {human_bytes(need)} per GPU ({counts['total']['total'] / 1e6:.1f}M params, "
@@ -77,7 +77,7 @@ def check_slurm(plan: Any) -> Iterator[Finding]:
         return
     r = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
-        yield missing("SLURM", plan.needs_slurm, f"sinfo failed: {r.stderr.strip()[:200]}",
+        yield missing("SLURM", plan.needs_slurm, f"sinfo failed: {' '.join(r.stderr.split())[:200]}",
                       "check the controller (scontrol ping) / your network")
         return
     parts = {line.split()[0].rstrip("*"): line.split()[1] for line in r.stdout.splitlines() if line.split()}

@@ -27,6 +27,7 @@ class Plan:
     needs_slurm: bool
     frames_by_suite: dict[str, int] = field(default_factory=dict)
     _meta: Any = "unread"
+    _counts: Any = None
 
     @property
     def needs_precompute(self) -> bool:
@@ -98,6 +99,18 @@ class Plan:
 
         from features_store import StoreLayout
         return StoreLayout.from_config(OmegaConf.to_container(self.pre_cfg.store, resolve=True))
+
+    def param_counts(self) -> dict[str, dict[str, int]]:
+        """The training run's parameter counts (meta device; computed once). A missing Qwen directory is its
+        own finding, so the meta build's fallback warning is not repeated here."""
+        if self._counts is None:
+            import warnings
+
+            from train.estimates import param_counts
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self._counts = param_counts(self.train_cfg)
+        return self._counts
 
     def store_meta(self) -> dict[str, Any] | None:
         """The existing store's metadata (None when there is no store at --store)."""
