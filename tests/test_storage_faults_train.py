@@ -14,7 +14,7 @@ from train.checkpoint import list_checkpoints
 from train.metrics import read_metrics
 from train_fixtures import make_train_data, train_args
 
-STEPS, SAVE_EVERY = 10, 2  # one tiny-policy checkpoint is ~32 MB: an 80 MB tmpfs holds two of the five
+STEPS, SAVE_EVERY = 6, 2  # one tiny-policy checkpoint is ~32 MB: an 80 MB tmpfs holds two of the three
 
 
 @pytest.fixture(scope="module")
