@@ -37,15 +37,15 @@ def grid_side(tokens_per_view: int) -> int:
     return side
 
 
-def frames_to_model_input(frames: np.ndarray, image_size: int) -> np.ndarray:
-    """Stored frames uint8 [V,H,W,3] (rotated 180 degrees) -> upright, resized uint8 [V,S,S,3].
+def frames_to_model_input(frames: np.ndarray, image_size: int, orientation: str) -> np.ndarray:
+    """Frames uint8 [V,H,W,3] as their reader stores them (`orientation`) -> upright, resized uint8 [V,S,S,3].
 
     Runs in decode workers (numpy, cheap) so the device only sees fixed-size uint8 batches.
     """
     from geo3d.data.transforms import to_model_images
 
     check_image_size(image_size)
-    return np.ascontiguousarray(to_model_images(frames, image_size))
+    return np.ascontiguousarray(to_model_images(frames, image_size, orientation))
 
 
 def normalize_views(images: torch.Tensor, device: torch.device | str) -> list[torch.Tensor]:
@@ -73,20 +73,19 @@ def pool_view_features(features: Sequence[torch.Tensor], tokens_per_view: int) -
 
 
 def image_path_probe(image_size: int, stored_size: int = 256) -> dict[str, str]:
-    """What the image path actually does, measured on a fixed pattern: the orientation it applies and a hash
-    of its output. Recorded in the store, so changing `upright`/`resize` makes old stores refuse to resume."""
+    """What the image path actually does, measured on a fixed pattern: the orientation it applies to each
+    declared frame orientation and a hash of its output for upright frames. Recorded in the store, so
+    changing the orientation or `resize` makes old stores refuse to resume (old ones say "rot180")."""
     import hashlib
+
+    from geo3d.data.orientation import orientation_probe
+    from geo3d.data.transforms import UPRIGHT
 
     yy, xx = np.mgrid[0:stored_size, 0:stored_size]
     pattern = np.stack([(xx * 7 + yy * 3) % 256, (xx * yy) % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
     stored = np.stack([pattern, pattern[::-1]])  # [V=2, H, W, 3]
-    from geo3d.data.transforms import upright
-
-    turned = upright(stored)
-    orientation = ("rot180" if np.array_equal(turned, stored[:, ::-1, ::-1]) else
-                   "identity" if np.array_equal(turned, stored) else "other")
-    out = frames_to_model_input(stored, image_size)
-    return {"orientation": orientation, "sha256": hashlib.sha256(out.tobytes()).hexdigest()[:16],
+    out = frames_to_model_input(stored, image_size, UPRIGHT)
+    return {**orientation_probe(), "sha256": hashlib.sha256(out.tobytes()).hexdigest()[:16],
             "stored_size": str(stored_size)}
 
 
@@ -96,7 +95,7 @@ def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: 
     t_side = grid_side(tokens_per_view)
     return {
         "views": list(VIEW_ORDER),
-        "orientation": "geo3d.data.transforms.upright on frames as stored",
+        "orientation": "geo3d.data.transforms.to_model_images: upright frames unturned, raw renders turned 180",
         "image_path_probe": image_path_probe(image_size),
         "resize": {"size": [image_size, image_size], "fn": "geo3d.data.transforms.resize"},
         "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data_norm_type": "dinov2"},
