@@ -174,12 +174,11 @@ class LiberoHDF5Dataset:
                 raise DataError(f"{where}/{k} has {s[0]} images but actions has {n} steps; {FIX_HINT}")
             if len(s) != 4 or s[-1] != 3 or s != cam_shape or g[k].dtype != np.uint8:
                 raise DataError(f"{where}/{k} is {g[k].dtype} {s}, expected uint8 [T,H,W,3] like {CAMERAS[0]}")
-        widths = {"obs/ee_states": (6,), "obs/ee_pos": (3,), "obs/ee_ori": (3, 4), "obs/gripper_states": (2,)}
+        widths = {"obs/ee_states": 6, "obs/ee_pos": 3, "obs/ee_ori": 3, "obs/gripper_states": 2}
         for k in (*state, "obs/gripper_states"):
             s = g[k].shape
-            if s[0] != n or len(s) != 2 or s[1] not in widths[k]:
-                raise DataError(f"{where}/{k} has shape {s}, expected [{n},{'|'.join(map(str, widths[k]))}]; "
-                                f"{FIX_HINT}")
+            if len(s) != 2 or s != (n, widths[k]):
+                raise DataError(f"{where}/{k} has shape {s}, expected [{n},{widths[k]}]; {FIX_HINT}")
         return n, (*state, "obs/gripper_states")
 
     # ---- lazy per-process handles ---------------------------------------------------------------
@@ -214,13 +213,12 @@ class LiberoHDF5Dataset:
 
     # ---- columns --------------------------------------------------------------------------------
     def _state(self, episode_index: int) -> np.ndarray:
-        """The LeRobot 8-d state: eef xyz, eef axis-angle, 2 gripper finger positions (float32)."""
-        parts = [self._read(episode_index, k).astype(np.float64) for k in self.episode(episode_index).state_keys]
-        if parts[-2].shape[1] == 4:  # ee_ori as a quaternion (x, y, z, w): to axis-angle like ee_states
-            from geo3d.sim import quat_to_axis_angle
+        """The LeRobot 8-d state: eef xyz, eef axis-angle, 2 gripper finger positions (float32).
 
-            parts[-2] = np.stack([quat_to_axis_angle(q) for q in parts[-2]]).astype(np.float64)
-        return np.concatenate(parts, axis=1).astype(np.float32)  # [L, STATE_DIM]: widths checked at scan
+        LIBERO's `ee_states` (and `ee_ori`) hold robosuite's eef quaternion as axis-angle already, which is
+        what openvla's RLDS conversion (and from it the LeRobot copies) concatenated with `gripper_states`."""
+        parts = [self._read(episode_index, k) for k in self.episode(episode_index).state_keys]
+        return np.concatenate(parts, axis=1).astype(np.float32)  # [L, 8]: widths checked at scan
 
     def episode_columns(self, episode_index: int) -> dict[str, np.ndarray]:
         """state float32 [L,8], action float32 [L,7], task_index, frame_index for one episode (LRU-cached)."""
