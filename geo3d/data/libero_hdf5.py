@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from geo3d.data.dataset_base import EpisodeDataset
 from geo3d.data.layout import ACTION_DIM, ACTION_KEY, STATE_KEY
 from geo3d.errors import DataError
 
@@ -64,7 +65,7 @@ def is_hdf5_suite_folder(path: Path) -> bool:
     return path.is_dir() and any(path.glob(FILE_GLOB))
 
 
-class LiberoHDF5Dataset:
+class LiberoHDF5Dataset(EpisodeDataset):
     """One LIBERO suite folder of HDF5 task files: headers at construction, arrays on demand."""
 
     FRAME_ORIENTATION = "raw_render"  # upside-down simulator renders: the image path turns them once
@@ -87,21 +88,7 @@ class LiberoHDF5Dataset:
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
 
-    # ---- metadata -------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def num_episodes(self) -> int:
-        return len(self._episodes)
-
-    def episode(self, episode_index: int) -> H5Episode:
-        try:
-            return self._episodes[episode_index]
-        except KeyError:
-            raise DataError(f"{self.path}: no episode {episode_index} (has {self.num_episodes})") from None
-
+    # ---- metadata (name, num_episodes, episode(i): EpisodeDataset) ---------------------------------
     def where(self, episode_index: int) -> str:
         """`file.hdf5 demo_<i>` of an episode, for error messages."""
         ep = self.episode(episode_index)
