@@ -11,6 +11,7 @@ from evaluation.cli import eval_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from features_store.export_cli import export_cmd
 from geo3d.demo import demo
+from geo3d.inspection.cli import inspect_cmd
 from geo3d.submit import submit_app
 from precompute.cli import precompute
 from train.cli import train
@@ -33,6 +34,8 @@ app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_
 app.command("report", help="Compare runs: loss curves, compressor grad norms, geometry attention, success.")(
     report_cmd)
 app.command("demo", help="Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset.")(demo)
+app.command("inspect", help="Write exactly what the VLM and geometry encoder receive for one frame (dataset or sim).")(
+    inspect_cmd)
 app.add_typer(submit_app, name="submit", help="Render sbatch scripts and submit them to SLURM.")
 
 if __name__ == "__main__":

@@ -96,6 +96,27 @@ def test_eval_images_are_the_training_images(sim_trace, tmp_path):
         np.testing.assert_allclose(state, train_item["state"], rtol=0, atol=1e-6)
 
 
+def test_a_bundled_init_state_renders_like_the_stored_demo_frame(sim_trace):
+    """Real pixels: libero_spatial task 0 from bundled init state 0 (settled like the generator did), mapped the
+    way eval maps it, equals the stored demo frame 0 of that episode through the training path up to AV1 noise,
+    and is far from its 180-degree turn: this cannot pass if either path is upside down."""
+    from evaluation.frames import observation_to_inputs
+    from geo3d.data.mixture import LiberoMixture
+    from geo3d.data.suites import DEMO_DATA_ROOT
+
+    gen = json.loads((DEMO_DATA_ROOT / "generation.json").read_text())
+    (ep,) = [m for m in gen["episodes"] if (m["suite"], m["task_id"], m["init_state_id"]) == ("libero_spatial", 0, 0)]
+    mixture = LiberoMixture("demo", image_size=IMAGE)
+    assert mixture.paths[0].name.startswith("libero_spatial")
+    train_images = mixture[mixture.global_index(0, ep["episode_index"], 0)]["images"].astype(int)
+    eval_images = observation_to_inputs(sim_trace["settled"], IMAGE)[0].astype(int)
+    for v in range(2):  # agentview, wrist
+        diff = np.abs(eval_images[v] - train_images[v]).mean()
+        turned = np.abs(eval_images[v][::-1, ::-1] - train_images[v]).mean()
+        print(f"view {v}: |eval - stored| {diff:.2f}, |eval turned - stored| {turned:.2f}")
+        assert diff < 4 and turned > 5 * diff, (v, diff, turned)
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     return evaluated_run(tmp_path_factory.getbasetemp() / "eval_runs")
