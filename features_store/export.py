@@ -214,8 +214,7 @@ def read_export(path: Path, fmt: str) -> tuple[dict[str, Any], Iterator[np.ndarr
     meta = json.loads((path / "metadata.json").read_text())
     if fmt == "npy":
         index = {k: np.load(path / "index" / f"{k}.npy") for k in INDEX_FIELDS}
-        tok = np.load(path / "tokens.npy", mmap_mode="r")
-        return meta, (np.array(tok[lo:lo + 64]) for lo in range(0, len(tok), 64)), index
+        return meta, _npy_blocks(path / "tokens.npy"), index
     import torch
 
     parts = json.loads((path / "parts.json").read_text())
@@ -230,6 +229,19 @@ def read_export(path: Path, fmt: str) -> tuple[dict[str, Any], Iterator[np.ndarr
         for p in parts:
             yield torch.load(path / p["file"], weights_only=True)["tokens"].view(torch.uint16).numpy()
     return meta, pt_blocks(), {k: np.concatenate(v) for k, v in index.items()}
+
+
+def _npy_blocks(path: Path, frames: int = 64) -> Iterator[np.ndarray]:
+    """tokens.npy in blocks read with plain file reads (a memory map would keep every page read resident)."""
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        per = int(np.prod(shape[1:])) * dtype.itemsize
+        for lo in range(0, shape[0], frames):
+            n = min(frames, shape[0] - lo)
+            yield np.frombuffer(f.read(n * per), dtype=dtype).reshape(n, *shape[1:])
 
 
 def verify_export(path: Path, fmt: str, sel: Selection, store_idx: dict[str, np.ndarray]) -> None:
