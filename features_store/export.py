@@ -217,17 +217,17 @@ def read_export(path: Path, fmt: str) -> tuple[dict[str, Any], Iterator[np.ndarr
         return meta, _npy_blocks(path / "tokens.npy"), index
     import torch
 
-    parts = json.loads((path / "parts.json").read_text())
+    parts = json.loads((path / "parts.json").read_text())  # parts are memory-mapped: pages go with each part
     index = {k: [] for k in INDEX_FIELDS}
     for p in parts:
-        d = torch.load(path / p["file"], weights_only=True)
+        d = torch.load(path / p["file"], weights_only=True, mmap=True)
         for k in INDEX_FIELDS:
             v = d[k].numpy()
             index[k].append(v.view(np.uint64) if k in (L.CONTENT_ID, L.CHECKSUM) else v)
 
     def pt_blocks() -> Iterator[np.ndarray]:
         for p in parts:
-            yield torch.load(path / p["file"], weights_only=True)["tokens"].view(torch.uint16).numpy()
+            yield torch.load(path / p["file"], weights_only=True, mmap=True)["tokens"].view(torch.uint16).numpy()
     return meta, pt_blocks(), {k: np.concatenate(v) for k, v in index.items()}
 
 

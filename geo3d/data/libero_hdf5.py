@@ -73,6 +73,8 @@ class LiberoHDF5Dataset(EpisodeDataset):
     fps = FPS
 
     def __init__(self, path: str | Path, table_cache_size: int = 64, video_cache_size: int = 4):
+        """table_cache_size: episodes whose state/action columns stay cached; video_cache_size: unused (the
+        LeRobot reader's knob, accepted so `open_dataset` passes the same arguments to either reader)."""
         self.path = Path(path)
         self.files = sorted(self.path.glob(FILE_GLOB), key=lambda p: p.name)
         if not self.files:
