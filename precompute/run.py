@@ -55,9 +55,18 @@ def _prefetch(p: Any) -> int:
     return max(2, 2 * int(p.decode_workers))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a SLURM/cgroup CPU set, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _cpu_threads(p: Any) -> int:
-    """On a CPU device: oversubscribed OpenMP threads (decode workers, other jobs) slow the encoder ~10x."""
-    return int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers))))
+    """On a CPU device: oversubscribed OpenMP threads (decode processes, other jobs) slow the encoder ~10x, so
+    by default each decode process gets a CPU; with decode_workers=0 the encoder uses every CPU."""
+    return int(p.cpu_threads or max(1, usable_cpus() - int(p.decode_workers)))
 
 
 def _refuse_old_orientation(store_path: Path, overwrite: bool) -> None:

@@ -58,7 +58,8 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     # what the geometry encoder got: its normalized views rebuilt from the PNGs equal those of the stored frame
     from precompute.encoders.views import frames_to_model_input
     stored = frames_to_model_input(mixture.read_stored_frames(130), p.encoder.image_size, "upright")
-    for a, b in zip(p.encoder.model_inputs(torch.from_numpy(geo_png[None])), p.encoder.model_inputs(torch.from_numpy(stored[None]))):
+    rebuilt = p.encoder.model_inputs(torch.from_numpy(geo_png[None]))
+    for a, b in zip(rebuilt, p.encoder.model_inputs(torch.from_numpy(stored[None]))):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(geo_png, stored)  # upright LeRobot frames, unturned
     np.testing.assert_array_equal(vlm_png, item["images"])  # 224 is already a Qwen size: no resize

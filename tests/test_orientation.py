@@ -33,7 +33,7 @@ def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precomput
     new = make_matching_store(mix, tmp_path / "new", 2, 4, 8)
     cfg = OmegaConf.create({"model": {"geometry": {"views": 2, "tokens_per_view": 4, "dim": 8}},
                             "train": {"store_check_frames": 4}})
-    with pytest.raises(StoreError, match=r"old image orientation.*upside-down.*geo3d precompute --store .*old --overwrite"):
+    with pytest.raises(StoreError, match=r"old image orientation.*upside-down.*precompute --store .*old --overwrite"):
         open_checked_store(cfg, str(old), mix)
     with pytest.raises(StoreError, match="old image orientation"):
         _refuse_old_orientation(old, overwrite=False)

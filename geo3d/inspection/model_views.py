@@ -39,7 +39,8 @@ def vlm_images(vlm_inputs: dict[str, Any], image_processor: Any) -> list[np.ndar
     return out
 
 
-def encoder_images(views: Sequence[torch.Tensor], mean_std: tuple[Sequence[float], Sequence[float]]) -> list[np.ndarray]:
+def encoder_images(views: Sequence[torch.Tensor],
+                   mean_std: tuple[Sequence[float], Sequence[float]]) -> list[np.ndarray]:
     """The geometry encoder's normalized views (V x [1,3,S,S]) -> V uint8 [S,S,3]."""
     mean, std = (np.asarray(v, np.float64) for v in mean_std)
     return [to_uint8((v[0].detach().float().cpu().numpy().transpose(1, 2, 0) * std + mean) * 255.0) for v in views]

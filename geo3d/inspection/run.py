@@ -62,9 +62,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 def prompt_text(processor: Any, input_ids: torch.Tensor) -> str:
     """The prompt decoded from the actual token ids, runs of image-pad tokens shown as `<|image_pad|>x64`."""
     text = processor.hf.tokenizer.decode(input_ids.tolist(), skip_special_tokens=False)
-    pad = re.escape(processor.hf.image_token)
-    return re.sub(f"(?:{pad})+", lambda m: f"{processor.hf.image_token}x{len(m.group(0)) // len(processor.hf.image_token)}",
-                  text)
+    token = processor.hf.image_token
+    return re.sub(f"(?:{re.escape(token)})+", lambda m: f"{token}x{len(m.group(0)) // len(token)}", text)
 
 
 def _png(path: Path, img: np.ndarray) -> str:
@@ -94,7 +93,8 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     for v, img in enumerate(encoder_images(geo_views, norm_mean_std(enc.data_norm_type))):
         files[f"geometry_{VIEWS[v]}"] = _png(out / f"geometry_{VIEWS[v]}.png", img)
     ids = vlm["input_ids"][0][vlm["attention_mask"][0].bool()]
-    normalized = None if sample.actions is None or paths.normalizer is None else paths.normalizer.normalize(sample.actions)
+    normalized = (None if sample.actions is None or paths.normalizer is None
+                  else paths.normalizer.normalize(sample.actions))
     result = {
         **sample.where, "checkpoint": paths.checkpoint, "files": files,
         "instruction": sample.instruction,
@@ -104,7 +104,8 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
         "action_pad": None if sample.action_pad is None else sample.action_pad.tolist(),
         "content_id": f"{int(sample.content_id):016x}",
         "orientation": {"source": sample.source_orientation, "image_path_probe": orientation_probe()},
-        "vlm_input": {"image_grid_thw": vlm["image_grid_thw"].tolist(), "pixel_values": list(vlm["pixel_values"].shape),
+        "vlm_input": {"image_grid_thw": vlm["image_grid_thw"].tolist(),
+                      "pixel_values": list(vlm["pixel_values"].shape),
                       "image_mean": list(paths.processor.hf.image_processor.image_mean),
                       "image_std": list(paths.processor.hf.image_processor.image_std)},
         "geometry_input": {"encoder": enc.identity(), "image_size": enc.image_size,
