@@ -10,6 +10,7 @@ import typer
 from evaluation.cli import eval_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from features_store.lease_cli import leases
+from features_store.export_cli import export_cmd
 from geo3d.demo import demo
 from geo3d.inspection.cli import inspect_cmd
 from geo3d.doctor.cli import doctor
@@ -28,6 +29,8 @@ app.command("precompute", help="Stage 1: encode every frame with the frozen enco
 app.command("verify-cache", help="Prove a features store complete and true (exit 0 clean, 1 faults, 2 usage).")(
     verify_cache)
 app.command("leases", help="List shard leases and their owners; --break frees those whose owner is gone.")(leases)
+app.command("export", help="Export cached tokens + index + metadata as hdf5|npy|pt, verified bit for bit.")(
+    export_cmd)
 app.command("train", help="Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens.")(train)
 app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + numpy).")(serve_cmd)
 app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)

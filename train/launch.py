@@ -114,7 +114,8 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
         state.ema = EMA(policy, float(cfg.train.ema.decay))
     model, optimizer = acc.prepare(policy, optimizer)
     acc.register_for_checkpointing(scheduler, state)
-    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name))
+    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name),
+                           store=setup._store_record(cfg, spec))
     if ckpt is not None:
         acc.load_state(str(ckpt / "resume"))
         acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")
