@@ -96,9 +96,8 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 
 
 def final_weights(run: Path) -> dict:
-    import torch
-    return torch.load(run / "checkpoints" / f"steps_{STEPS}" / f"steps_{STEPS}_pytorch_model.pt",
-                      map_location="cpu", weights_only=True)
+    from train.weights_io import load_weights
+    return load_weights(run / "checkpoints" / f"steps_{STEPS}")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def test_chain_precompute_verify_train(chain, cluster, work):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     ckpt = work / "runs" / "pool" / "checkpoints" / f"steps_{STEPS}"
-    assert (ckpt / f"steps_{STEPS}_pytorch_model.pt").is_file() and (ckpt / "checkpoint.json").is_file()
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "checkpoint.json").is_file()
     # the submission records how it was made: scripts, resolved config, provenance, job ids, logs
     for name in ("precompute.sbatch", "verify.sbatch", "train_pool.sbatch", "ablation.sh",
                  "resolved_config.yaml", "provenance.json", "jobs.json"):

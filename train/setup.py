@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.config import data_root_from, save_resolved
 from geo3d.errors import Geo3dError, StoreError
 from geo3d.provenance import provenance
-from train.checkpoint import latest_checkpoint
+from train.checkpoint import latest_checkpoint, read_marker
 from train.metrics import METRICS_FILE
 from train.run_config import resume_differences, run_dir_of
 
@@ -76,6 +76,7 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
         raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
                          f"--out NEW_DIR for a new run")
     if ckpt is not None:
+        read_marker(ckpt)  # an old-format checkpoint is refused here, before anything is built
         saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
         diffs = resume_differences(saved, cfg)  # type: ignore[arg-type]
         if diffs:
