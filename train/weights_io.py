@@ -27,7 +27,7 @@ def _dedupe_tied(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
     kept: dict[str, torch.Tensor] = {}
     by_storage: dict[tuple, str] = {}
     tied: dict[str, str] = {}
-    for name in sorted(state_dict):
+    for name in state_dict:  # module order: the embedding is kept, lm_head (registered later) becomes the alias
         t = state_dict[name]
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if t.numel() and key in by_storage:

@@ -103,6 +103,7 @@ class QwenVLBackbone(nn.Module):
         with torch.device("meta") if meta else contextlib.nullcontext(), no_init_weights():
             model = Qwen2_5_VLForConditionalGeneration._from_config(
                 config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
+        model.tie_weights()  # skipped with the initialization (3B: lm_head shares the input embeddings)
         return cls(model, None)
 
     def save_config(self, directory: Path) -> None:
