@@ -45,14 +45,16 @@ def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
-    """Parameter counts per top-level module (total and trainable, after the freeze list) — no memory used."""
+    """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
+    memory estimate (train/memory.py) — no memory used."""
+    from train.memory import estimate_memory
     from train.modeling.policy import build_policy
     from train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
     return {"model_config": cfg.model_config, "compressor": compressor, "freeze": list(cfg.train.freeze),
-            "params": policy.param_counts()}
+            "params": policy.param_counts(), "memory": estimate_memory(cfg)}
 
 
 def loader_options(train_cfg: DictConfig) -> dict[str, Any]:
