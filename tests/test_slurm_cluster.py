@@ -1,7 +1,8 @@
 """geo3d on a REAL SLURM: a throwaway single-node cluster (munged + slurmctld + slurmd, 2 CPUs, 2 fake GPUs).
 
-- the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run,
-  ending in a verified store and a checkpoint;
+- the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run ->
+  its eval job in the LIBERO simulator, ending in a verified store, a checkpoint and its results;
+- the time-limit signal on a `geo3d submit eval` job: it keeps its episodes, requeues, and resumes the rest;
 - `scontrol requeue` of the precompute array mid-run: the tasks resume and the store is bit-identical to
   the uninterrupted one;
 - the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
@@ -39,6 +40,7 @@ JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.p
             "slurm.train.time=00:20:00"]
 PRECOMPUTE_ARGS = ["store.shard_frames=8", "precompute.decode_workers=0", "precompute.batch_size=8"]
 TRAIN_ARGS = [f"train.max_steps={STEPS}", "train.save_interval=100", "train.log_interval=1"]
+EVAL_JOB = ["slurm.eval.cpus=1", "slurm.eval.mem=6G", "slurm.eval.time=00:20:00", "eval.tasks=[0]"]
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +104,14 @@ def final_weights(run: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def chain(cluster, work):
-    """The full chain once: precompute array (2 tasks) -> verify -> train (pool), via `geo3d submit ablation`."""
+    """The full chain once: precompute array (2 tasks) -> verify -> train (pool) -> eval on libero_spatial (one
+    short episode in the simulator), via `geo3d submit ablation`."""
     job_dir, jobs = submit(cluster, "ablation", "--suite", "demo", "--data-root", str(work / "data"),
                            "--encoder", "tiny", "--store", str(work / "store.zarr"), "--out", str(work / "runs"),
                            "--compressors", "pool", f"slurm.submit_dir={work / 'submissions'}",
-                           *PRECOMPUTE_ARGS, *TRAIN_ARGS)
-    assert list(jobs) == ["precompute", "verify", "train_pool"]
+                           "slurm.ablation.eval_suites=[libero_spatial]", "eval.episodes_per_task=1",
+                           "eval.max_steps=10", *EVAL_JOB, *PRECOMPUTE_ARGS, *TRAIN_ARGS)
+    assert list(jobs) == ["precompute", "verify", "train_pool", "eval_pool_libero_spatial"]
     assert_completed(cluster, job_dir, jobs)
     return job_dir, jobs
 
@@ -180,6 +184,30 @@ def test_train_time_limit_signal_checkpoints_requeues_and_resumes_exactly(chain,
     ours, reference = final_weights(run), final_weights(work / "runs" / "pool")
     assert ours.keys() == reference.keys()
     assert all(ours[k].equal(reference[k]) for k in ours), "resumed run diverged from the uninterrupted one"
+
+
+def test_chain_eval_job_evaluates_the_trained_checkpoint(chain, work):
+    results = json.loads((work / "runs" / "pool" / f"eval_libero_spatial_step{STEPS}" / "results.json").read_text())
+    assert results["complete"] and results["step"] == STEPS and len(results["episodes"]) == 1
+    assert results["checkpoint"].endswith(f"checkpoints/steps_{STEPS}")
+
+
+def test_eval_time_limit_signal_requeues_and_resumes_the_episodes(chain, cluster, work):
+    out = work / "eval_requeued"
+    job_dir, jobs = submit(cluster, "eval", "--ckpt", str(work / "runs" / "pool"), "--suite", "libero_spatial",
+                           "--eval-out", str(out), f"slurm.submit_dir={work / 'submissions'}",
+                           "eval.episodes_per_task=5", "eval.max_steps=60", *EVAL_JOB)
+    job = jobs["eval"]
+    episodes = out / "episodes.jsonl"
+    wait_for(lambda: episodes.is_file() and episodes.read_text().count("\n") >= 1, 400, "a first episode", cluster)
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    assert_completed(cluster, job_dir, jobs)
+    log = (job_dir / "logs" / f"eval_{job}.out").read_text()
+    assert "requeueing job" in log and "restart 1" in log, log
+    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    done = [json.loads(line) for line in episodes.read_text().splitlines()]
+    assert sorted(r["episode"] for r in done) == [0, 1, 2, 3, 4]  # each episode run exactly once
+    assert json.loads((out / "results.json").read_text())["complete"]
 
 
 def test_a_failed_stage_cancels_the_jobs_waiting_on_it(cluster, work):
