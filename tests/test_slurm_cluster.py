@@ -145,6 +145,17 @@ def wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> Non
         time.sleep(0.2)
 
 
+def usr1_requeued(cluster: SlurmCluster, job_dir: Path, job: str, name: str, timeout: float = 600) -> str:
+    """Do what `#SBATCH --signal=B:USR1@N` does at the time limit (USR1 to the batch shell only); return the
+    job's log once it saved, requeued itself and completed."""
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    assert_completed(cluster, job_dir, {name: job}, timeout)
+    log = (job_dir / "logs" / f"{name}_{job}.out").read_text()
+    assert "requeueing job" in log and "restart 1" in log, log
+    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    return log
+
+
 def test_precompute_array_requeued_mid_run_resumes_to_an_identical_store(chain, cluster, work):
     store = work / "store_requeued.zarr"
     job_dir, jobs = submit(cluster, "precompute", "--suite", "demo", "--data-root", str(work / "data"),
@@ -175,12 +186,8 @@ def test_train_time_limit_signal_checkpoints_requeues_and_resumes_exactly(chain,
     job = jobs["train_pool"]
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 300, "a first step", cluster)
-    # what `#SBATCH --signal=B:USR1@N` does at the time limit: USR1 to the batch shell only
-    cluster.run("scancel", "--batch", "--signal=USR1", job)
-    assert_completed(cluster, job_dir, jobs)
-    log = (job_dir / "logs" / f"train_pool_{job}.out").read_text()
-    assert "requeueing job" in log and "--resume" in log and "restart 1" in log, log
-    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    log = usr1_requeued(cluster, job_dir, job, "train_pool")
+    assert "--resume" in log, log
     ours, reference = final_weights(run), final_weights(work / "runs" / "pool")
     assert ours.keys() == reference.keys()
     assert all(ours[k].equal(reference[k]) for k in ours), "resumed run diverged from the uninterrupted one"
@@ -196,17 +203,13 @@ def test_eval_time_limit_signal_requeues_and_resumes_the_episodes(chain, cluster
     out = work / "eval_requeued"
     job_dir, jobs = submit(cluster, "eval", "--ckpt", str(work / "runs" / "pool"), "--suite", "libero_spatial",
                            "--eval-out", str(out), f"slurm.submit_dir={work / 'submissions'}",
-                           "eval.episodes_per_task=5", "eval.max_steps=60", *EVAL_JOB)
+                           "eval.episodes_per_task=3", "eval.max_steps=15", *EVAL_JOB)
     job = jobs["eval"]
     episodes = out / "episodes.jsonl"
     wait_for(lambda: episodes.is_file() and episodes.read_text().count("\n") >= 1, 400, "a first episode", cluster)
-    cluster.run("scancel", "--batch", "--signal=USR1", job)
-    assert_completed(cluster, job_dir, jobs)
-    log = (job_dir / "logs" / f"eval_{job}.out").read_text()
-    assert "requeueing job" in log and "restart 1" in log, log
-    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    usr1_requeued(cluster, job_dir, job, "eval", timeout=1200)  # a loaded 2-core machine: minutes per episode
     done = [json.loads(line) for line in episodes.read_text().splitlines()]
-    assert sorted(r["episode"] for r in done) == [0, 1, 2, 3, 4]  # each episode run exactly once
+    assert sorted(r["episode"] for r in done) == [0, 1, 2]  # each episode run exactly once
     assert json.loads((out / "results.json").read_text())["complete"]
 
 

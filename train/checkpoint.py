@@ -32,7 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from geo3d.errors import Geo3dError
-from train.weights_io import fsync_dir, load_weights, save_weights, tied_aliases, weight_files
+from features_store.fsutil import fsync_dir, fsync_tree
+from train.weights_io import load_weights, save_weights, tied_aliases, weight_files
 
 CKPT_DIR = "checkpoints"
 MARKER = "checkpoint.json"
@@ -136,11 +137,12 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerStat
         record = write_inference_files(partial, weights, accelerator.unwrap_model(model), pipeline, cfg, state.step)
         marker = {"step": state.step, **record, "ema_weights": state.ema is not None, **meta}
         (partial / MARKER).write_text(json.dumps(marker, indent=2, default=str))
-        fsync_dir(partial)
+        fsync_tree(partial)
         if final.exists():  # only a dir without a marker can be here (a complete one would have been resumed
             # from, and the loop saves each step once): not a checkpoint, so replacing it loses nothing
             shutil.rmtree(final)
         os.replace(partial, final)
+        fsync_dir(final.parent)
     accelerator.wait_for_everyone()
     return final
 

@@ -9,7 +9,6 @@ to write twice: each group is written once under its first name; the others are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -104,14 +103,3 @@ def load_into(module: torch.nn.Module, directory: str | Path, device: str | torc
     if missing or unexpected:
         raise Geo3dError(f"checkpoint {directory} does not fit the model its config builds: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """Flush every file under `directory` to disk (before the rename that publishes a checkpoint)."""
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
