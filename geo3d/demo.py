@@ -70,7 +70,7 @@ def demo(
     }
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
                "seconds": {k: round(v, 1) for k, v in timings.items()},
-               "checkpoints": sorted(str(p) for p in run_dir.glob("**/steps_*_pytorch_model.pt"))}
+               "checkpoints": sorted(str(p) for p in (p.parent for p in run_dir.glob("checkpoints/steps_*/checkpoint.json")))}
     (logs / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== demo finished")
     print(f"  features store : {store}  (verified)")

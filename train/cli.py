@@ -25,7 +25,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the run directory from its latest "
                                                         "checkpoint (starts fresh if it has none)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build the model on the meta device, print parameter "
-                                                          "counts per module as JSON, and exit."),
+                                                          "counts per module and the per-GPU memory estimate "
+                                                          "(JSON on stdout, a table on stderr), and exit."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for (train.max_steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (train.seed)."),
 ) -> None:
@@ -45,7 +46,10 @@ def train(
     cfg = compose_train_config(config, overrides, flags)
     if dry_run:
         from train.launch import dry_run as build_dry_run
-        typer.echo(json.dumps(build_dry_run(cfg), indent=2))
+        report = build_dry_run(cfg)
+        memory = report.pop("memory")
+        typer.echo(json.dumps({**report, "memory": memory.as_dict()}, indent=2))
+        typer.echo("per-GPU training memory (estimate):\n" + memory.render(), err=True)
         return
     from geo3d.storage_faults import resume_command, storage_guard
     from train.launch import run_training
