@@ -141,11 +141,11 @@ def state_from_obs(obs: dict) -> np.ndarray:
                            obs["robot0_gripper_qpos"]]).astype(np.float32)
 
 
-def frames_as_stored(obs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(agentview, wrist) as the LeRobot datasets store them: the raw render rotated 180 degrees.
+def raw_frames(obs: dict) -> np.ndarray:
+    """(agentview, wrist) as the simulator renders them, uint8 [2,H,W,3] in orientation `raw_render`.
 
-    Same as openvla's LIBERO regeneration (`obs["agentview_image"][::-1, ::-1]`), which the IPEC LeRobot
-    datasets were converted from; policies trained on those see exactly these pixels.
+    robosuite renders upside down; `geo3d.data.transforms.to_model_images(..., RAW_RENDER)` turns them
+    180 degrees once (openvla's `obs["agentview_image"][::-1, ::-1]`), which is how the upright LeRobot
+    datasets store them, so policies see the same pixels in training and in the simulator.
     """
-    return (np.ascontiguousarray(obs["agentview_image"][::-1, ::-1]),
-            np.ascontiguousarray(obs["robot0_eye_in_hand_image"][::-1, ::-1]))
+    return np.stack([obs["agentview_image"], obs["robot0_eye_in_hand_image"]])

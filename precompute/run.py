@@ -60,6 +60,15 @@ def _cpu_threads(p: Any) -> int:
     return int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers))))
 
 
+def _refuse_old_orientation(store_path: Path, overwrite: bool) -> None:
+    """Resuming a store made with the old (upside-down) image path would mix two orientations: refuse."""
+    from features_store.metadata import read_metadata, spec_from_metadata
+    from geo3d.data.orientation import refuse_old_store
+
+    if not overwrite and (store_path / "zarr.json").is_file():
+        refuse_old_store(spec_from_metadata(read_metadata(store_path)).preprocessing, store_path)
+
+
 def run_precompute(cfg: DictConfig) -> RunResult:
     """One worker: check, start decoding, build the encoder, open/create the store, encode until done."""
     import torch
@@ -109,6 +118,7 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
 
     p = cfg.precompute
     spec = build_spec(encoder, mixture, cfg.store)
+    _refuse_old_orientation(Path(p.store), bool(p.overwrite))
     store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
     cfg_path, log_path = _log_paths(store.path)
     save_resolved(cfg, cfg_path.parent, cfg_path.name)

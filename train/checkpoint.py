@@ -126,4 +126,7 @@ def read_marker(ckpt_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise Geo3dError(f"{ckpt_dir} is not a complete geo3d checkpoint (no {MARKER}); pass a "
                          f"checkpoints/steps_<N> directory or a run directory that has one")
-    return json.loads(path.read_text())
+    from geo3d.data.orientation import refuse_old_checkpoint
+    marker = json.loads(path.read_text())
+    refuse_old_checkpoint(marker, ckpt_dir)
+    return marker

@@ -49,6 +49,10 @@ def _as_numpy(col: pa.ChunkedArray) -> np.ndarray:
 class LeRobotDataset:
     """One LeRobot dataset folder: metadata at construction, columns and frames on demand."""
 
+    # LIBERO LeRobot frames are stored upright (openvla turned the raw renders 180 degrees when it built the
+    # RLDS data; the LeRobot conversions copied them): they reach the models unturned (geo3d.data.transforms).
+    FRAME_ORIENTATION = "upright"
+
     def __init__(self, path: str | Path, table_cache_size: int = 64, video_cache_size: int = 4):
         self.path = Path(path)
         self.info = self._read_info()

@@ -106,8 +106,12 @@ class LiberoMixture:
             yield frames, frame_content_id(frames)
 
     # ---- random access (stage 2) ------------------------------------------------------------------
+    def frame_orientation(self, dataset_id: int) -> str:
+        """How dataset `dataset_id` stores its frames (its reader's FRAME_ORIENTATION; see transforms)."""
+        return str(type(self.datasets[dataset_id]).FRAME_ORIENTATION)
+
     def read_stored_frames(self, i: int) -> np.ndarray:
-        """Frames of global index i as stored (rotated), uint8 [V,H,W,3]."""
+        """Frames of global index i as stored (see `frame_orientation`), uint8 [V,H,W,3]."""
         d, e, f = self.locate(i)
         return self.datasets[d].read_frame(e, f)
 
@@ -125,7 +129,7 @@ class LiberoMixture:
         cols = ds.episode_columns(e)
         actions, pad = self.action_chunk(d, e, f)
         return {
-            "images": to_model_images(ds.read_frame(e, f), self.image_size),
+            "images": to_model_images(ds.read_frame(e, f), self.image_size, self.frame_orientation(d)),
             "instruction": ds.task_text(cols["task_index"][f]),
             "state": cols[STATE_KEY][f].copy(),
             "actions": actions,

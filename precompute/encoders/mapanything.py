@@ -144,6 +144,18 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model, config
 
 
+def model_norm_type(model: torch.nn.Module) -> str:
+    """The image normalization the model's encoder was trained with (`encoder.data_norm_type`), checked known."""
+    from precompute.encoders.views import norm_mean_std
+
+    norm = getattr(getattr(model, "encoder", None), "data_norm_type", None)
+    if not isinstance(norm, str):
+        raise Geo3dError("the MapAnything model has no encoder.data_norm_type, so the image normalization it "
+                         "expects is unknown; this adapter supports mapanything v1.x (uniception 0.1.x)")
+    norm_mean_std(norm)  # refuses a type geo3d does not know
+    return norm
+
+
 class MapAnythingEncoder(GeometryEncoder):
     """Frozen MapAnything; tokens = per-view final info_sharing features pooled to T per view."""
 
@@ -156,7 +168,7 @@ class MapAnythingEncoder(GeometryEncoder):
         check_image_size(image_size)  # before the ~20 s model build
         self.weights = check_weights_dir(weights)
         model, self.config = load_mapanything(self.weights)
-        self.norm_type = getattr(model.encoder, "data_norm_type", "dinov2")
+        self.data_norm_type = model_norm_type(model)
         dim = int(self.config["info_sharing_config"]["module_args"].get("dim", 1536))
         super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=dim,
                          device=device, dtype=dtype)
@@ -171,7 +183,7 @@ class MapAnythingEncoder(GeometryEncoder):
         from uniception.models.info_sharing.base import MultiViewTransformerInput
 
         m = self.model
-        inputs = [{"img": v, "data_norm_type": [self.norm_type]} for v in views]
+        inputs = [{"img": v, "data_norm_type": [self.data_norm_type]} for v in views]
         feats, registers = m._encode_n_views(inputs)
         with torch.autocast(self.device.type, enabled=False):
             fused = [m.fusion_norm_layer(f.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
