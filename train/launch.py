@@ -51,8 +51,10 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
-    return {"model_config": cfg.model_config, "compressor": compressor, "freeze": list(cfg.train.freeze),
-            "params": policy.param_counts()}
+    counts = policy.param_counts()
+    return {"model_config": cfg.model_config, "preset": setup.preset_of(cfg), "compressor": compressor,
+            "freeze": list(cfg.train.freeze), "params": counts,
+            "params_millions": {name: round(c["total"] / 1e6, 2) for name, c in counts.items()}}
 
 
 def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerState, acc: Any) -> tuple[Any, Any]:

@@ -120,7 +120,7 @@ def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
     save_resolved(cfg, run_dir, RESOLVED_CONFIG)
     path = run_dir / "provenance.json"
     launches = json.loads(path.read_text()) if path.exists() else []
-    launches.append({**provenance(), "store": _store_record(cfg, store_spec)})
+    launches.append({**provenance(), "preset": preset_of(cfg), "store": _store_record(cfg, store_spec)})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(launches, indent=2, default=str))
     os.replace(tmp, path)
@@ -136,5 +136,11 @@ def _store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
 def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
     """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
     from geo3d.data.orientation import orientation_probe
-    return {"compressor": compressor_type(cfg), "store": _store_record(cfg, spec), "provenance": provenance(),
-            "image_orientation": orientation_probe()}
+    return {"compressor": compressor_type(cfg), "preset": preset_of(cfg), "store": _store_record(cfg, spec),
+            "provenance": provenance(), "image_orientation": orientation_probe()}
+
+
+def preset_of(cfg: DictConfig) -> str | None:
+    """The design preset the run was composed with (configs/preset/<name>.yaml), None if none was named."""
+    value = OmegaConf.select(cfg, "preset", default=None)
+    return str(value) if value is not None else None
