@@ -152,16 +152,18 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
     training image path (mean abs, PSNR; the stored frame turned by 180 degrees too), and the codec's own
     noise on these very renders (AV1 round trip, then the same image path) as the yardstick."""
     from evaluation.frames import observation_to_inputs
-    from geo3d.data.transforms import to_model_images
-    from geo3d.sim import frames_as_stored
+    from geo3d.data.transforms import RAW_RENDER, to_model_images, to_upright
+    from geo3d.sim import raw_frames
 
     fps = mixture.datasets[span.dataset_id].fps
+    stored_as = mixture.frame_orientation(span.dataset_id)
     evals = np.stack([observation_to_inputs(trace[t], image_size)[0] for t in range(steps)])
     trains = np.stack([mixture[span.start + t]["images"] for t in range(steps)])
     out = {}
     for v, cam in enumerate(CAMERAS):
-        renders = np.stack([frames_as_stored(trace[t])[v] for t in range(steps)])
-        coded = to_model_images(codec_roundtrip(renders, fps), image_size)
+        # the renders as the dataset would store them (demo generator: upright), through the codec and back
+        renders = np.stack([to_upright(raw_frames(trace[t])[v], RAW_RENDER) for t in range(steps)])
+        coded = to_model_images(codec_roundtrip(renders, fps), image_size, stored_as)
         out[cam] = {"mean_abs": _mean_abs(evals[:, v], trains[:, v]), "psnr_db": _psnr(evals[:, v], trains[:, v]),
                     "codec_mean_abs": _mean_abs(evals[:, v], coded),
                     "mean_abs_rot180": _mean_abs(evals[:, v], trains[:, v, ::-1, ::-1])}
