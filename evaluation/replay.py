@@ -200,20 +200,30 @@ def judge(rep: ReplayReport, tol: Tolerances, full: bool) -> list[str]:
     return problems
 
 
-def replay(cfg: Any, suite: str, episode: int, task_id: int | None = None, init_state: int | None = None,
+def dataset_episodes(root: Path, suite: str) -> list[int]:
+    """Episode indices of the suite's dataset folder under root."""
+    from geo3d.data.lerobot_format import LeRobotDataset
+    from geo3d.data.suites import resolve_suite
+
+    ds = LeRobotDataset(resolve_suite(suite, root)[0])
+    try:
+        return list(ds.episode_indices)
+    finally:
+        ds.close()
+
+
+def replay(cfg: Any, suite: str, episode: int, root: Path, task_id: int | None = None, init_state: int | None = None,
            seed: int | None = None, max_steps: int | None = None, video_dir: str | None = None,
            tol: Tolerances = Tolerances()) -> ReplayReport:
-    """Replay one episode of `suite` (a single LIBERO suite under cfg.data's root) and report what differs.
+    """Replay one episode of `suite`'s dataset folder under `root` and report what differs.
 
     task/init state/seed default to the dataset's generation.json; the seed falls back to eval.seed."""
     from evaluation.evaluate import resolve_gl, settings_from
     from evaluation.runner import Job, PolicySource, _Worker
     from geo3d import sim
     from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.suites import resolve_data_root
 
     start = time.perf_counter()
-    root = resolve_data_root(str(cfg.data.suite), cfg.data.data_root)
     recorded_success = None
     if task_id is None or init_state is None:
         task_id, init_state, recorded_success, gen_seed = episode_origin(root, suite, episode)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from evaluation.cli import eval_cmd, report_cmd, serve_cmd
+from evaluation.cli import eval_cmd, replay_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from geo3d.demo import demo
 from geo3d.submit import submit_app
@@ -27,6 +27,8 @@ app.command("verify-cache", help="Prove a features store complete and true (exit
 app.command("train", help="Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens.")(train)
 app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + numpy).")(serve_cmd)
 app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)
+app.command("replay", help="Replay dataset episodes in the simulator under eval's protocol: do they reproduce?")(
+    replay_cmd)
 app.command("report", help="Compare runs: loss curves, compressor grad norms, geometry attention, success.")(
     report_cmd)
 app.command("demo", help="Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset.")(demo)
