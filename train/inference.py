@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from geo3d.errors import Geo3dError
 from train.checkpoint import latest_checkpoint, read_marker
+from train.precision import inference_autocast
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -87,7 +88,8 @@ class LoadedPolicy:
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         batch["geometry"] = self._geometry(imgs, geometry)
         batch["state"] = torch.as_tensor(np.asarray(state, dtype=np.float32)).reshape(1, -1).to(self.device)
-        normalized = self.policy.predict_action(batch)[0].float().cpu().numpy()
+        with inference_autocast(self.cfg.train.get("mixed_precision", "auto"), self.device):
+            normalized = self.policy.predict_action(batch)[0].float().cpu().numpy()
         return np.asarray(self.normalizer.unnormalize(normalized), dtype=np.float32)
 
 

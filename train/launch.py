@@ -18,9 +18,8 @@ from train.trainer import TrainingParts, TrainResult, train_loop
 
 def make_accelerator(cfg: DictConfig) -> Any:
     from accelerate import Accelerator
-    precision = str(cfg.train.mixed_precision)
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
+    from train.precision import accelerate_precision
+    precision = accelerate_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
     acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
@@ -87,6 +86,7 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from train.metrics import MetricsLogger
     from train.modeling.policy import build_policy
     from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
+    from train.precision import keep_trainable_fp32
 
     setup.preflight(cfg)
     store = setup.check_store_path(cfg)
@@ -105,6 +105,7 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     set_seed(int(cfg.train.seed))
     policy = build_policy(cfg.model, device=str(acc.device))
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
+    keep_trainable_fp32(policy, acc.mixed_precision)  # fp32 master weights; compute follows acc's autocast
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     state = TrainerState()
