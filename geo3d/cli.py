@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from evaluation.cli import eval_cmd, report_cmd, serve_cmd
+from evaluation.cli import eval_cmd, replay_cmd, report_cmd, serve_cmd
 from features_store.cli import verify_cache
 from features_store.lease_cli import leases
 from features_store.export_cli import export_cmd
@@ -34,6 +34,8 @@ app.command("export", help="Export cached tokens + index + metadata as hdf5|npy|
 app.command("train", help="Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens.")(train)
 app.command("serve", help="Serve a checkpoint as a websocket policy (msgpack + numpy).")(serve_cmd)
 app.command("eval", help="Evaluate a checkpoint in the LIBERO simulator.")(eval_cmd)
+app.command("replay", help="Replay dataset episodes in the simulator under eval's protocol: do they reproduce?")(
+    replay_cmd)
 app.command("report", help="Compare runs: loss curves, compressor grad norms, geometry attention, success.")(
     report_cmd)
 app.command("doctor", help="Before any GPU hour: what will fail for this run (exit 0 ready, 1 problems, 2 usage).")(
