@@ -15,8 +15,7 @@ import numpy as np
 from geo3d.config import DATA_YAML, data_default
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
-from geo3d.data.lerobot_format import LeRobotDataset
-from geo3d.data.suites import resolve_suite
+from geo3d.data.suites import open_dataset, resolve_suite
 from geo3d.data.transforms import to_model_images
 
 
@@ -41,7 +40,7 @@ class LiberoMixture:
         self.action_horizon = int(action_horizon if action_horizon is not None else data_default("action_horizon"))
         self.image_size = data_default("image_size") if image_size == DATA_YAML else image_size
         self.paths = resolve_suite(suite, data_root)
-        self.datasets = [LeRobotDataset(p, video_cache_size=video_cache_size) for p in self.paths]
+        self.datasets = [open_dataset(p, video_cache_size=video_cache_size) for p in self.paths]
         spans, start = [], 0
         for d, ds in enumerate(self.datasets):
             for e in ds.episode_indices:
