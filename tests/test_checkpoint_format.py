@@ -76,7 +76,7 @@ def _reduced_3b(tmp_path):
     Qwen2_5_VLConfig(**arch).save_pretrained(tmp_path / "vlm_src")
     cfg = OmegaConf.load(REPO_ROOT / "configs" / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent_base_dir")  # never read
-    cfg.model.action_head.num_layers = 2
+    OmegaConf.update(cfg, "model.action_head.num_layers", 2, force_add=True)  # on top of the YAML
     cfg.data = {"image_size": 224}
     cfg.train = {"checkpoint": {"max_shard_size": "300MB", "starvla_pt": False}}
     return cfg

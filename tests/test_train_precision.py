@@ -21,8 +21,8 @@ def _tiny_cache(tmp_path_factory, monkeypatch):
 def _policy(vlm_dtype: str):
     from geo3d.train.modeling.policy import build_policy
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
-    cfg.model.vlm.dtype = vlm_dtype
-    cfg.model.compressor.type = "mean"
+    OmegaConf.update(cfg, "model.vlm.dtype", vlm_dtype, force_add=True)  # on top of the YAML
+    OmegaConf.update(cfg, "model.compressor.type", "mean", force_add=True)
     torch.manual_seed(0)
     return build_policy(cfg.model)
 

@@ -38,12 +38,14 @@ def train(
     """
     import json
 
-    from geo3d.train.run_config import compose_train_config
+    from geo3d.train.run_config import DEMO_NOTE, compose_train_config, uses_demo_preset
 
     flags = {"compressor": compressor, "suite": suite, "data_root": str(data_root) if data_root else None,
              "store": str(store) if store else None, "out": str(out) if out else None,
              "max_steps": max_steps, "seed": seed}
     cfg = compose_train_config(config, overrides, flags)
+    if uses_demo_preset(list(config or []), flags):
+        typer.echo(DEMO_NOTE, err=True)  # the mode switch, explicit
     if dry_run:
         from geo3d.train.launch import dry_run as build_dry_run
         report = build_dry_run(cfg)

@@ -9,7 +9,6 @@ stderr) < --config files < explicit flags < positional key=value overrides. `mod
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,13 +33,19 @@ FLAG_KEYS = {
 }
 
 
-def _layers(configs: list[Path], flags: Mapping[str, Any]) -> list[str | Path]:
+def uses_demo_preset(configs: list[Path], flags: Mapping[str, Any]) -> bool:
+    """The one mode switch of composition: `--suite demo` without any --config adds configs/train/demo.yaml
+    (`geo3d train` announces it on stderr)."""
     suite = flags.get("suite")
-    demo = not configs and (suite == "demo" or (suite is None and _default_suite() == "demo"))
-    if demo:
-        print(f"train: --suite demo without --config: using the demo preset configs/{DEMO_PRESET} (tiny model, "
-              "CPU-sized batch and steps); pass --config to choose another", file=sys.stderr)
-    return [TRAIN_DEFAULTS, *([DEMO_PRESET] if demo else []), *configs]
+    return not configs and (suite == "demo" or (suite is None and _default_suite() == "demo"))
+
+
+DEMO_NOTE = (f"train: --suite demo without --config: using the demo preset configs/{DEMO_PRESET} (tiny model, "
+             "CPU-sized batch and steps); pass --config to choose another")
+
+
+def _layers(configs: list[Path], flags: Mapping[str, Any]) -> list[str | Path]:
+    return [TRAIN_DEFAULTS, *([DEMO_PRESET] if uses_demo_preset(configs, flags) else []), *configs]
 
 
 def _default_suite() -> str | None:

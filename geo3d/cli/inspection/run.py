@@ -25,7 +25,7 @@ class InputPaths:
 
     cfg: DictConfig
     processor: Any  # geo3d.train.modeling.processor_policy.PolicyProcessor
-    normalizer: Any | None  # geo3d.data.norm_stats.ActionNormalizer (None: no action chunk to normalize)
+    normalizer: Any | None  # geo3d.data.norm_stats.Normalizer for actions (None: no action chunk to normalize)
     encoder: Any  # precompute GeometryEncoder
     checkpoint: str | None
 
@@ -118,7 +118,8 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
 def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any | None, weights: str | None) -> InputPaths:
     """With a checkpoint: its config, norm stats and recorded encoder. Without: the train config, norm stats
     computed over the mixture as `geo3d train` does, and the precompute encoder config."""
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats, load_norm_stats
+    from geo3d.data.norm_stats import Normalizer, compute_norm_stats, load_norm_stats
+    from geo3d.train.modeling.configuration_policy import PolicyConfig
 
     marker = None
     if ckpt:
@@ -129,7 +130,8 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any | None, weights:
         stats = load_norm_stats(ck / "norm_stats.json")
     else:
         stats = compute_norm_stats(mixture) if mixture is not None else None
-    normalizer = ActionNormalizer(stats) if stats is not None else None
+    norm = PolicyConfig.from_cfg(cfg.model).normalization  # the run's action normalization, as training applies it
+    normalizer = Normalizer(stats, "action", norm.action, norm.raw_action_dims) if stats is not None else None
     return InputPaths(cfg, processor_for(cfg.model), normalizer, encoder_for(cfg, marker, weights), ckpt)
 
 
