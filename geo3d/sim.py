@@ -99,6 +99,23 @@ def make_env(task: SimTask, image_size: int = 256, seed: int = 0) -> Any:
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # hold still, gripper open
 
 
+def seed_episode(seed: int, init_id: int) -> None:
+    """Seed python, numpy and torch for one episode: seed * 1000 + init state id.
+
+    Why before every reset: LIBERO places the fixtures (cabinet, stove, ...) at `env.reset()` from numpy's
+    global RNG, and `set_init_state` restores only the jointed bodies. The same (seed, init state) therefore
+    gives the same scene only when the RNG is seeded the same way right before the reset: eval and the
+    demo-data generator both call this. The flow-matching sampler also draws from torch's global RNG.
+    """
+    import random
+
+    s = int(seed) * 1000 + int(init_id)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(s)
+
+
 def reset_to(env: Any, init_state: np.ndarray, settle_steps: int = 10) -> dict:
     """Reset to a bundled initial state and let objects settle (as LIBERO's evaluation does)."""
     env.reset()

@@ -42,10 +42,13 @@ def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, de
 
     try:
         image_size = int(pre["resize"]["size"][0])
-        common = dict(image_size=image_size, tokens_per_view=tokens, device=device,
-                      dtype=str(pre["autocast_dtype"]))
     except (KeyError, TypeError, IndexError) as e:
         raise StoreError(f"the store's preprocessing record lacks {e}; it was not written by this precompute") from e
+    if "compute_dtype" not in enc:
+        raise StoreError("the store's encoder identity records no compute_dtype (written before geo3d chose the "
+                         "compute dtype per device): recompute the store with `geo3d precompute --overwrite`")
+    # The recorded dtype, not this machine's `auto`: only the dtype that made the tokens can reproduce them.
+    common = dict(image_size=image_size, tokens_per_view=tokens, device=device, dtype=str(enc["compute_dtype"]))
     if enc["name"] == "tiny":
         cfg = {k: v for k, v in enc["config"].items() if k != "layer"}
         return TinyEncoder(**cfg, **common)

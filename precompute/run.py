@@ -114,6 +114,18 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 
 
 def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
+    """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
+    from geo3d.storage_faults import resume_command, storage_guard
+    from precompute.space import fault_hooks
+
+    spec = build_spec(encoder, mixture, cfg.store)
+    with storage_guard("precompute", cfg.precompute.store, resume=resume_command(drop=("--overwrite",)),
+                       **fault_hooks(spec, cfg.precompute.store)):
+        return _run_store(cfg, slot, device, encoder, mixture, feeder, spec)
+
+
+def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
+               spec: Any) -> RunResult:
     import torch
     from tqdm import tqdm
 
@@ -122,13 +134,14 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     from geo3d.provenance import provenance
     from precompute.pipeline import TokenBuffers, run_worker
     from precompute.planner import ShardPlanner
+    from precompute.space import check_free_space
     from geo3d.preemption import PreemptionFlag
     from precompute.writer import ShardWriter
 
     p = cfg.precompute
-    spec = build_spec(encoder, mixture, cfg.store)
     _refuse_old_orientation(Path(p.store), bool(p.overwrite))
     store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
+    check_free_space(spec, store.committed_shards(), store.path, bool(p.require_space))
     cfg_path, log_path = _log_paths(store.path)
     save_resolved(cfg, cfg_path.parent, cfg_path.name)
     cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(

@@ -175,7 +175,7 @@ def save_raw(path: Path, ep: Episode, meta: dict) -> None:
 def controller_settings(max_steps: int, seed: int) -> dict:
     """What an episode depends on besides its task and init state: a cached .npz is reused only if equal."""
     return dict(pos_scale_m=POS_SCALE, max_speed=MAX_SPEED, carry_speed_bowl=CARRY_SPEED, max_delta=MAX_DELTA,
-                gain=GAIN, max_steps=max_steps, seed=seed)
+                gain=GAIN, max_steps=max_steps, seed=seed, scene_seed="geo3d.sim.seed_episode(seed, init_state)")
 
 
 def _is_rendered(path: Path, settings: dict) -> bool:
@@ -202,6 +202,7 @@ def render_all(plan: dict[str, list[int]], init_ids: list[int], raw_dir: Path, m
             try:
                 for init_id in todo:
                     t1 = time.time()
+                    sim.seed_episode(seed, init_id)  # the scene eval rebuilds for (seed, init state)
                     ep = run_episode(env, states[init_id], max_steps)
                     meta = dict(suite=suite, task_id=task_id, task_name=task.name, instruction=task.language,
                                 init_state_id=init_id, length=len(ep.action), success=ep.success,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from geo3d.compute_dtype import resolve_compute_dtype
 from geo3d.errors import Geo3dError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +182,7 @@ def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_p
     ident = enc.identity()
     assert ident["name"] == "mapanything" and ident["fingerprint"].startswith("sha256:")
     assert set(ident["config"]["files_sha256"]) == {"config.json", "model.safetensors"}
-    assert enc.preprocessing()["autocast_dtype"] == "bfloat16"
+    assert enc.preprocessing()["autocast_dtype"] == ident["compute_dtype"] == resolve_compute_dtype("auto", "cpu")
 
 
 def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fake_pkgs, hub):

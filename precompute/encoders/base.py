@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from geo3d.compute_dtype import resolve_compute_dtype
 from precompute.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
                                        pool_view_features, preprocessing_record)
 
@@ -24,7 +25,8 @@ class GeometryEncoder(ABC):
         grid_side(tokens_per_view)
         self.model = model.eval().requires_grad_(False).to(device)
         self.image_size, self.tokens_per_view, self.dim = image_size, tokens_per_view, dim
-        self.device, self.dtype = torch.device(device), dtype
+        self.device = torch.device(device)
+        self.dtype = resolve_compute_dtype(dtype, self.device)  # resolved, never `auto`: it is in the identity
 
     @abstractmethod
     def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:

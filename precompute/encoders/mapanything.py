@@ -192,7 +192,7 @@ class MapAnythingEncoder(GeometryEncoder):
     name = "mapanything"
 
     def __init__(self, *, weights: str | Path | None, image_size: int, tokens_per_view: int,
-                 device: torch.device | str = "cuda", dtype: str = "bfloat16"):
+                 device: torch.device | str = "cuda", dtype: str = "auto"):
         from precompute.encoders.views import check_image_size
 
         check_image_size(image_size)  # before the ~20 s model build
@@ -228,7 +228,8 @@ class MapAnythingEncoder(GeometryEncoder):
         combined = hashlib.sha256(json.dumps(self._fingerprint, sort_keys=True).encode()).hexdigest()
         return {"name": self.name, "fingerprint": f"sha256:{combined}",
                 "config": {"model_name": self.config.get("name"), "files_sha256": self._fingerprint,
-                           "layer": "info_sharing final (after norm)", "info_sharing_dim": self.dim}}
+                           "layer": "info_sharing final (after norm)", "info_sharing_dim": self.dim},
+                "compute_dtype": self.dtype}
 
     def versions(self) -> dict[str, str | None]:
         """Library versions, recorded per shard (not part of the identity: a patch release may still resume)."""

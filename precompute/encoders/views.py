@@ -131,7 +131,7 @@ def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: 
 
 
 def autocast_context(device: torch.device, dtype: str):
-    """bf16 autocast on the device (CPU too: AMX/AVX512-bf16), or no autocast for dtype=float32."""
+    """bf16 autocast on the device, or none for float32 (`dtype` is already resolved: geo3d.compute_dtype)."""
     if dtype == "float32":
         return torch.autocast(device.type, enabled=False)
     if dtype != "bfloat16":
