@@ -116,7 +116,7 @@ def test_missing_suite_fails(tmp_path):
 
 
 def test_full_disk_simulated_fails(monkeypatch, tmp_path):
-    import geo3d.doctor.checks_data as checks_data
+    import geo3d.cli.doctor.checks_data as checks_data
     monkeypatch.setattr(checks_data, "free_bytes", lambda path: 10 << 20)  # 10 MiB left
     code, out, data = doctor(*DEMO, "--store", str(tmp_path / "s"), "--json")
     f = _by_check(data)

@@ -31,7 +31,7 @@ VERBS = (
      "Replay dataset episodes in the simulator under eval's protocol: do they reproduce?"),
     ("report", "geo3d.evaluation.cli", "report_cmd",
      "Compare runs: loss curves, compressor grad norms, geometry attention, success."),
-    ("doctor", "geo3d.doctor.cli", "doctor",
+    ("doctor", "geo3d.cli.doctor.cli", "doctor",
      "Before any GPU hour: what will fail for this run (exit 0 ready, 1 problems, 2 usage)."),
     ("demo", "geo3d.cli.demo", "demo", "Run stage 1 -> verify -> stage 2 end to end on the embedded demo dataset."),
     ("inspect", "geo3d.cli.inspection.cli", "inspect_cmd",

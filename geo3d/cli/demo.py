@@ -46,7 +46,7 @@ def demo(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: configs/train/demo.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUT/store.zarr instead of reusing it."),
     closed_loop: bool = typer.Option(False, "--eval", help="Train longer (configs/train/demo_eval.yaml), evaluate in "
-                                     "the LIBERO simulator from the training scenes, then `geo3d report` (geo3d/demo_eval.py)."),
+                                     "the LIBERO simulator from the training scenes, then `geo3d report` (geo3d/cli/demo_eval.py)."),
 ) -> None:
     """Run stage 1 (tiny encoder) -> verify-cache -> stage 2 (tiny Qwen2.5-VL + compressor + DiT) on `demo`."""
     from geo3d.data.suites import DEMO_DATA_ROOT  # here, not at import: every `geo3d` command loads this module
@@ -63,7 +63,7 @@ def demo(
     train = ["train", "--compressor", compressor, *data, "--store", str(store), "--out", str(run_dir),
              "--config", "train/demo"]
     if closed_loop:
-        from geo3d.demo_eval import TRAIN_CONFIG
+        from geo3d.cli.demo_eval import TRAIN_CONFIG
 
         train += ["--config", TRAIN_CONFIG]
     if overwrite:
@@ -76,7 +76,7 @@ def demo(
         "train": _run_step("train", train, logs),
     }
     if closed_loop:
-        from geo3d.demo_eval import closed_loop as run_closed_loop
+        from geo3d.cli.demo_eval import closed_loop as run_closed_loop
 
         timings.update(run_closed_loop(_run_step, DEMO_DATA_ROOT, run_dir, logs))
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from geo3d.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
-from geo3d.doctor.safetensors_check import safetensors_problem
+from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
+from geo3d.cli.doctor.safetensors_check import safetensors_problem
 from geo3d.errors import Geo3dError
 
 QWEN_TOKENIZER = ("tokenizer_config.json",)

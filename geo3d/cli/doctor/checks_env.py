@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from typing import Any, Iterator
 
-from geo3d.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
+from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
 from geo3d.storage_faults import human_bytes
 
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from geo3d.doctor.findings import Finding, guarded
+from geo3d.cli.doctor.findings import Finding, guarded
 
 STAGES = ("all", "precompute", "train", "eval")
 
@@ -153,9 +153,9 @@ def compose(config: list[Path] | None, overrides: list[str] | None, flags: dict[
 
 
 def run_checks(plan: Plan) -> list[Finding]:
-    from geo3d.doctor import checks_data as D
-    from geo3d.doctor import checks_env as E
-    from geo3d.doctor import checks_models as M
+    from geo3d.cli.doctor import checks_data as D
+    from geo3d.cli.doctor import checks_env as E
+    from geo3d.cli.doctor import checks_models as M
 
     checks: list[tuple[str, Any]] = [("torch", E.check_torch), ("attention", E.check_attention)]
     if plan.needs_train:

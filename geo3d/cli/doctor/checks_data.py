@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from geo3d.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
+from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
 from geo3d.errors import Geo3dError
 from geo3d.storage_faults import existing_ancestor, free_bytes, human_bytes
 

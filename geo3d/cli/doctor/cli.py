@@ -31,8 +31,8 @@ def doctor(
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
     """Check this machine, the models, the data and the disks for the run the same flags/config describe."""
-    from geo3d.doctor.findings import exit_code
-    from geo3d.doctor.run import STAGES, compose, render, run_checks
+    from geo3d.cli.doctor.findings import exit_code
+    from geo3d.cli.doctor.run import STAGES, compose, render, run_checks
 
     if stage not in STAGES:
         raise Geo3dError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
