@@ -5,7 +5,7 @@ end-to-end  = steady state (after the first shard; startup is also printed) of t
               resize, batching, encode, background checksum/write/commit into a fresh store.
 encoder-only = the same encoder, same batches (per store shard), same torch thread count, over the same frames
               already decoded into memory (decode time excluded).
-null-encoder = the real worker with an encoder that returns zero tokens instantly (`--null`): the decode + write
+null-encoder = the real worker with an encoder that returns zero tokens instantly (skip: `--no-null`): the decode + write
               ceiling of this machine, in frames/s and per core, and from it the cores a GPU node needs per H100.
 The ratio says how much of the encoder's speed the pipeline keeps. On a 2-core CPU, decode and the CPU encoder
 share the same cores, so a decode-heavy configuration cannot reach 1.0 here; on a GPU node the encoder runs on
@@ -14,7 +14,7 @@ the GPU and decode on spare cores. Configurations:
   compute   : a wider tiny encoder, so the encoder dominates as MapAnything does on a GPU
 
     python scripts/bench_precompute.py [--episodes 2] [--length 100] [--rounds 2] [--only demo|compute]
-                                       [--demo-data] [--null] [key=value overrides for both sides]
+                                       [--demo-data] [--no-null] [key=value overrides for both sides]
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--demo-data", action="store_true", help="use the shipped demo_data/ (real LIBERO renders)")
     ap.add_argument("--only", choices=sorted(CONFIGS))
-    ap.add_argument("--null", action="store_true", help="also measure the decode + write ceiling (null encoder)")
+    ap.add_argument("--no-null", action="store_true", help="skip the decode + write ceiling (null encoder) run")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
@@ -142,7 +142,7 @@ def main() -> None:
         what = "demo_data/" if args.demo_data else f"synthetic {args.size}px"
         print(f"bench_precompute: {len(frames)} frames ({what} AV1, 2 views), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads available", flush=True)
-        if args.null:
+        if not args.no_null:
             null_ceiling(data_root, Path(tmp), args.rounds, list(args.overrides), decode_per_cpu_s)
         for name, overrides in CONFIGS.items():
             if args.only and name != args.only:
