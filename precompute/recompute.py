@@ -23,8 +23,10 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
     Used by `verify-cache --recompute` and by evaluation to encode live frames exactly like the training tokens.
     """
+    from geo3d.data.orientation import refuse_old_store
     from precompute.sharding import resolve_device
 
+    refuse_old_store(preprocessing, "behind these tokens")
     built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
     for what, mine, theirs in (("encoder identity", built.identity(), encoder),
                                ("preprocessing", built.preprocessing(), preprocessing)):
@@ -78,7 +80,8 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     mixture = LiberoMixture(suite, data_root, image_size=encoder.image_size)
 
     def recompute(frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-        images = np.stack([frames_to_model_input(mixture.read_stored_frames(int(i)), encoder.image_size)
+        images = np.stack([frames_to_model_input(mixture.read_stored_frames(int(i)), encoder.image_size,
+                                                 mixture.frame_orientation(mixture.locate(int(i))[0]))
                            for i in np.asarray(frames).ravel()])
         out = [encoder.encode(torch.from_numpy(images[a:a + batch_size])).cpu()
                for a in range(0, len(images), batch_size)]

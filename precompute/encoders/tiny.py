@@ -14,6 +14,7 @@ class TinyEncoder(GeometryEncoder):
     """Random-init TinyGeometryModel; same input path and token pooling as the real adapter."""
 
     name = "tiny"
+    data_norm_type = "dinov2"  # the stand-in takes MapAnything's inputs
 
     def __init__(self, *, width: int, depth: int, heads: int, out_dim: int, seed: int, image_size: int,
                  tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto"):

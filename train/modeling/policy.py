@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,8 @@ from train.modeling.vlm import QwenVLBackbone
 @dataclass
 class PolicyOutput:
     loss: torch.Tensor  # scalar flow-matching loss (masked by action_pad)
-    geom_attention_mass: torch.Tensor  # [N] mean attention probability on geometry keys per DiT layer (detached)
+    # [N] mean attention probability on geometry keys per DiT layer (detached); None unless asked for
+    geom_attention_mass: torch.Tensor | None
 
 
 class GeoVLAPolicy(nn.Module):
@@ -77,6 +79,11 @@ class GeoVLAPolicy(nn.Module):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], k)], dim=1)
         return self.action_head.dit.context_kv(contexts, mask), slice(seq, seq + k)
 
+    def _state(self, batch: dict) -> torch.Tensor | None:
+        """The state token's input, or None when the head has none (`model.action_head.use_state: false`)."""
+        h = self.cfg.action_head
+        return self._head_inputs(batch, "state", h.state_dim) if h.use_state else None
+
     def _head_inputs(self, batch: dict, key: str, dim: int) -> torch.Tensor:
         x = batch[key].to(self.action_head.future_tokens.device, self.action_head.future_tokens.dtype)
         if x.shape[-1] != dim:
@@ -84,15 +91,16 @@ class GeoVLAPolicy(nn.Module):
         return x
 
     # -- training and inference -------------------------------------------------------------------------
-    def forward(self, batch: dict) -> PolicyOutput:
+    def forward(self, batch: dict, attention_mass: bool = False) -> PolicyOutput:
+        """Flow-matching loss; `attention_mass=True` also measures the geometry attention mass (extra work: the
+        trainer asks on logging steps only)."""
         ctx, geom_slice = self._contexts(batch)
-        h = self.cfg.action_head
-        state = self._head_inputs(batch, "state", h.state_dim)
-        actions = self._head_inputs(batch, "actions", h.action_dim)
+        actions = self._head_inputs(batch, "actions", self.cfg.action_head.action_dim)
         pad = batch.get("action_pad")
         pad = torch.zeros(actions.shape[:2], dtype=torch.bool) if pad is None else pad
-        loss, mass = self.action_head.loss(ctx, state, actions, pad.to(actions.device), geom_slice)
-        return PolicyOutput(loss=loss, geom_attention_mass=mass.detach())
+        loss, mass = self.action_head.loss(ctx, self._state(batch), actions, pad.to(actions.device), geom_slice,
+                                           attention_mass)
+        return PolicyOutput(loss=loss, geom_attention_mass=mass.detach() if mass is not None else None)
 
     @torch.no_grad()
     def predict_action(self, batch: dict, num_steps: int | None = None,
@@ -101,8 +109,7 @@ class GeoVLAPolicy(nn.Module):
         steps = num_steps or self.cfg.action_head.num_inference_steps
         with _eval_mode(self):
             ctx, geom_slice = self._contexts(batch)
-            state = self._head_inputs(batch, "state", self.cfg.action_head.state_dim)
-            actions, _ = self.action_head.sample(ctx, state, geom_slice, steps, generator)
+            actions = self.action_head.sample(ctx, self._state(batch), geom_slice, steps, generator)
         return actions
 
 
@@ -116,12 +123,18 @@ def _eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False) -> GeoVLAPolicy:
-    """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read)."""
+def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False,
+                 vlm_config_dir: Path | None = None) -> GeoVLAPolicy:
+    """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read).
+    vlm_config_dir: a checkpoint's saved VLM architecture (weights uninitialized, loaded by the caller;
+    the processor then comes from the checkpoint's pipeline)."""
     from train.modeling.processor_policy import PolicyProcessor, load_hf_processor
 
     cfg = PolicyConfig.from_cfg(model_cfg)
-    vlm = QwenVLBackbone.build(cfg.vlm, meta=meta)
+    if vlm_config_dir is not None:
+        vlm = QwenVLBackbone.from_saved_config(vlm_config_dir, cfg.vlm, meta=meta)
+    else:
+        vlm = QwenVLBackbone.build(cfg.vlm, meta=meta)
     vlm.check_depth(cfg.action_head.num_layers)
     if vlm.hidden_size != cfg.action_head.hidden:
         raise Geo3dError(f"model.action_head.hidden={cfg.action_head.hidden} must equal the VLM hidden size "
@@ -131,6 +144,6 @@ def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool 
         head = FlowMatchingHead(cfg.action_head)
     processor = None
     if vlm.model_dir is not None:
-        processor = PolicyProcessor(load_hf_processor(str(vlm.model_dir)))
+        processor = PolicyProcessor(load_hf_processor(str(vlm.model_dir)), cfg.vlm.prompt_template)
     policy = GeoVLAPolicy(cfg, vlm, compressor, head, processor)
     return policy if meta else policy.to(device)
