@@ -140,6 +140,15 @@ class PolicyConfig:
                 raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
         self._validate_design()
 
+    def _validate_normalization(self) -> None:
+        from geo3d.data.norm_stats import NORM_METHODS
+        n, dim = self.normalization, self.action_head.action_dim
+        for key in ("action", "state"):
+            if getattr(n, key) not in NORM_METHODS:
+                raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
+        if any(not 0 <= d < dim for d in n.raw_action_dims):
+            raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
+
     def _validate_design(self) -> None:
         """The design switches (train/README.md "Design presets"): known values, consistent sizes."""
         c, h = self.compressor, self.action_head
@@ -167,16 +176,6 @@ class PolicyConfig:
 def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise Geo3dError(f"{key}={value!r} is not one of {', '.join(valid)}")
-
-
-    def _validate_normalization(self) -> None:
-        from geo3d.data.norm_stats import NORM_METHODS
-        n, dim = self.normalization, self.action_head.action_dim
-        for key in ("action", "state"):
-            if getattr(n, key) not in NORM_METHODS:
-                raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
-        if any(not 0 <= d < dim for d in n.raw_action_dims):
-            raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
 
 
 def _to_container(cfg: Any) -> dict:
