@@ -39,8 +39,9 @@ def _parts(compressor: str, store: Path):
     from train.modeling.policy import build_policy
     from train.optim import build_optimizer
     from train.precision import keep_trainable_fp32
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
     from train.run_config import compose_train_config
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
+    from geo3d.data.norm_stats import compute_norm_stats
 
     cfg = compose_train_config([Path("train/demo")], [], {"compressor": compressor, "suite": "demo",
                                                           "data_root": str(DEMO_DATA_ROOT), "store": str(store)})
@@ -49,9 +50,11 @@ def _parts(compressor: str, store: Path):
     policy = build_policy(cfg.model)
     keep_trainable_fp32(policy, "bf16")
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
-    dataset = GeoTrainDataset(mixture, ActionNormalizer(compute_norm_stats(mixture)), str(store))
+    pipeline = PolicyPipeline(policy.processor, compute_norm_stats(mixture),
+                              NormalizationSpec.from_cfg(cfg.model.normalization))
+    dataset = GeoTrainDataset(mixture, str(store))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
-                                         num_workers=0, collate_fn=TrainCollator(policy.processor),
+                                         num_workers=0, collate_fn=TrainCollator(pipeline),
                                          generator=torch.Generator().manual_seed(0))
     return cfg, mixture, policy, optimizer, loader
 
