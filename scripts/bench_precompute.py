@@ -5,6 +5,8 @@ end-to-end  = steady state (after the first shard; startup is also printed) of t
               resize, batching, encode, background checksum/write/commit into a fresh store.
 encoder-only = the same encoder, same batches (per store shard), same torch thread count, over the same frames
               already decoded into memory (decode time excluded).
+null-encoder = the real worker with an encoder that returns zero tokens instantly (skip: `--no-null`): the decode + write
+              ceiling of this machine, in frames/s and per core, and from it the cores a GPU node needs per H100.
 The ratio says how much of the encoder's speed the pipeline keeps. On a 2-core CPU, decode and the CPU encoder
 share the same cores, so a decode-heavy configuration cannot reach 1.0 here; on a GPU node the encoder runs on
 the GPU and decode on spare cores. Configurations:
@@ -12,7 +14,7 @@ the GPU and decode on spare cores. Configurations:
   compute   : a wider tiny encoder, so the encoder dominates as MapAnything does on a GPU
 
     python scripts/bench_precompute.py [--episodes 2] [--length 100] [--rounds 2] [--only demo|compute]
-                                       [--demo-data] [key=value overrides for both sides]
+                                       [--demo-data] [--no-null] [key=value overrides for both sides]
 """
 
 from __future__ import annotations
@@ -68,6 +70,50 @@ def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) 
     return len(frames) / (time.perf_counter() - t0)
 
 
+H100_MAPANYTHING_FPS = (250, 410)  # two-view frames/s of MapAnything at 224^2 on one H100 (issue 13)
+
+
+class NullEncoder:
+    """Stands in for the encoder: zero tokens of the configured shape, no compute (decode + write ceiling)."""
+
+    def __init__(self, real):
+        self.__dict__.update({k: getattr(real, k) for k in ("image_size", "tokens_per_view", "dim", "device",
+                                                           "dtype", "name")})
+        self._real = real
+
+    def identity(self):
+        return {**self._real.identity(), "name": "null-bench"}
+
+    def preprocessing(self):
+        return self._real.preprocessing()
+
+    def versions(self):
+        return self._real.versions()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((images.shape[0], images.shape[1], self.tokens_per_view, self.dim), dtype=torch.bfloat16)
+
+
+def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], decode_per_cpu_s: float) -> None:
+    """End-to-end precompute with NullEncoder; prints frames/s, per core, and cores per H100."""
+    import os
+    from unittest import mock
+
+    import precompute.encoders as encoders
+
+    real_build = encoders.build_encoder
+    runs = []
+    with mock.patch.object(encoders, "build_encoder", lambda *a, **k: NullEncoder(real_build(*a, **k))):
+        for r in range(rounds):
+            runs.append(end_to_end(overrides, data_root, tmp / f"store-null-{r}")[0])
+    fps, cores = statistics.median(runs), len(os.sched_getaffinity(0))
+    lo, hi = (int(-(-x // decode_per_cpu_s)) for x in H100_MAPANYTHING_FPS)
+    print(f"[null] decode + write ceiling {fps:.1f} frames/s wall on {cores} shared cores (rounds "
+          f"{[round(x, 1) for x in runs]}); decode + upright + resize alone {decode_per_cpu_s:.1f} frames per "
+          f"CPU-second (one core, load-independent) -> one H100 running MapAnything at {H100_MAPANYTHING_FPS[0]}-"
+          f"{H100_MAPANYTHING_FPS[1]} frames/s needs {lo}-{hi} decode cores", flush=True)
+
+
 def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
     from geo3d.data.mixture import LiberoMixture
     from geo3d.precompute.decode import DataSource, decode_episode
@@ -85,16 +131,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--demo-data", action="store_true", help="use the shipped demo_data/ (real LIBERO renders)")
     ap.add_argument("--only", choices=sorted(CONFIGS))
+    ap.add_argument("--no-null", action="store_true", help="skip the decode + write ceiling (null encoder) run")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
         data_root = REPO / "demo_data" if args.demo_data else make_synthetic_libero(
             Path(tmp) / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=args.episodes,
             length=args.length, size=args.size)
+        c0 = time.process_time()
         frames = decoded_frames(data_root, 224)
+        decode_per_cpu_s = len(frames) / (time.process_time() - c0)
         what = "demo_data/" if args.demo_data else f"synthetic {args.size}px"
         print(f"bench_precompute: {len(frames)} frames ({what} AV1, 2 views), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads available", flush=True)
+        if not args.no_null:
+            null_ceiling(data_root, Path(tmp), args.rounds, list(args.overrides), decode_per_cpu_s)
         for name, overrides in CONFIGS.items():
             if args.only and name != args.only:
                 continue

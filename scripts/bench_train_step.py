@@ -1,0 +1,131 @@
+"""Training-step benchmark: the demo's per-step time split, measured side by side in one run, on this machine.
+
+The demo's setup (configs/train/demo.yaml: tiny Qwen2.5-VL, qformer, batch 4, num_workers 0) on the shipped
+demo_data with a matching store of random tokens. Per step, interleaved over --steps steps (medians):
+  data wait          next(loader): video decode + resize + store read + processor (the demo loads in-process)
+  VLM fwd/bwd        the VLM's forward and a backward of its hidden states alone
+  compressor + head  the full policy's fwd/bwd minus the VLM's (the same step, measured right after)
+  optimizer          clip + AdamW step + zero_grad
+Each compute precision (`no` = fp32, `bf16` = CPU autocast) is measured on the same batches, with trainable
+parameters fp32 as in training (train/precision.py). Which precision `auto` picks here is printed.
+
+    python scripts/bench_train_step.py [--steps 12] [--compressor qformer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from train_fixtures import make_matching_store  # noqa: E402
+
+from geo3d.compute_dtype import describe_cpu  # noqa: E402
+from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
+
+
+def _parts(compressor: str, store: Path):
+    from train import setup
+    from train.dataset import GeoTrainDataset, TrainCollator
+    from train.modeling.policy import build_policy
+    from train.optim import build_optimizer
+    from train.precision import keep_trainable_fp32
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from train.run_config import compose_train_config
+    from geo3d.data.norm_stats import compute_norm_stats
+
+    cfg = compose_train_config([Path("train/demo")], [], {"compressor": compressor, "suite": "demo",
+                                                          "data_root": str(DEMO_DATA_ROOT), "store": str(store)})
+    mixture = setup.open_mixture(cfg)
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model)
+    keep_trainable_fp32(policy, "bf16")
+    optimizer = build_optimizer(policy.module_groups(), cfg.train)
+    pipeline = PolicyPipeline(policy.processor, compute_norm_stats(mixture),
+                              NormalizationSpec.from_cfg(cfg.model.normalization))
+    dataset = GeoTrainDataset(mixture, str(store))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
+                                         num_workers=0, collate_fn=TrainCollator(pipeline),
+                                         generator=torch.Generator().manual_seed(0))
+    return cfg, mixture, policy, optimizer, loader
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def step_split(policy, optimizer, batch, precision: str, max_grad_norm: float) -> dict[str, float]:
+    """One measured step: VLM alone fwd/bwd, then the full policy fwd/bwd, then the optimizer."""
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    n = policy.cfg.action_head.num_layers
+
+    def vlm_only() -> None:
+        with ctx():
+            hidden = policy.vlm(batch, n)
+        torch.stack([h.float().mean() for h in hidden]).sum().backward()
+
+    def full() -> None:
+        with ctx():
+            loss = policy(batch).loss
+        loss.backward()
+
+    def opt() -> None:
+        torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    vlm = _timed(vlm_only)
+    optimizer.zero_grad(set_to_none=True)
+    total = _timed(full)
+    return {"VLM fwd/bwd": vlm, "compressor + head": max(0.0, total - vlm), "optimizer": _timed(opt)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--compressor", default="qformer")
+    args = ap.parse_args()
+    from train.precision import accelerate_precision
+
+    with tempfile.TemporaryDirectory() as d:
+        from geo3d.data.mixture import LiberoMixture
+        mix = LiberoMixture("demo", DEMO_DATA_ROOT)
+        store = make_matching_store(mix, Path(d) / "store.zarr", 2, 196, 128, shard_frames=64)
+        cfg, _, policy, optimizer, loader = _parts(args.compressor, store)
+        it = iter(loader)
+        next(it)  # first batch opens files and warms the decoder
+        rows: dict[str, dict[str, list[float]]] = {"no": {}, "bf16": {}}
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            batch = next(it)
+            data = time.perf_counter() - t0
+            for precision in rows:  # the same batch under both precisions, back to back
+                split = {"data wait": data, **step_split(policy, optimizer, batch, precision,
+                                                         float(cfg.train.max_grad_norm))}
+                for k, v in split.items():
+                    rows[precision].setdefault(k, []).append(v)
+    print(f"CPU: {describe_cpu()}; torch threads {torch.get_num_threads()}; train.mixed_precision auto -> "
+          f"{accelerate_precision('auto', 'cpu')}")
+    print(f"demo step ({args.compressor}, batch {cfg.train.per_device_batch_size}), median of {args.steps} steps:")
+    for precision, split in rows.items():
+        med = {k: statistics.median(v) for k, v in split.items()}
+        total = sum(med.values())
+        parts = ", ".join(f"{k} {v * 1e3:.0f} ms ({v / total:.0%})" for k, v in med.items())
+        print(f"  compute {'fp32' if precision == 'no' else 'bf16'}: {total * 1e3:.0f} ms/step = {parts}")
+    fp32, bf16 = (sum(statistics.median(v) for v in rows[p].values()) for p in ("no", "bf16"))
+    print(f"bf16 autocast step time vs fp32: {bf16 / fp32:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
