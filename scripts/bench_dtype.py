@@ -24,7 +24,7 @@ def measure(rounds: int, batch: int) -> str:
 
     from geo3d.cliutil import build_config
     from geo3d.compute_dtype import describe_cpu, resolve_compute_dtype
-    from precompute.encoders import build_encoder
+    from geo3d.precompute.encoders import build_encoder
 
     torch.set_num_threads(1)
     encs = {dt: build_encoder(build_config(("data", "store", "precompute"), None, [f"encoder.tiny.dtype={dt}"])

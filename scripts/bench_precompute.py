@@ -99,7 +99,7 @@ def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], 
     import os
     from unittest import mock
 
-    import precompute.encoders as encoders
+    import geo3d.precompute.encoders as encoders
 
     real_build = encoders.build_encoder
     runs = []

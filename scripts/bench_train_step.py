@@ -34,13 +34,13 @@ from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 
 
 def _parts(compressor: str, store: Path):
-    from train import setup
-    from train.dataset import GeoTrainDataset, TrainCollator
-    from train.modeling.policy import build_policy
-    from train.optim import build_optimizer
-    from train.precision import keep_trainable_fp32
-    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
-    from train.run_config import compose_train_config
+    from geo3d.train import preflight as setup
+    from geo3d.train.dataset import GeoTrainDataset, TrainCollator
+    from geo3d.train.modeling.policy import build_policy
+    from geo3d.train.optim import build_optimizer
+    from geo3d.train.precision import keep_trainable_fp32
+    from geo3d.train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.train.run_config import compose_train_config
     from geo3d.data.norm_stats import compute_norm_stats
 
     cfg = compose_train_config([Path("train/demo")], [], {"compressor": compressor, "suite": "demo",
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--compressor", default="qformer")
     args = ap.parse_args()
-    from train.precision import accelerate_precision
+    from geo3d.train.precision import accelerate_precision
 
     with tempfile.TemporaryDirectory() as d:
         from geo3d.data.mixture import LiberoMixture
