@@ -31,8 +31,34 @@ def export_cmd(
 ) -> None:
     """Export cached tokens + per-frame index + store metadata, verified bit for bit."""
     from features_store.export import run_export
+    from geo3d.storage_faults import StorageFault, storage_guard
 
-    summary = run_export(store, fmt, out, suite=suite, frames=frames, allow_incomplete=allow_incomplete,
-                         overwrite=overwrite, progress=progress)
+    try:
+        with storage_guard("export", Path(out).absolute().parent, needed=lambda: _export_bytes(store, suite, frames),
+                           safe=lambda: f"the store {store} (only read); no partial export is left (written to a "
+                                        f"temp name, published only when verified)" + ("; the existing --out is kept"
+                                                                                       if overwrite else "")):
+            summary = run_export(store, fmt, out, suite=suite, frames=frames, allow_incomplete=allow_incomplete,
+                                 overwrite=overwrite, progress=progress)
+    except StorageFault as e:
+        if fmt != "hdf5":
+            raise
+        # HDF5 cannot tear down a file whose flush failed (h5py 3 / HDF5 1.14 segfault at exit): the temp file
+        # is already removed, so leave without interpreter teardown, keeping the message and the exit code.
+        import os
+        import sys
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os._exit(e.exit_code)
     print(f"exported {summary['frames']} frames ({summary['encoder']} tokens, bf16 bit-exact) to "
           f"{summary['out']} as {summary['format']}; verified: {summary['verified']}")
+
+
+def _export_bytes(store: Path, suite: Optional[str], frames: Optional[str]) -> int:
+    """The selected frames' tokens + index (features_store/space.py)."""
+    from features_store.export import select_frames
+    from features_store.reader import FeatureReader
+    from features_store.space import payload_bytes
+
+    reader = FeatureReader(store)
+    n = len(select_frames(reader, suite, frames, True).frames)
+    return payload_bytes(reader.spec, n)

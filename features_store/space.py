@@ -45,6 +45,11 @@ def spec_bytes(spec: Any, frames: int | None = None) -> int:
         + shards * SHARD_OVERHEAD_BYTES
 
 
+def payload_bytes(spec: Any, frames: int) -> int:
+    """Uncompressed tokens + index of `frames` frames, without the store's per-shard files (an export's size)."""
+    return _frames_bytes(int(frames), spec.views, spec.tokens, spec.dim, "none", spec.layout.chunk_frames)
+
+
 def remaining_bytes(spec: Any, committed: list[int]) -> int:
     """What a store still needs: its uncommitted shards (a shard cut by a fault counts as not written)."""
     done = set(committed)

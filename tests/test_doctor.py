@@ -61,7 +61,7 @@ def test_healthy_run_exits_0_and_says_what_cannot_apply(qwen_dir, tmp_path):
     assert f["CUDA"]["status"] == "not available"  # no GPU here, and this run does not need one
     assert f["suite libero_spatial"]["status"] == "ok" and "546 frames" in f["suite libero_spatial"]["detail"]
     assert f["store disk space"]["status"] == "ok" and "still needs ~" in f["store disk space"]["detail"]
-    assert "parameter-count" in f["GPU memory"]["detail"]
+    assert "train/memory.py" in f["GPU memory"]["detail"] and "ZeRO-2" in f["GPU memory"]["detail"]
 
 
 def test_gpu_run_without_gpu_fails(tmp_path):

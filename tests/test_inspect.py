@@ -43,7 +43,7 @@ def paths():
 
 
 def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
+    from geo3d.data.norm_stats import Normalizer, compute_norm_stats
 
     p, mixture = paths
     res = _inspect(tmp_path, "--suite", "demo", "--frame", "130")
@@ -51,8 +51,9 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     vlm_png = np.stack([_png(tmp_path, f"vlm_{v}") for v in VIEWS])
     geo_png = np.stack([_png(tmp_path, f"geometry_{v}") for v in VIEWS])
     # what the VLM got: pixel_values rebuilt from the PNGs by the policy's own processor equal the sample's
-    want = p.processor(item["images"][None], [item["instruction"]])
-    got = p.processor(vlm_png[None], [item["instruction"]])
+    tokenizer = p.pipeline.tokenizer
+    want = tokenizer(item["images"][None], [item["instruction"]])
+    got = tokenizer(vlm_png[None], [item["instruction"]])
     assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
     torch.testing.assert_close(got["pixel_values"], want["pixel_values"], rtol=0, atol=1e-5)
     # what the geometry encoder got: its normalized views rebuilt from the PNGs equal those of the stored frame
@@ -69,8 +70,11 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     assert "<|image_pad|>x64" in res["prompt"] and res["prompt"].count("<|vision_start|>") == 2
     np.testing.assert_allclose(res["state"], item["state"], atol=1e-6)
     np.testing.assert_allclose(res["actions_raw"], item["actions"], atol=1e-6)
-    normalizer = ActionNormalizer(compute_norm_stats(mixture))  # as `geo3d train` computes them for a run
-    np.testing.assert_allclose(res["actions_normalized"], normalizer.normalize(item["actions"]), atol=1e-5)
+    stats, norm = compute_norm_stats(mixture), p.cfg.model.normalization  # as `geo3d train` computes them
+    actions = Normalizer(stats, "action", norm.action, tuple(norm.raw_action_dims)).normalize(item["actions"])
+    np.testing.assert_allclose(res["actions_normalized"], actions, atol=1e-5)
+    np.testing.assert_allclose(res["state_normalized"], Normalizer(stats, "state", norm.state).normalize(item["state"]),
+                               atol=1e-5)
     assert res["action_pad"] == item["action_pad"].tolist()
     from geo3d.data.content_id import frame_content_id
     assert int(res["content_id"], 16) == frame_content_id(mixture.read_stored_frames(130))

@@ -25,7 +25,7 @@ def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
     if last is not None:
         return du_bytes(last), f"the size of {last}"
     return (checkpoint_bytes_from_counts(param_counts(cfg), bool(cfg.train.ema.enabled)),
-            "estimated from the parameter counts (fp32 weights + resume state with AdamW moments)")
+            "estimated from the parameter counts (fp32 weights + AdamW moments: train/estimates.py)")
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:

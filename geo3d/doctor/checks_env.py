@@ -30,24 +30,26 @@ def check_torch(plan: Any) -> Iterator[Finding]:
 
 
 def check_gpu_memory(plan: Any) -> Iterator[Finding]:
-    """Free memory of the smallest visible GPU vs the training run's per-GPU floor (train/estimates.py)."""
+    """Free memory of the smallest visible GPU vs the run's per-GPU estimate (train/memory.py, the table that
+    `train --dry-run` prints: weights, gradients, Adam state by precision, activations at the configured batch)."""
     import torch
 
-    from train.estimates import gpu_memory_floor_bytes
-
-    counts = plan.param_counts()
-    dtype = "bfloat16" if plan.wants_bf16 else "float32"
-    need = gpu_memory_floor_bytes(counts, dtype)
-    what = (f"training needs >= {human_bytes(need)} per GPU ({counts['total']['total'] / 1e6:.1f}M params, "
-            f"{counts['total']['trainable'] / 1e6:.1f}M trainable; simple parameter-count floor, no activations: "
-            f"train/estimates.py)")
+    table = plan.memory_table()
+    ddp = next(r for r in table.rows if r.strategy == "ddp" and r.gpus == 1)
+    zero2 = {r.gpus: r.total_gb for r in table.rows if r.strategy == "zero2"}
+    what = (f"training needs ~{ddp.total_gb:.1f} GiB per GPU under DDP (ZeRO-2: "
+            + ", ".join(f"{v:.1f} GiB on {n}" for n, v in sorted(zero2.items()))
+            + "; estimate of train/memory.py, no CUDA context or fragmentation)")
     if not torch.cuda.is_available():
         yield missing("GPU memory", plan.needs_gpu, what + "; no GPU here to compare with", "run doctor on a GPU node")
         return
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    ok = free >= need
-    yield Finding("GPU memory", OK if ok else FAIL, f"{what}; smallest GPU has {human_bytes(free)} free",
-                  "freeze the VLM (configs/train/frozen_vlm.yaml), use DeepSpeed ZeRO-2, or a larger GPU")
+    count = torch.cuda.device_count()
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(count)) / 2**30
+    fits_zero2 = [n for n, v in sorted(zero2.items()) if v <= free]
+    fix = (f"DeepSpeed ZeRO-2 on {fits_zero2[0]} GPUs fits (configs/accelerate/deepspeed_zero2.yaml)" if fits_zero2
+           else "freeze the VLM (configs/train/frozen_vlm.yaml), lower train.per_device_batch_size, or a larger GPU")
+    yield Finding("GPU memory", OK if free >= ddp.total_gb else FAIL,
+                  f"{what}; smallest of {count} GPU(s) has {free:.1f} GiB free", fix)
 
 
 def check_attention(plan: Any) -> Iterator[Finding]:

@@ -28,6 +28,7 @@ class Plan:
     frames_by_suite: dict[str, int] = field(default_factory=dict)
     _meta: Any = "unread"
     _counts: Any = None
+    _memory: Any = None
 
     @property
     def needs_precompute(self) -> bool:
@@ -101,16 +102,18 @@ class Plan:
         return StoreLayout.from_config(OmegaConf.to_container(self.pre_cfg.store, resolve=True))
 
     def param_counts(self) -> dict[str, dict[str, int]]:
-        """The training run's parameter counts (meta device; computed once). A missing Qwen directory is its
-        own finding, so the meta build's fallback warning is not repeated here."""
+        """The training run's parameter counts (meta device; computed once)."""
         if self._counts is None:
-            import warnings
-
             from train.estimates import param_counts
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self._counts = param_counts(self.train_cfg)
+            self._counts = _quiet(param_counts, self.train_cfg)
         return self._counts
+
+    def memory_table(self) -> Any:
+        """`train --dry-run`'s per-GPU memory table for this run (train/memory.py; computed once)."""
+        if self._memory is None:
+            from train.memory import estimate_memory
+            self._memory = _quiet(estimate_memory, self.train_cfg)
+        return self._memory
 
     def store_meta(self) -> dict[str, Any] | None:
         """The existing store's metadata (None when there is no store at --store)."""
@@ -120,6 +123,15 @@ class Plan:
             if self.store and (Path(self.store) / "zarr.json").is_file():
                 self._meta = read_metadata(self.store)
         return self._meta
+
+
+def _quiet(fn: Any, *args: Any) -> Any:
+    """A missing Qwen directory is its own finding: the meta build's fallback warning is not repeated."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args)
 
 
 def compose(config: list[Path] | None, overrides: list[str] | None, flags: dict[str, Any], stage: str,

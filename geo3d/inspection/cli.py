@@ -67,15 +67,14 @@ def inspect_cmd(
                                  str(data_root) if data_root else None, str(ckpt) if ckpt else None)
     prepare_out(out, overwrite)
     weights = str(encoder_weights) if encoder_weights else None
+    if sim_task is not None and not suite:
+        raise Geo3dError("--sim-task needs --suite (a LIBERO benchmark suite, e.g. libero_spatial)")
+    from geo3d.data.mixture import LiberoMixture
+    mixture = None if ckpt and sim_task is not None else LiberoMixture.from_config(cfg)  # frames / norm stats
+    paths = build_paths(cfg, str(ckpt) if ckpt else None, mixture, weights)
     if sim_task is None:
-        from geo3d.data.mixture import LiberoMixture
-        mixture = LiberoMixture.from_config(cfg)
-        paths = build_paths(cfg, str(ckpt) if ckpt else None, mixture, weights)
         sample = dataset_sample(mixture, int(frame))
     else:
-        if not suite:
-            raise Geo3dError("--sim-task needs --suite (a LIBERO benchmark suite, e.g. libero_spatial)")
-        paths = build_paths(cfg, str(ckpt) if ckpt else None, None, weights)
         sample = sim_sample(suite, sim_task, init_state, int(cfg.data.image_size), cfg.eval)
     result = inspect_sample(paths, sample, out)
     typer.echo(f"wrote {', '.join(result['files'].values())} and inspect.json to {out}")

@@ -1,5 +1,5 @@
-"""Build the real input paths (the policy's processor, the action normalizer, the geometry encoder), run one
-sample through them and write what each model receives: PNGs read back from the input tensors + inspect.json."""
+"""Build the real input paths (the policy's processor pipeline, the geometry encoder), run one sample through
+them and write what each model receives: PNGs read back from the input tensors + inspect.json."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ class InputPaths:
     """What turns a sample into model inputs, built by the code training / eval use."""
 
     cfg: DictConfig
-    processor: Any  # train.modeling.processor_policy.PolicyProcessor
-    normalizer: Any | None  # geo3d.data.norm_stats.ActionNormalizer (None: no action chunk to normalize)
+    pipeline: Any  # train.modeling.processor_pipeline.PolicyPipeline (tokenizer + state/action normalization)
     encoder: Any  # precompute GeometryEncoder
     checkpoint: str | None
 
@@ -83,31 +82,32 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     from geo3d.provenance import provenance
     from precompute.encoders.views import frames_to_model_input, norm_mean_std
 
-    vlm = paths.processor(sample.images[None], [sample.instruction])
+    pipe = paths.pipeline
+    vlm = pipe.preprocess(sample.images[None], [sample.instruction], sample.state[None])  # as TrainCollator calls it
     enc = paths.encoder
     geo_frames = frames_to_model_input(sample.geometry_frames, enc.image_size, sample.geometry_orientation)
     geo_views = enc.model_inputs(torch.from_numpy(geo_frames[None]))
     files = {}
-    for v, img in enumerate(vlm_images(vlm, paths.processor.hf.image_processor)):
+    image_processor = pipe.tokenizer.hf.image_processor
+    for v, img in enumerate(vlm_images(vlm, image_processor)):
         files[f"vlm_{VIEWS[v]}"] = _png(out / f"vlm_{VIEWS[v]}.png", img)
     for v, img in enumerate(encoder_images(geo_views, norm_mean_std(enc.data_norm_type))):
         files[f"geometry_{VIEWS[v]}"] = _png(out / f"geometry_{VIEWS[v]}.png", img)
     ids = vlm["input_ids"][0][vlm["attention_mask"][0].bool()]
-    normalized = (None if sample.actions is None or paths.normalizer is None
-                  else paths.normalizer.normalize(sample.actions))
+    normalized = None if sample.actions is None else pipe.normalize_actions(sample.actions)
     result = {
         **sample.where, "checkpoint": paths.checkpoint, "files": files,
         "instruction": sample.instruction,
-        "prompt": prompt_text(paths.processor, ids), "prompt_token_ids": ids.tolist(),
-        "state": _floats(sample.state),
+        "prompt": prompt_text(pipe.tokenizer, ids), "prompt_token_ids": ids.tolist(),
+        "state": _floats(sample.state), "state_normalized": _floats(vlm["state"][0]),
+        "normalization": {"action": pipe.spec.action, "state": pipe.spec.state},
         "actions_raw": _floats(sample.actions), "actions_normalized": _floats(normalized),
         "action_pad": None if sample.action_pad is None else sample.action_pad.tolist(),
         "content_id": f"{int(sample.content_id):016x}",
         "orientation": {"source": sample.source_orientation, "image_path_probe": orientation_probe()},
         "vlm_input": {"image_grid_thw": vlm["image_grid_thw"].tolist(),
                       "pixel_values": list(vlm["pixel_values"].shape),
-                      "image_mean": list(paths.processor.hf.image_processor.image_mean),
-                      "image_std": list(paths.processor.hf.image_processor.image_std)},
+                      "image_mean": list(image_processor.image_mean), "image_std": list(image_processor.image_std)},
         "geometry_input": {"encoder": enc.identity(), "image_size": enc.image_size,
                            "normalize": enc.preprocessing()["normalize"]},
         "provenance": provenance(),
@@ -116,10 +116,11 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     return result
 
 
-def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any | None, weights: str | None) -> InputPaths:
-    """With a checkpoint: its config, norm stats and recorded encoder. Without: the train config, norm stats
-    computed over the mixture as `geo3d train` does, and the precompute encoder config."""
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats, load_norm_stats
+def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | None) -> InputPaths:
+    """With a checkpoint: its own processor pipeline and recorded encoder. Without: the pipeline `geo3d train`
+    builds (the model's processor, norm stats computed over the config's data mixture) and the precompute
+    encoder config."""
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
 
     marker = None
     if ckpt:
@@ -127,11 +128,12 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any | None, weights:
         from train.inference import resolve_checkpoint
         ck = resolve_checkpoint(ckpt)
         marker, ckpt = read_marker(ck), str(ck)
-        stats = load_norm_stats(ck / "norm_stats.json")
+        pipeline = PolicyPipeline.from_pretrained(ck)
     else:
-        stats = compute_norm_stats(mixture) if mixture is not None else None
-    normalizer = ActionNormalizer(stats) if stats is not None else None
-    return InputPaths(cfg, processor_for(cfg.model), normalizer, encoder_for(cfg, marker, weights), ckpt)
+        from geo3d.data.norm_stats import compute_norm_stats
+        pipeline = PolicyPipeline(processor_for(cfg.model), compute_norm_stats(mixture),
+                                  NormalizationSpec.from_cfg(cfg.model.normalization))
+    return InputPaths(cfg, pipeline, encoder_for(cfg, marker, weights), ckpt)
 
 
 def checkpoint_config(ckpt: str) -> DictConfig:

@@ -168,6 +168,9 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     except RuntimeError as e:  # strict=True: missing / unexpected keys, or a shape mismatch
         raise Geo3dError(f"MapAnything weights in {weights} do not match the model built from its config.json "
                          f"({str(e)[:400]}); re-download them ({WEIGHTS_HINT})") from e
+    except TypeError as e:  # config.json's keys are not this mapanything version's constructor arguments
+        raise Geo3dError(f"{weights / 'config.json'} does not fit the installed mapanything "
+                         f"{_version('mapanything')} ({e}); use weights released for it ({WEIGHTS_HINT})") from e
     return model, config
 
 

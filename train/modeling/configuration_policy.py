@@ -140,6 +140,15 @@ class PolicyConfig:
                 raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
         self._validate_design()
 
+    def _validate_normalization(self) -> None:
+        from geo3d.data.norm_stats import NORM_METHODS
+        n, dim = self.normalization, self.action_head.action_dim
+        for key in ("action", "state"):
+            if getattr(n, key) not in NORM_METHODS:
+                raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
+        if any(not 0 <= d < dim for d in n.raw_action_dims):
+            raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
+
     def _validate_design(self) -> None:
         """The design switches (train/README.md "Design presets"): known values, consistent sizes."""
         c, h = self.compressor, self.action_head
@@ -162,15 +171,6 @@ class PolicyConfig:
                 and self.geometry.tokens_per_view < c.num_tokens // self.geometry.views:
             raise Geo3dError(f"model.compressor.num_tokens={c.num_tokens} gives more groups per view than the "
                              f"{self.geometry.tokens_per_view} tokens per view; lower num_tokens")
-
-    def _validate_normalization(self) -> None:
-        from geo3d.data.norm_stats import NORM_METHODS
-        n, dim = self.normalization, self.action_head.action_dim
-        for key in ("action", "state"):
-            if getattr(n, key) not in NORM_METHODS:
-                raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
-        if any(not 0 <= d < dim for d in n.raw_action_dims):
-            raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
 
 
 def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
