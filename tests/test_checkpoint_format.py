@@ -56,6 +56,8 @@ def test_pipeline_normalizes_state_and_round_trips_actions(runs):
     pipe = policy.pipeline
     stats = pipe.stats
     assert pipe.spec.state == "mean_std" and pipe.spec.action == "min_max"
+    assert pipe.tokenizer.template.startswith("Your task is {instruction}.")  # the pool run is preset fork: the
+    assert pipe.tokenizer.template == policy.cfg.model.vlm.prompt_template  # served prompt = the trained one
     state = np.asarray(stats["state"]["mean"], np.float32) + np.asarray(stats["state"]["std"], np.float32)
     images = np.zeros((1, 2, 56, 56, 3), np.uint8)
     batch = pipe.preprocess(images, ["open the top drawer"], state[None])

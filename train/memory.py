@@ -11,9 +11,10 @@ Precision model (what the code does):
           (gradients too: stage 2); the weights themselves are replicated.
 Activations (stored for backward, per GPU, one micro-batch): Korthikanti et al. 2022's 34*s*b*h bytes per
 transformer layer in 16-bit with fused attention (SDPA/flash: no s^2 term), for the vision tower (patch tokens)
-and the language model (visual + text tokens); the DiT head in fp32 (x2) over R*B sequences with its
-explicit-softmax cross-attention probabilities. A frozen VLM stores only the N hidden states the head reads;
-gradient checkpointing (model.vlm.gradient_checkpointing, when that key exists) keeps one input per layer.
+and the language model (visual + text tokens); the DiT head in fp32 (x2) over R*B sequences, its attention
+fused too (SDPA; the geometry-mass softmax of logging steps runs without gradients, nothing stored). A frozen
+VLM stores only the N hidden states the head reads; gradient checkpointing (model.vlm.gradient_checkpointing,
+model.action_head.gradient_checkpointing) keeps one input per layer / DiT block.
 Not counted: CUDA context (~0.5-1 GB), allocator fragmentation, NCCL/DeepSpeed buckets, temporaries.
 """
 
@@ -94,19 +95,22 @@ def _activation_bytes(cfg: DictConfig, vlm_config: Any, vlm_trainable: bool) -> 
     h = m.action_head
     n_layers, rb, d = int(h.num_layers), int(h.repeats) * b, int(h.hidden)
     ctx = seq + (0 if m.compressor.type == "none" else int(m.compressor.num_tokens))
-    head_tokens = 1 + int(h.num_future_tokens) + int(h.horizon)
+    head_tokens = int(OmegaConf.select(h, "use_state", default=True)) + int(h.num_future_tokens) + int(h.horizon)
     checkpointing = bool(OmegaConf.select(cfg, "model.vlm.gradient_checkpointing", default=False))
+    head_checkpointing = bool(OmegaConf.select(h, "gradient_checkpointing", default=False))
     if not vlm_trainable:
         vlm = n_layers * seq * b * text.hidden_size * 2.0  # only the hidden states the head reads
     elif checkpointing:
         vlm = 2.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
     else:
         vlm = 34.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
-    per_head_layer = (34.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # fp32 = 2x the 16-bit count; K/V
-                      + 2 * 4 * int(h.num_heads) * head_tokens * ctx * rb)  # softmax probs + dropout mask
+    per_head_layer = 34.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # fp32 = 2x the 16-bit count; K/V
+    if head_checkpointing:  # one block input kept; the context K/V are computed outside the blocks
+        per_head_layer = 2.0 * head_tokens * rb * d + 2 * 2 * ctx * b * d
     head = n_layers * per_head_layer * 2.0
     info = {"micro_batch": b, "repeats": int(h.repeats), "vlm_seq": seq, "visual_tokens": visual,
-            "vision_patches": patches, "head_context": ctx, "vlm_gradient_checkpointing": checkpointing}
+            "vision_patches": patches, "head_context": ctx, "vlm_gradient_checkpointing": checkpointing,
+            "head_gradient_checkpointing": head_checkpointing}
     return vlm + head, info
 
 

@@ -77,7 +77,8 @@ class PolicyPipeline:
         self.tokenizer.hf.save_pretrained(str(d / PROCESSOR_DIR))
         (d / NORM_STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         record = {"version": PIPELINE_VERSION, "normalization": asdict(self.spec),
-                  "steps": ["tokenize(images, instruction)", f"normalize(state, {self.spec.state})",
+                  "prompt_template": self.tokenizer.template,  # model.vlm.prompt_template (the fork: its CoT)
+                  "steps": ["tokenize(images, prompt_template(instruction))", f"normalize(state, {self.spec.state})",
                             f"unnormalize(action, {self.spec.action}, raw dims {list(self.spec.raw_action_dims)})"]}
         (d / PIPELINE_FILE).write_text(json.dumps(record, indent=2))
 
@@ -93,5 +94,7 @@ class PolicyPipeline:
         record = json.loads(path.read_text())
         n = record["normalization"]
         spec = NormalizationSpec(n["action"], n["state"], tuple(n["raw_action_dims"]))
-        tokenizer = PolicyProcessor(load_hf_processor(str(d / PROCESSOR_DIR)))
+        # checkpoints written before prompt templates existed used the raw instruction
+        tokenizer = PolicyProcessor(load_hf_processor(str(d / PROCESSOR_DIR)),
+                                    record.get("prompt_template", "{instruction}"))
         return cls(tokenizer, load_norm_stats(d / NORM_STATS_FILE), spec)
