@@ -97,7 +97,8 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     record = write_inference_files(ckpt, policy.state_dict(), policy, tiny_pipeline, cfg, 7)
-    (ckpt / MARKER).write_text(json.dumps({"step": 7, **record}))
+    from geo3d.data.orientation import orientation_probe
+    (ckpt / MARKER).write_text(json.dumps({"step": 7, "image_orientation": orientation_probe(), **record}))
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert len(record["weights"]) > 1 and set(index["weight_map"].values()) == set(record["weights"])
     assert record["tied"] == {"vlm.model.lm_head.weight": "vlm.model.model.language_model.embed_tokens.weight"}
