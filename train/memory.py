@@ -11,9 +11,9 @@ Precision model (what the code does):
           (gradients too: stage 2); the weights themselves are replicated.
 Activations (stored for backward, per GPU, one micro-batch): Korthikanti et al. 2022's 34*s*b*h bytes per
 transformer layer in 16-bit with fused attention (SDPA/flash: no s^2 term), for the vision tower (patch tokens)
-and the language model (visual + text tokens); the DiT head in fp32 (x2) over R*B sequences with its
-explicit-softmax cross-attention probabilities. A frozen VLM stores only the N hidden states the head reads;
-gradient checkpointing (model.vlm.gradient_checkpointing, when that key exists) keeps one input per layer.
+and the language model (visual + text tokens); the DiT head in fp32 (x2) over R*B sequences, attention through
+SDPA (no probability matrix). A frozen VLM stores only the N hidden states the head reads; gradient
+checkpointing (model.vlm / model.action_head .gradient_checkpointing) keeps one input per layer.
 Not counted: CUDA context (~0.5-1 GB), allocator fragmentation, NCCL/DeepSpeed buckets, temporaries.
 """
 
@@ -102,9 +102,11 @@ def _activation_bytes(cfg: DictConfig, vlm_config: Any, vlm_trainable: bool) -> 
         vlm = 2.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
     else:
         vlm = 34.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
-    per_head_layer = (34.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # fp32 = 2x the 16-bit count; K/V
-                      + 2 * 4 * int(h.num_heads) * head_tokens * ctx * rb)  # softmax probs + dropout mask
-    head = n_layers * per_head_layer * 2.0
+    if bool(OmegaConf.select(cfg, "model.action_head.gradient_checkpointing", default=False)):
+        per_head_layer = 2.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # block input; context K/V
+    else:  # SDPA: no attention-probability matrix stored (flash / memory-efficient kernels on GPU)
+        per_head_layer = 34.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # 16-bit counts; K/V of the context
+    head = n_layers * per_head_layer * 2.0  # the head runs in fp32: twice the 16-bit bytes
     info = {"micro_batch": b, "repeats": int(h.repeats), "vlm_seq": seq, "visual_tokens": visual,
             "vision_patches": patches, "head_context": ctx, "vlm_gradient_checkpointing": checkpointing}
     return vlm + head, info
