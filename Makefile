@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM    := $(VENV)/.sim-installed
 
-.PHONY: install demo test sim bench clean
+.PHONY: install demo demo-eval test sim bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/geo3d demo
+
+# The demo, trained longer, then evaluated in the LIBERO simulator from its training scenes + `geo3d report`
+# (README "Closing the loop"). One torch thread: the tiny model gains nothing from more, and on a shared CPU
+# OpenMP threads spinning against other processes made a step ~100x slower here.
+DEMO_EVAL_COMPRESSOR ?= none
+demo-eval: install $(SIM)
+	OMP_NUM_THREADS=1 $(VENV)/bin/geo3d demo --eval --compressor $(DEMO_EVAL_COMPRESSOR)
 
 # The tests also need the LIBERO simulator (a real episode is evaluated); the SLURM tests install their own.
 test: install $(SIM)

@@ -78,7 +78,11 @@ def eval_cmd(
         raise Geo3dError("give exactly one policy: --ckpt DIR (loaded here) or --server ws://host:port")
     source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
                           encoder_weights=cfg.eval.encoder_weights)
-    results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
+    from geo3d.storage_faults import resume_command, storage_guard
+    where = cfg.eval.out or (str(ckpt) if ckpt else ".")  # default results dir: inside the checkpoint's run
+    with storage_guard("eval", where, resume=resume_command(add=("--resume",), drop=("--overwrite",)),
+                       safe=lambda: "every finished episode already in episodes.jsonl (--resume skips them)"):
+        results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
     from evaluation.results import markdown
 
     print(markdown(results))
@@ -98,3 +102,42 @@ def report_cmd(
     paths = write_report(run_dirs, Path(cfg.report.out or "report"))
     for p in paths:
         print(f"wrote {p}")
+
+
+@handle_errors
+def replay_cmd(
+    suite: str = typer.Option(..., "--suite", help="The dataset's LIBERO suite: libero_spatial | libero_object | ..."),
+    episodes: Optional[str] = typer.Option(None, "--episodes", help="Comma-separated episode indices (default: all)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder holding the suite folders "
+                                             "(default: data.data_root, $GEO3D_DATA_ROOT, else demo_data/)."),
+    task: Optional[int] = typer.Option(None, "--task", help="Simulator task id (default: from generation.json)."),
+    init_state: Optional[int] = typer.Option(None, "--init-state", help="Bundled init state (default: generation.json)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Scene seed (default: generation.json, else eval.seed)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Replay only the first N actions (a quick check)."),
+    video: bool = typer.Option(False, "--video/--no-video", help="Write OUT/videos/<episode>.mp4."),
+    out: Path = typer.Option(Path("runs/replay"), "--out", help="Where replay.json / replay.md go."),
+    config: Optional[List[Path]] = CONFIG_OPTION,
+    overrides: Optional[List[str]] = OVERRIDES_ARG,
+) -> None:
+    """Execute dataset episodes' recorded actions in the simulator under eval's protocol (eval.* settings) and
+    check they reproduce: outcome, observation.state, images vs stored frames. Exit 0 all reproduced, 1 not."""
+    from evaluation.replay import dataset_episodes, markdown, replay, write_reports
+    from geo3d.data.suites import resolve_data_root
+
+    cfg = build_config(DEFAULTS, config, overrides, {"data.data_root": str(data_root) if data_root else None})
+    root = resolve_data_root("demo", cfg.data.data_root)  # given root, else $GEO3D_DATA_ROOT, else demo_data/
+    wanted = dataset_episodes(root, suite) if not episodes else [int(e) for e in episodes.split(",")]
+    reports = []
+    for ep in wanted:
+        vdir = str(out / "videos") if video else None
+        reports.append(replay(cfg, suite, ep, root, task, init_state, seed, max_steps, vdir))
+        print(markdown(reports[-1:]).splitlines()[-1], flush=True)
+    write_reports(reports, out)
+    print(markdown(reports))
+    for r in reports:
+        for p in r.problems:
+            print(f"{r.suite} episode {r.episode}: {p}")
+    print(f"results: {out / 'replay.json'}")
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+

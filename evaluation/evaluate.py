@@ -95,6 +95,11 @@ def check_resume_matches(out: Path, cfg: DictConfig, ckpt: str | None) -> None:
                 before, now = OmegaConf.to_container(before), OmegaConf.to_container(now)
             if before != now:
                 diffs.append(f"eval.{key}: results have {before!r}, now {now!r}")
+    if saved_res.exists():
+        from geo3d.data.orientation import refuse_old_orientation
+        refuse_old_orientation(json.loads(saved_res.read_text()).get("image_orientation"),
+                               f"the evaluation in {out}", "Start it over with --overwrite (or --out elsewhere), "
+                               "with a checkpoint trained by this version.")
     if saved_res.exists() and ckpt is not None:
         before = json.loads(saved_res.read_text()).get("checkpoint")
         if before is not None and before != ckpt:
@@ -129,6 +134,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
 
     from geo3d import sim
     from geo3d.config import save_resolved
+    from geo3d.data.orientation import orientation_probe
     from geo3d.provenance import provenance
 
     e = cfg.eval
@@ -177,6 +183,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
                                 "render_size": int(e.render_size), "seed": int(e.seed), "gl": gl,
                                 "workers": int(e.workers)},
                    "seconds": round(time.perf_counter() - start, 1), "provenance": provenance(),
+                   "image_orientation": orientation_probe(),
                    "config": OmegaConf.to_container(cfg, resolve=True)}
         write_json_atomic(out / RESULTS_FILE, results)
         (out / TABLE_FILE).write_text(markdown(results))

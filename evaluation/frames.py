@@ -1,9 +1,8 @@
 """Simulator observation -> policy inputs, through THE training image path.
 
-Training sees dataset frames as stored, turned by `geo3d.data.transforms.upright` and resized by its
-`resize`. Evaluation first maps each simulator render to the dataset's stored orientation with the same
-function the demo-dataset generator uses (`geo3d.sim.frames_as_stored`), then applies the same
-`to_model_images`: one path, so a policy never sees a frame oriented or scaled differently at test time.
+Training sees LeRobot frames as stored (upright) through `geo3d.data.transforms.to_model_images`. Evaluation
+sends each raw simulator render (orientation `raw_render`) through the same function, which turns it
+180 degrees exactly once: one path, so a policy never sees a frame oriented or scaled differently at test time.
 """
 
 from __future__ import annotations
@@ -23,16 +22,15 @@ def fit_views(images: np.ndarray, size: int | None) -> np.ndarray:
 def observation_to_inputs(obs: dict[str, Any], size: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [2,size,size,3] as the model saw them in training, state float32 [8]) from one
     simulator observation (state as the LIBERO datasets store it: eef pos, axis-angle, gripper qpos)."""
-    from geo3d.data.transforms import to_model_images
-    from geo3d.sim import frames_as_stored, state_from_obs
+    from geo3d.data.transforms import RAW_RENDER, to_model_images
+    from geo3d.sim import raw_frames, state_from_obs
 
-    stored = np.stack(frames_as_stored(obs))
-    return to_model_images(stored, size), state_from_obs(obs)
+    return to_model_images(raw_frames(obs), size, RAW_RENDER), state_from_obs(obs)
 
 
 def upright_frame(obs: dict[str, Any]) -> np.ndarray:
     """Full-resolution agentview | wrist, side by side, as the model sees them (for rollout videos)."""
-    from geo3d.data.transforms import upright
-    from geo3d.sim import frames_as_stored
+    from geo3d.data.transforms import RAW_RENDER, to_model_images
+    from geo3d.sim import raw_frames
 
-    return np.concatenate([upright(f) for f in frames_as_stored(obs)], axis=1)
+    return np.concatenate(list(to_model_images(raw_frames(obs), None, RAW_RENDER)), axis=1)

@@ -1,7 +1,7 @@
 """`geo3d report`: compare runs (one per compressor) in one PNG and one markdown table.
 
 Per run it reads RUN_DIR/metrics.jsonl (written by train/metrics.py), RUN_DIR/resolved_config.yaml
-(model.compressor.type names the run) and every eval result RUN_DIR/eval*/results.json (written by
+(model.compressor.type and preset name the run) and every eval result RUN_DIR/eval*/results.json (written by
 `geo3d eval`, whose default --out for a run's checkpoint is RUN_DIR/eval_<suite>_step<N>/). Panels: training loss,
 gradient norm reaching the compressor, attention mass on geometry tokens per DiT layer, success per suite.
 """
@@ -31,6 +31,7 @@ class RunSummary:
     run_dir: Path
     label: str
     compressor: str
+    preset: str = "?"  # design preset of the run (configs/preset/<name>.yaml)
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     grad_steps: list[int] = field(default_factory=list)
@@ -45,13 +46,14 @@ class RunSummary:
         return window_means(values, frac)[1]
 
 
-def _compressor_of(run_dir: Path) -> str:
+def _recorded(run_dir: Path, key: str) -> str:
+    """A value of the run's resolved_config.yaml (e.g. model.compressor.type, preset), "?" when absent."""
     cfg = run_dir / "resolved_config.yaml"
     if not cfg.exists():
         return "?"
     from omegaconf import OmegaConf
 
-    value = OmegaConf.select(OmegaConf.load(cfg), "model.compressor.type", default=None)
+    value = OmegaConf.select(OmegaConf.load(cfg), key, default=None)
     return str(value) if value is not None else "?"
 
 
@@ -79,8 +81,8 @@ def load_run(run_dir: str | Path) -> RunSummary:
     if not metrics.exists():
         raise Geo3dError(f"{run_dir} is not a training run: {METRICS_FILE} is missing; pass run directories "
                          "made by `geo3d train --out RUN_DIR`")
-    compressor = _compressor_of(run_dir)
-    run = RunSummary(run_dir, f"{compressor} ({run_dir.name})", compressor)
+    compressor, preset = _recorded(run_dir, "model.compressor.type"), _recorded(run_dir, "preset")
+    run = RunSummary(run_dir, f"{compressor} [{preset}] ({run_dir.name})", compressor, preset)
     for rec in read_metrics(run_dir):
         step = rec.get("step")
         if step is None:
@@ -110,7 +112,8 @@ def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
     png = render_png(runs, out / "report.png")
     md = out / "report.md"
     md.write_text("# geo3d compressor ablation\n\n![report](report.png)\n\n" + markdown_table(runs))
-    summary = [{"run_dir": str(r.run_dir), "compressor": r.compressor, "last_step": r.steps[-1] if r.steps else None,
+    summary = [{"run_dir": str(r.run_dir), "compressor": r.compressor, "preset": r.preset,
+                "last_step": r.steps[-1] if r.steps else None,
                 "final_loss": r.tail_mean(r.loss), "compressor_grad_norm": r.tail_mean(r.grad_compressor),
                 "geom_attention_mass": {i: r.tail_mean(v) for i, v in sorted(r.geom_attn.items())},
                 "success": r.success} for r in runs]

@@ -110,7 +110,7 @@ class _Worker:
         if settings.image_size is None and getattr(self.policy, "image_size", None):
             settings = EpisodeSettings(**{**settings.__dict__, "image_size": int(self.policy.image_size)})
         self._env_for(job)
-        _seed_everything(job.seed * 1000 + job.episode)
+        sim.seed_episode(job.seed, job.episode)
         video = RolloutVideo() if job.video_dir else None
         res = run_episode(self.env, self.policy, self.task.language, self.init_states[job.episode], job.task_id,
                           job.episode, settings, on_frame=video.add if video else None, should_stop=STOP.is_set)
@@ -132,19 +132,6 @@ class _Worker:
         if close is not None:
             close()
         self.policy = None
-
-
-def _seed_everything(seed: int) -> None:
-    """Same episode, same noise: the flow-matching sampler draws from torch's global generator."""
-    import random
-    import sys
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
 
 
 _WORKER: _Worker | None = None

@@ -16,6 +16,7 @@ import numpy as np
 
 from features_store import layout as L
 from features_store.metadata import read_metadata, spec_from_metadata
+from features_store.shardio import ShardFileReader, direct_io
 from features_store.spec import StoreSpec
 from geo3d.errors import StoreError
 
@@ -37,6 +38,7 @@ class FeatureReader:
         self._committed = self._scan_committed()
         self._index: dict[str, np.ndarray] | None = None
         self._tokens = None
+        self._shards: ShardFileReader | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -46,7 +48,7 @@ class FeatureReader:
         from features_store.frames import bits_to_bf16, frame_checksums
 
         i = self._check_frame(i)
-        bits = self._tokens_array()[i]
+        bits = self._direct().frame(i) if direct_io(self.spec) else self._tokens_array()[i]
         if self.verify_checksums and frame_checksums(bits[None])[0] != self.index("checksum")[i]:
             raise StoreError(f"frame {i} of {self.path} fails its checksum; run `geo3d verify-cache {self.path}`")
         return bits_to_bf16(bits)
@@ -63,6 +65,8 @@ class FeatureReader:
         """Re-read the completion markers (for reading a store that is still being written)."""
         self._committed = self._scan_committed()
         self._index = None
+        if self._shards is not None:
+            self._shards.close()  # a shard marked damaged and rewritten since is a new file
 
     @property
     def complete(self) -> bool:
@@ -130,6 +134,7 @@ class FeatureReader:
 
             zarr.config.set({"async.concurrency": self.zarr_concurrency})
             self._tokens = None
+            self._shards = None  # fds are per process
             self._pid = os.getpid()
 
     def _tokens_array(self):
@@ -141,9 +146,16 @@ class FeatureReader:
                                            mode="r", zarr_format=3)
         return self._tokens
 
+    def _direct(self) -> ShardFileReader:
+        self._ensure_open()
+        if self._shards is None:
+            self._shards = ShardFileReader(self.path / L.TOKENS, self.spec)
+        return self._shards
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_tokens"] = None  # never ship an open zarr handle to another process
+        state["_shards"] = None
         state["_pid"] = None
         return state
 

@@ -32,6 +32,7 @@ from features_store.frames import bf16_to_bits, encode_content_ids, frame_checks
 from features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
 from features_store.lease import ShardLease, lock_scope_problem, try_lock
 from features_store.metadata import build_metadata, read_metadata, spec_from_metadata
+from features_store.shardio import direct_io, write_shard_file
 from features_store.spec import META_KEY, StoreSpec, diff_specs
 from geo3d.errors import StoreError
 
@@ -137,7 +138,11 @@ class FeatureStore:
             if self.is_committed(shard):
                 raise StoreError(f"shard {shard} of {self.path} is already committed; mark it damaged first "
                                  "(geo3d verify-cache --mark-damaged) to rewrite it")
-            return self._write_and_commit(shard, rng, bits, index, writer_info)
+            try:
+                return self._write_and_commit(shard, rng, bits, index, writer_info)
+            except BaseException:  # e.g. a full disk mid-shard: the cut files are garbage (no marker), free them
+                self._remove_shard_files(shard)
+                raise
         finally:
             if own:
                 self._leases[shard].release()
@@ -173,7 +178,10 @@ class FeatureStore:
         sums = frame_checksums(bits)
         sl = slice(rng.start, rng.stop)
         self._remove_shard_files(shard)
-        arrays[L.TOKENS][sl] = bits  # whole shard at once: no read-modify-write of a shared shard file
+        if direct_io(self.spec):  # the same bytes zarr would write, without its copies (features_store/shardio.py)
+            write_shard_file(self.path / L.chunk_files(self.spec, shard)[0], self.spec, bits)
+        else:
+            arrays[L.TOKENS][sl] = bits  # whole shard at once: no read-modify-write of a shared shard file
         for k in L.INT_INDEX:
             arrays[k][sl] = ints[k].astype(np.int32)
         arrays[L.CONTENT_ID][sl] = cid

@@ -44,6 +44,8 @@ def demo(
     compressor: str = typer.Option("qformer", "--compressor", help="none | mean | pool | per_layer | qformer"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default: configs/train/demo.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUT/store.zarr instead of reusing it."),
+    closed_loop: bool = typer.Option(False, "--eval", help="Train longer (configs/train/demo_eval.yaml), evaluate in "
+                                     "the LIBERO simulator from the training scenes, then `geo3d report` (geo3d/demo_eval.py)."),
 ) -> None:
     """Run stage 1 (tiny encoder) -> verify-cache -> stage 2 (tiny Qwen2.5-VL + compressor + DiT) on `demo`."""
     from geo3d.data.suites import DEMO_DATA_ROOT  # here, not at import: every `geo3d` command loads this module
@@ -59,6 +61,10 @@ def demo(
     precompute = ["precompute", *data, "--encoder", "tiny", "--store", str(store)]
     train = ["train", "--compressor", compressor, *data, "--store", str(store), "--out", str(run_dir),
              "--config", "train/demo"]
+    if closed_loop:
+        from geo3d.demo_eval import TRAIN_CONFIG
+
+        train += ["--config", TRAIN_CONFIG]
     if overwrite:
         precompute.append("--overwrite")
     if max_steps is not None:
@@ -68,6 +74,10 @@ def demo(
         "verify": _run_step("verify", ["verify-cache", str(store), "--data-root", str(DEMO_DATA_ROOT)], logs),
         "train": _run_step("train", train, logs),
     }
+    if closed_loop:
+        from geo3d.demo_eval import closed_loop as run_closed_loop
+
+        timings.update(run_closed_loop(_run_step, DEMO_DATA_ROOT, run_dir, logs))
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
                "seconds": {k: round(v, 1) for k, v in timings.items()},
                "checkpoints": sorted(str(p) for p in (p.parent for p in run_dir.glob("checkpoints/steps_*/checkpoint.json")))}
@@ -80,3 +90,5 @@ def demo(
     print(f"  step logs      : {logs}")
     print(f"  timings (s)    : {summary['seconds']}")
     print(f"  summary        : {logs / 'demo_summary.json'}")
+    if closed_loop:
+        print(f"  report         : {run_dir / 'report' / 'report.png'}  (loss curves + success table)")

@@ -99,6 +99,23 @@ def make_env(task: SimTask, image_size: int = 256, seed: int = 0) -> Any:
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # hold still, gripper open
 
 
+def seed_episode(seed: int, init_id: int) -> None:
+    """Seed python, numpy and torch for one episode: seed * 1000 + init state id.
+
+    Why before every reset: LIBERO places the fixtures (cabinet, stove, ...) at `env.reset()` from numpy's
+    global RNG, and `set_init_state` restores only the jointed bodies. The same (seed, init state) therefore
+    gives the same scene only when the RNG is seeded the same way right before the reset: eval and the
+    demo-data generator both call this. The flow-matching sampler also draws from torch's global RNG.
+    """
+    import random
+
+    s = int(seed) * 1000 + int(init_id)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(s)
+
+
 def reset_to(env: Any, init_state: np.ndarray, settle_steps: int = 10) -> dict:
     """Reset to a bundled initial state and let objects settle (as LIBERO's evaluation does)."""
     env.reset()
@@ -124,11 +141,11 @@ def state_from_obs(obs: dict) -> np.ndarray:
                            obs["robot0_gripper_qpos"]]).astype(np.float32)
 
 
-def frames_as_stored(obs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(agentview, wrist) as the LeRobot datasets store them: the raw render rotated 180 degrees.
+def raw_frames(obs: dict) -> np.ndarray:
+    """(agentview, wrist) as the simulator renders them, uint8 [2,H,W,3] in orientation `raw_render`.
 
-    Same as openvla's LIBERO regeneration (`obs["agentview_image"][::-1, ::-1]`), which the IPEC LeRobot
-    datasets were converted from; policies trained on those see exactly these pixels.
+    robosuite renders upside down; `geo3d.data.transforms.to_model_images(..., RAW_RENDER)` turns them
+    180 degrees once (openvla's `obs["agentview_image"][::-1, ::-1]`), which is how the upright LeRobot
+    datasets store them, so policies see the same pixels in training and in the simulator.
     """
-    return (np.ascontiguousarray(obs["agentview_image"][::-1, ::-1]),
-            np.ascontiguousarray(obs["robot0_eye_in_hand_image"][::-1, ::-1]))
+    return np.stack([obs["agentview_image"], obs["robot0_eye_in_hand_image"]])

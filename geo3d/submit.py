@@ -73,9 +73,12 @@ def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], 
     if dry_run:
         typer.echo(sub.print_scripts(scripts, preview_dir))
         return
-    job_dir = sub.new_submission_dir(cfg, verb)
-    scripts = build(cfg, job_dir)
-    sub.write_record(job_dir, cfg, scripts)
+    from geo3d.storage_faults import storage_guard
+    with storage_guard(f"submit {verb}", Path(str(cfg.slurm.submit_dir)).resolve(),
+                       safe=lambda: "nothing was submitted (scripts are written before sbatch runs)"):
+        job_dir = sub.new_submission_dir(cfg, verb)
+        scripts = build(cfg, job_dir)
+        sub.write_record(job_dir, cfg, scripts)
     launcher = [s for s in scripts if s.file.endswith(".sh")]
     if launcher:
         jobs = sub.run_launcher(job_dir / launcher[0].file)

@@ -2,8 +2,8 @@
 
 Why whole episodes: video decoding is sequential (random seeks are far more expensive), and a store shard
 (64 frames by default) is shorter than a LIBERO episode (~160 frames), so consecutive shards share episodes.
-Each episode is decoded once, turned upright and resized in the worker, and kept until the encoder has
-consumed it. A shard that spans an episode boundary simply takes frames from both episodes.
+Each episode is decoded once, brought upright (its reader's FRAME_ORIENTATION) and resized in the worker, and
+kept until the encoder has consumed it. A shard that spans an episode boundary simply takes frames from both episodes.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _ready() -> bool:
 
 
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
-    """Decode one episode in order; frames go through the one image path (upright -> resize)."""
+    """Decode one episode in order; frames go through the one image path (to_model_images)."""
     from precompute.encoders.views import frames_to_model_input
 
     if _WORKER_MIXTURE is None:
@@ -81,8 +81,9 @@ def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> D
     span = mix.span(dataset_id, episode_index)
     frames: np.ndarray | None = None
     ids = np.empty(span.length, dtype=np.uint64)
+    orientation = mix.frame_orientation(dataset_id)
     for k, (stored, cid) in enumerate(mix.iter_episode(dataset_id, episode_index, threads=source.decoder_threads)):
-        img = frames_to_model_input(stored, source.image_size)
+        img = frames_to_model_input(stored, source.image_size, orientation)
         if frames is None:
             frames = np.empty((span.length, *img.shape), dtype=np.uint8)
         frames[k], ids[k] = img, cid

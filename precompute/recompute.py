@@ -23,8 +23,10 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
     Used by `verify-cache --recompute` and by evaluation to encode live frames exactly like the training tokens.
     """
+    from geo3d.data.orientation import refuse_old_store
     from precompute.sharding import resolve_device
 
+    refuse_old_store(preprocessing, "behind these tokens")
     built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
     for what, mine, theirs in (("encoder identity", built.identity(), encoder),
                                ("preprocessing", built.preprocessing(), preprocessing)):
@@ -40,10 +42,13 @@ def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, de
 
     try:
         image_size = int(pre["resize"]["size"][0])
-        common = dict(image_size=image_size, tokens_per_view=tokens, device=device,
-                      dtype=str(pre["autocast_dtype"]))
     except (KeyError, TypeError, IndexError) as e:
         raise StoreError(f"the store's preprocessing record lacks {e}; it was not written by this precompute") from e
+    if "compute_dtype" not in enc:
+        raise StoreError("the store's encoder identity records no compute_dtype (written before geo3d chose the "
+                         "compute dtype per device): recompute the store with `geo3d precompute --overwrite`")
+    # The recorded dtype, not this machine's `auto`: only the dtype that made the tokens can reproduce them.
+    common = dict(image_size=image_size, tokens_per_view=tokens, device=device, dtype=str(enc["compute_dtype"]))
     if enc["name"] == "tiny":
         cfg = {k: v for k, v in enc["config"].items() if k != "layer"}
         return TinyEncoder(**cfg, **common)
@@ -75,7 +80,8 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     mixture = LiberoMixture(suite, data_root, image_size=encoder.image_size)
 
     def recompute(frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
-        images = np.stack([frames_to_model_input(mixture.read_stored_frames(int(i)), encoder.image_size)
+        images = np.stack([frames_to_model_input(mixture.read_stored_frames(int(i)), encoder.image_size,
+                                                 mixture.frame_orientation(mixture.locate(int(i))[0]))
                            for i in np.asarray(frames).ravel()])
         out = [encoder.encode(torch.from_numpy(images[a:a + batch_size])).cpu()
                for a in range(0, len(images), batch_size)]

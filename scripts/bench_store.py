@@ -6,7 +6,7 @@ read of the same bytes (one .npy per frame); on-disk size vs raw; `verify_store`
 RSS across two epochs. Optionally (--deep) the cost of the --deep level: decoding LIBERO-sized AV1 frames.
 Reads hit a warm page cache (files were just written): cold-disk numbers on a cluster filesystem are lower.
 
-    python scripts/bench_store.py [--frames 256] [--reads 400] [--deep]
+    python scripts/bench_store.py [--frames 256] [--reads 400] [--deep] [--default-only]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ LAYOUTS = {
     "no-shard chunk1 none": dict(shard_frames=64, chunk_frames=1, sharding=False, compressor="none"),
     "no-shard chunk16 zstd3": dict(shard_frames=64, chunk_frames=16, sharding=False, compressor="zstd"),
 }
+DEFAULT = "shard64/chunk1 none"  # configs/store.yaml
+GOALS = {"write vs raw sequential": 0.8, "random read vs .npy": 0.5}  # issue 13
 
 
 def tokens_like_encoder(n: int, seed: int = 0) -> torch.Tensor:
@@ -66,8 +68,9 @@ def raw_write(dirpath: Path, bits: np.ndarray) -> tuple[float, float]:
 
 
 def store_write(path: Path, spec: StoreSpec, tok: torch.Tensor) -> float:
-    t0 = time.perf_counter()
+    """Seconds to write + commit every shard (creating the empty store, once per store, is not counted)."""
     store = FeatureStore.open_or_create(path, spec)
+    t0 = time.perf_counter()
     for i in range(store.num_shards):
         r = store.shard_range(i)
         f = np.arange(r.start, r.stop)
@@ -143,27 +146,27 @@ def main() -> None:
                     "(best kept: the machine may be shared)")
     ap.add_argument("--deep", action="store_true", help="also time the --deep level (AV1 decode, 256x256)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: system temp)")
+    ap.add_argument("--default-only", action="store_true", help=f"only the default layout ({DEFAULT})")
     args = ap.parse_args()
     tok = tokens_like_encoder(args.frames)
     bits = tok.view(torch.uint16).numpy()
+    layouts = {k: v for k, v in LAYOUTS.items() if not args.default_only or k == DEFAULT}
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         tmp = Path(d)
         seq_s, npy_s = float("inf"), float("inf")
-        for _ in range(args.rounds):
+        rows = {name: {"path": tmp / name.replace("/", "_").replace(" ", "_"), "write_s": float("inf")}
+                for name in layouts}
+        for _ in range(args.rounds):  # raw and every layout interleaved per round, best of rounds each
             shutil.rmtree(tmp / "raw", ignore_errors=True)
             seq_s, npy_s = (min(a, b) for a, b in zip((seq_s, npy_s), raw_write(tmp / "raw", bits)))
+            for name, r in rows.items():
+                shutil.rmtree(r["path"], ignore_errors=True)
+                r["write_s"] = min(r["write_s"], store_write(r["path"], spec_for(layouts[name], args.frames), tok))
         mb = bits.nbytes / 1e6
         print(f"{args.frames} frames x [2,196,1536] bf16 = {mb:.0f} MB; {os.cpu_count()} CPUs; warm page cache")
-        rows = {}
-        for name, lay in LAYOUTS.items():  # write all layouts first (best of --rounds, like the raw writes)
-            path = tmp / name.replace("/", "_").replace(" ", "_")
-            best_w = float("inf")
-            for _ in range(args.rounds):
-                shutil.rmtree(path, ignore_errors=True)
-                best_w = min(best_w, store_write(path, spec_for(lay, args.frames), tok))
-            rows[name] = {"path": path, "write_MBps": mb / best_w,
-                          "size_ratio": du(path) / bits.nbytes,
-                          "files": sum(1 for f in (path / "tokens").rglob("*") if f.is_file())}
+        for name, r in rows.items():
+            r.update(write_MBps=mb / r["write_s"], size_ratio=du(r["path"]) / bits.nbytes,
+                     files=sum(1 for f in (r["path"] / "tokens").rglob("*") if f.is_file()))
         readers = {name: FeatureReader(r["path"]) for name, r in rows.items()}
         fns = {name: (lambda i, rd=rd: rd[i]) for name, rd in readers.items()}
         fns["raw .npy"] = lambda i: np.load(tmp / "raw" / f"{i:06d}.npy")
@@ -181,6 +184,10 @@ def main() -> None:
             print(f"{name:28s} {r['write_MBps']:10.0f} {r['write_MBps'] / (mb / seq_s):7.2f} {rps[name]:9.0f} "
                   f"{1e3 / rps[name]:6.2f} {rps[name] / rps['raw .npy']:7.2f} {r['size_ratio']:8.3f} "
                   f"{r['files']:6d} {v:12.1f} {g1:7.1f}/{g2:.1f}", flush=True)
+        if DEFAULT in rows:
+            got = {"write vs raw sequential": rows[DEFAULT]["write_MBps"] / (mb / seq_s),
+                   "random read vs .npy": rps[DEFAULT] / rps["raw .npy"]}
+            print("default layout: " + ", ".join(f"{k} {v:.2f}x (goal >= {GOALS[k]}x)" for k, v in got.items()))
         first = next(iter(rows.values()))["path"]
         best = {1: float("inf"), 2: float("inf")}
         for _ in range(args.rounds):  # interleaved, best of rounds

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from geo3d import sim  # noqa: E402
+from geo3d.data.transforms import RAW_RENDER, to_model_images  # noqa: E402
 from geo3d.data.writer import EpisodeArrays, write_lerobot_dataset  # noqa: E402
 from geo3d.errors import Geo3dError  # noqa: E402
 
@@ -138,7 +139,7 @@ def run_episode(env, init_state: np.ndarray, max_steps: int) -> Episode:
     while len(ep.action) < max_steps and wi < len(waypoints):
         wp = waypoints[wi]
         action = next_action(action, obs["robot0_eef_pos"], wp)
-        agent, wrist = sim.frames_as_stored(obs)
+        agent, wrist = to_model_images(sim.raw_frames(obs), None, RAW_RENDER)  # stored upright, as IPEC/openvla
         ep.agentview.append(agent)
         ep.wrist.append(wrist)
         ep.state.append(sim.state_from_obs(obs))
@@ -174,7 +175,7 @@ def save_raw(path: Path, ep: Episode, meta: dict) -> None:
 def controller_settings(max_steps: int, seed: int) -> dict:
     """What an episode depends on besides its task and init state: a cached .npz is reused only if equal."""
     return dict(pos_scale_m=POS_SCALE, max_speed=MAX_SPEED, carry_speed_bowl=CARRY_SPEED, max_delta=MAX_DELTA,
-                gain=GAIN, max_steps=max_steps, seed=seed)
+                gain=GAIN, max_steps=max_steps, seed=seed, scene_seed="geo3d.sim.seed_episode(seed, init_state)")
 
 
 def _is_rendered(path: Path, settings: dict) -> bool:
@@ -201,6 +202,7 @@ def render_all(plan: dict[str, list[int]], init_ids: list[int], raw_dir: Path, m
             try:
                 for init_id in todo:
                     t1 = time.time()
+                    sim.seed_episode(seed, init_id)  # the scene eval rebuilds for (seed, init state)
                     ep = run_episode(env, states[init_id], max_steps)
                     meta = dict(suite=suite, task_id=task_id, task_name=task.name, instruction=task.language,
                                 init_state_id=init_id, length=len(ep.action), success=ep.success,
@@ -258,7 +260,8 @@ def write_all(plan: dict[str, list[int]], init_ids: list[int], raw_dir: Path, ou
         datasets.append(dict(suite=suite, folder=folder.name, episodes=len(eps),
                              frames=int(sum(len(e.action) for e in eps)), bytes=_dir_bytes(folder)))
     gen = dict(command=command, seed=seed, max_steps=max_steps, fps=20, lerobot_version="v2.0",
-               image_size=256, orientation="frames stored rotated 180 degrees (geo3d.sim.frames_as_stored)",
+               image_size=256, orientation=("stored upright: raw render turned 180 degrees once "
+                                            "(to_model_images(..., RAW_RENDER)), like the IPEC data"),
                controller=controller_settings(max_steps, seed),
                render_seconds=round(sum(m["render_seconds"] for m in episodes_meta), 1),
                plan={s: t for s, t in plan.items()}, init_state_ids=init_ids, versions=_versions(),
@@ -292,7 +295,8 @@ reader, precompute and training paths of the real data. Read it with `geo3d.data
 {sizes}
 
 Both cameras (`observation.images.image` = agentview, `observation.images.wrist_image`) are 256x256 AV1,
-{gen['fps']} fps, stored **rotated 180 degrees** like the IPEC data (`geo3d.sim.frames_as_stored`).
+{gen['fps']} fps, stored **upright** like the IPEC data: the raw render turned 180 degrees once
+(`geo3d.data.transforms.to_model_images(..., RAW_RENDER)`, openvla's `[::-1, ::-1]`); they reach the models unturned.
 `observation.state` = eef xyz, eef axis-angle, 2 gripper finger positions (`geo3d.sim.state_from_obs`);
 `action` = OSC_POSE delta (xyz, rotation, gripper -1 open / +1 close) in [-1, 1], as sent to the simulator.
 

@@ -21,6 +21,7 @@ from geo3d.config import REPO_ROOT
 
 IMAGE, TOKENS = 56, 16          # small images (multiple of 14 for the encoder) and a 4x4 token grid
 COMPRESSORS = ("qformer", "pool")
+PRESETS = {"qformer": "geo3d", "pool": "fork"}  # the pool run uses the fork's design (configs/preset/fork.yaml)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -63,7 +64,7 @@ def trained_runs(base: Path) -> dict[str, Path]:
     for comp in COMPRESSORS:  # both runs at once: 2 cores here
         args = ["train", "--compressor", comp, *data, "--store", str(base / "store"), "--config", "train/demo",
                 "--out", str(base / f"run_{comp}"), "--max-steps", "2", "train.save_interval=2", f"model.geometry.tokens_per_view={TOKENS}",
-                "model.geometry.dim=128", f"data.image_size={IMAGE}"]
+                "model.geometry.dim=128", f"data.image_size={IMAGE}", f"preset={PRESETS[comp]}"]
         procs[comp] = subprocess.Popen(geo3d(*args), cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
     for comp, p in procs.items():

@@ -12,7 +12,7 @@ from data_fixtures import make_synthetic_libero, synthetic_sources
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS, resolve_suite
-from geo3d.data.transforms import resize, to_model_images, upright
+from geo3d.data.transforms import RAW_RENDER, UPRIGHT, resize, to_model_images, turn_180
 
 LENGTHS = (5, 11)  # episode 0 shorter than the action horizon
 SPEC = dict(suites=("libero_spatial", "libero_object"), episodes_per_suite=2, lengths=LENGTHS, size=64, seed=7)
@@ -76,20 +76,26 @@ def test_random_access_equals_sequential_decode(root):
         stored = m.read_stored_frames(i)
         np.testing.assert_array_equal(stored, seq[i])  # bit-identical pixels
         assert frame_content_id(stored) == ids[i]
-        np.testing.assert_array_equal(m[i]["images"], upright(seq[i]))
+        np.testing.assert_array_equal(m[i]["images"], seq[i])  # LeRobot frames are stored upright: unturned
 
 
 def test_images_are_upright_and_resized(root):
     m = LiberoMixture("demo", root, image_size=32)
     item = m[3]
     assert item["images"].shape == (2, 32, 32, 3) and item["images"].dtype == np.uint8
-    np.testing.assert_array_equal(item["images"], to_model_images(m.read_stored_frames(3), 32))
+    np.testing.assert_array_equal(item["images"], resize(m.read_stored_frames(3), 32))
+    assert m.frame_orientation(0) == UPRIGHT
 
 
-def test_upright_and_resize():
+def test_orientations_and_resize():
     img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-    np.testing.assert_array_equal(upright(img), np.rot90(img, 2))
-    np.testing.assert_array_equal(upright(np.stack([img, img + 1])), np.stack([np.rot90(img, 2), np.rot90(img + 1, 2)]))
+    np.testing.assert_array_equal(turn_180(img), np.rot90(img, 2))
+    pair = np.stack([img, img + 1])
+    turned = np.stack([np.rot90(img, 2), np.rot90(img + 1, 2)])
+    np.testing.assert_array_equal(to_model_images(pair, None, RAW_RENDER), turned)
+    np.testing.assert_array_equal(to_model_images(pair, None, UPRIGHT), pair)
+    with pytest.raises(ValueError, match="unknown frame orientation"):
+        to_model_images(pair, None, "rot180")
     flat = np.full((2, 64, 64, 3), 77, np.uint8)
     out = resize(flat, 28)
     assert out.shape == (2, 28, 28, 3) and (out == 77).all()

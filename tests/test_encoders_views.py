@@ -28,24 +28,36 @@ def test_tokens_per_view_must_be_square():
         grid_side(200)
 
 
-def test_frames_are_turned_upright_then_resized():
+def test_frames_follow_their_declared_orientation_then_resize():
     stored = np.zeros((2, 28, 28, 3), np.uint8)
-    stored[0, -1, -1] = 255  # bottom-right as stored = top-left upright
-    stored[1, 0, 0] = 200  # wrist: top-left as stored = bottom-right upright
-    out = frames_to_model_input(stored, 28)
+    stored[0, -1, -1] = 255  # raw render: bottom-right = top-left upright
+    stored[1, 0, 0] = 200  # wrist: top-left = bottom-right upright
+    out = frames_to_model_input(stored, 28, "raw_render")
     assert out.shape == (2, 28, 28, 3) and out.dtype == np.uint8
     assert out[0, 0, 0, 0] == 255 and out[1, -1, -1, 0] == 200
-    assert frames_to_model_input(stored, 56).shape == (2, 56, 56, 3)
+    np.testing.assert_array_equal(frames_to_model_input(stored, 28, "upright"), stored)  # LeRobot: unturned
+    assert frames_to_model_input(stored, 56, "upright").shape == (2, 56, 56, 3)
 
 
 def test_imagenet_normalization_per_view():
     img = torch.zeros((1, 2, 14, 14, 3), dtype=torch.uint8)
     img[:, 1] = 255
-    views = normalize_views(img, "cpu")
+    views = normalize_views(img, "cpu", "dinov2")
     assert len(views) == 2 and views[0].shape == (1, 3, 14, 14)
     for c in range(3):
         assert torch.allclose(views[0][0, c], torch.tensor(-IMAGENET_MEAN[c] / IMAGENET_STD[c]))
         assert torch.allclose(views[1][0, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+
+
+def test_normalization_follows_the_data_norm_type_and_refuses_unknown_ones():
+    img = torch.zeros((1, 2, 14, 14, 3), dtype=torch.uint8)
+    img[:, 1] = 255
+    dust3r = normalize_views(img, "cpu", "dust3r")  # mean 0.5, std 0.5: [-1, 1]
+    assert torch.all(dust3r[0] == -1) and torch.all(dust3r[1] == 1)
+    assert preprocessing_record(224, 196, "bfloat16", "dust3r")["normalize"] == {
+        "mean": [0.5] * 3, "std": [0.5] * 3, "data_norm_type": "dust3r"}
+    with pytest.raises(Geo3dError, match="unknown image normalization data_norm_type='clip'.*known: .*dinov2"):
+        normalize_views(img, "cpu", "clip")
 
 
 def test_pool_16x16_grid_to_196_tokens_row_major():
@@ -62,18 +74,19 @@ def test_pool_16x16_grid_to_196_tokens_row_major():
 
 
 def test_preprocessing_record_names_every_step():
-    rec = preprocessing_record(224, 196, "bfloat16")
+    rec = preprocessing_record(224, 196, "bfloat16", "dinov2")
     assert rec["patch_grid"] == [16, 16] and rec["token_pool"]["grid"] == [14, 14]
-    assert rec["views"] == ["agentview", "wrist"] and "upright" in rec["orientation"]
+    assert rec["views"] == ["agentview", "wrist"] and "upright frames unturned" in rec["orientation"]
     assert rec["normalize"]["mean"] == list(IMAGENET_MEAN)
 
 
 def test_a_changed_image_path_changes_the_record(monkeypatch):
-    """If `upright` stops rotating (or resize changes), stores made before are refused instead of mixed."""
+    """If the orientation step changes (or resize does), stores made before are refused instead of mixed."""
     import geo3d.data.transforms as T
 
-    before = preprocessing_record(56, 4, "bfloat16")
-    assert before["image_path_probe"]["orientation"] == "rot180"
-    monkeypatch.setattr(T, "upright", lambda img: np.ascontiguousarray(img))
-    after = preprocessing_record(56, 4, "bfloat16")
-    assert after["image_path_probe"]["orientation"] == "identity" and after != before
+    before = preprocessing_record(56, 4, "bfloat16", "dinov2")
+    assert before["image_path_probe"]["orientation"] == "identity"  # upright LeRobot frames pass unturned
+    assert before["image_path_probe"]["raw_render"] == "rot180"  # simulator renders are turned once
+    monkeypatch.setattr(T, "to_upright", lambda img, orientation: T.turn_180(img))  # the old, wrong path
+    after = preprocessing_record(56, 4, "bfloat16", "dinov2")
+    assert after["image_path_probe"]["orientation"] == "rot180" and after != before

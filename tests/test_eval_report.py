@@ -37,8 +37,11 @@ def test_report_compares_two_runs(runs, tmp_path):
     assert img.format == "PNG" and img.size[0] > 800 and img.size[1] > 600
     assert np.asarray(img.convert("L")).std() > 10  # something was drawn
     md = (out / "report.md").read_text()
-    assert "| run_qformer | qformer | 2 |" in md and "| run_pool | pool | 2 |" in md
+    assert "| run_qformer | qformer | geo3d | 2 |" in md and "| run_pool | pool | fork | 2 |" in md
     summary = {r["compressor"]: r for r in json.loads((out / "report.json").read_text())}
+    assert summary["qformer"]["preset"] == "geo3d" and summary["pool"]["preset"] == "fork"
+    launch = json.loads((runs["pool"] / "provenance.json").read_text())[-1]
+    assert launch["preset"] == "fork" and "git_commit" in json.dumps(launch)
     for comp, run_dir in runs.items():
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
         s = summary[comp]

@@ -4,6 +4,7 @@ handlers) and the --resume check that keeps episodes of other settings out of on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -39,7 +40,9 @@ def test_resume_refuses_results_of_other_settings_or_another_checkpoint(tmp_path
                                      "gripper": {"sim_sign": 1.0, "binarize": True}, "render_size": 256, "seed": 7,
                                      "workers": 1, "video": False}})
     save_resolved(cfg, tmp_path)
-    (tmp_path / RESULTS_FILE).write_text('{"checkpoint": "/runs/a/checkpoints/steps_2"}')
+    from geo3d.data.orientation import orientation_probe
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"checkpoint": "/runs/a/checkpoints/steps_2",
+                                                     "image_orientation": orientation_probe()}))
     check_resume_matches(tmp_path, cfg, "/runs/a/checkpoints/steps_2")
     check_resume_matches(tmp_path, OmegaConf.merge(cfg, {"eval": {"workers": 4, "video": True}}),
                          "/runs/a/checkpoints/steps_2")  # how episodes run may change, not what they measure

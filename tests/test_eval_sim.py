@@ -57,11 +57,11 @@ def test_gripper_dataset_convention_reaches_the_sim_with_the_configured_sign(sim
     assert opened > 2 * closed and opened > 0.06, (closed, opened)  # -1 (dataset: open) opened them
 
 
-def test_stored_orientation_matches_the_lerobot_datasets(sim_trace):
-    """IPEC/openvla LIBERO data store the render rotated 180 deg: scene upright, wall at the top."""
-    from geo3d.sim import frames_as_stored
+def test_eval_images_are_upright(sim_trace):
+    """The raw render turned once (as IPEC/openvla store LIBERO frames): scene upright, wall at the top."""
+    from evaluation.frames import observation_to_inputs
 
-    agent = frames_as_stored(sim_trace["settled"])[0].astype(np.float32)
+    agent = observation_to_inputs(sim_trace["settled"], None)[0][0].astype(np.float32)
     fifth = agent.shape[0] // 5
     saturation = lambda x: float((x.max(-1) - x.min(-1)).mean())  # noqa: E731
     assert saturation(agent[:fifth]) < 0.5 * saturation(agent[-fifth:])  # gray wall above, wooden table below
@@ -75,10 +75,11 @@ def test_eval_images_are_the_training_images(sim_trace, tmp_path):
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.suites import SUITE_FOLDERS
     from geo3d.data.writer import write_lerobot_dataset
-    from geo3d.sim import frames_as_stored, state_from_obs
+    from geo3d.data.transforms import RAW_RENDER, to_model_images
+    from geo3d.sim import raw_frames, state_from_obs
 
     obs_list = [sim_trace[k] for k in ("settled", "closed", "opened")]
-    stored = [frames_as_stored(o) for o in obs_list]
+    stored = [to_model_images(raw_frames(o), None, RAW_RENDER) for o in obs_list]  # as the demo generator stores
     episode = EpisodeArrays(task="pick up the black bowl", agentview=np.stack([s[0] for s in stored]),
                             wrist=np.stack([s[1] for s in stored]),
                             state=np.stack([state_from_obs(o) for o in obs_list]),
@@ -93,6 +94,27 @@ def test_eval_images_are_the_training_images(sim_trace, tmp_path):
         rotated = np.abs(images[:, ::-1, ::-1].astype(int) - train_item["images"].astype(int)).mean()
         assert diff < 6 and rotated > 3 * diff, (diff, rotated)
         np.testing.assert_allclose(state, train_item["state"], rtol=0, atol=1e-6)
+
+
+def test_a_bundled_init_state_renders_like_the_stored_demo_frame(sim_trace):
+    """Real pixels: libero_spatial task 0 from bundled init state 0 (settled like the generator did), mapped the
+    way eval maps it, equals the stored demo frame 0 of that episode through the training path up to AV1 noise,
+    and is far from its 180-degree turn: this cannot pass if either path is upside down."""
+    from evaluation.frames import observation_to_inputs
+    from geo3d.data.mixture import LiberoMixture
+    from geo3d.data.suites import DEMO_DATA_ROOT
+
+    gen = json.loads((DEMO_DATA_ROOT / "generation.json").read_text())
+    (ep,) = [m for m in gen["episodes"] if (m["suite"], m["task_id"], m["init_state_id"]) == ("libero_spatial", 0, 0)]
+    mixture = LiberoMixture("demo", image_size=IMAGE)
+    assert mixture.paths[0].name.startswith("libero_spatial")
+    train_images = mixture[mixture.global_index(0, ep["episode_index"], 0)]["images"].astype(int)
+    eval_images = observation_to_inputs(sim_trace["settled"], IMAGE)[0].astype(int)
+    for v in range(2):  # agentview, wrist
+        diff = np.abs(eval_images[v] - train_images[v]).mean()
+        turned = np.abs(eval_images[v][::-1, ::-1] - train_images[v]).mean()
+        print(f"view {v}: |eval - stored| {diff:.2f}, |eval turned - stored| {turned:.2f}")
+        assert diff < 4 and turned > 5 * diff, (v, diff, turned)
 
 
 @pytest.fixture(scope="module")

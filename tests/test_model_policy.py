@@ -53,7 +53,8 @@ def test_forward_backward_predict_every_compressor(kind):
     torch.manual_seed(0)
     policy = build_policy(tiny_cfg(kind))
     batch = make_batch(policy)
-    out = policy(batch)
+    assert policy(batch).geom_attention_mass is None  # measured only when asked (the trainer's logging steps)
+    out = policy(batch, attention_mass=True)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     mass = out.geom_attention_mass
@@ -225,7 +226,7 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
     target = actions.repeat_interleave(head.cfg.repeats, 0)
     sign = {"value": 1.0}
 
-    def oracle(x_t, t, state, ctx, keep, geom_slice):
+    def oracle(x_t, t, state, ctx, keep, geom_slice, want_mass=False):
         v = (target - x_t) / (1 - t)[:, None, None]  # = action - noise on the path above
         wrong_on_pads = torch.where(keep[..., None], v, v + 100.0)
         return sign["value"] * wrong_on_pads, torch.zeros(head.cfg.num_layers)
@@ -236,5 +237,5 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
     sign["value"] = -1.0
     assert float(head.loss(None, state, actions, pad, slice(0, 0))[0]) > 0.1
     sign["value"], target = 1.0, actions  # sampling: no repeats
-    sampled, _ = head.sample(None, state, slice(0, 0), num_steps=4, generator=torch.Generator().manual_seed(2))
+    sampled = head.sample(None, state, slice(0, 0), num_steps=4, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(sampled, actions, atol=1e-5)

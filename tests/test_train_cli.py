@@ -55,7 +55,8 @@ def test_dry_run_prints_parameter_counts_per_module_as_json():
     assert report["compressor"] == "per_layer" and report["model_config"] == "qwen2_5_vl_3b"
     assert set(params) == {"vlm", "compressor", "action_head", "total"}
     assert round(params["compressor"]["total"] / 1e6, 2) == 50.36  # the seed's per_layer size
-    assert params["total"]["trainable"] == params["total"]["total"]
+    frozen_state_encoder = 7 * 1024 + 1024 + 1024 * 2048 + 2048  # preset fork: built, never fed (no state)
+    assert params["total"]["trainable"] == params["total"]["total"] - frozen_state_encoder
     r = run_geo3d(["train", "--suite", "demo", "--compressor", "qformer", "--dry-run", "train.freeze=[vlm]"])
     counts = json.loads(r.stdout)["params"]
     assert counts["vlm"]["trainable"] == 0 and counts["compressor"]["trainable"] > 0

@@ -26,8 +26,10 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
     for span in mixture.episodes():
         for k, (_, cid) in enumerate(mixture.iter_episode(span.dataset_id, span.episode_index)):
             content[span.start + k] = cid
-    spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER,
-                     preprocessing=preprocessing or {"views": ["agentview", "wrist"]},
+    from precompute.encoders.views import image_path_probe
+    preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224),
+                     **(preprocessing or {})}
+    spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER, preprocessing=preprocessing,
                      dataset=mixture.identity(), layout=StoreLayout(shard_frames=shard_frames))
     store = FeatureStore.open_or_create(path, spec)
     g = torch.Generator().manual_seed(seed)

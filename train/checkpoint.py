@@ -201,4 +201,6 @@ def read_marker(ckpt_dir: str | Path) -> dict[str, Any]:
         raise Geo3dError(f"{ckpt_dir} is an old-format geo3d checkpoint ({marker.get('weights')}, no "
                          f"model.safetensors / processor pipeline); this geo3d reads {FORMAT} only. Retrain, or "
                          f"check out the geo3d version that wrote it (see train/README.md 'Old checkpoints')")
+    from geo3d.data.orientation import refuse_old_checkpoint
+    refuse_old_checkpoint(marker, ckpt_dir)
     return marker

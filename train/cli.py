@@ -32,8 +32,9 @@ def train(
 ) -> None:
     """Train Qwen2.5-VL + geometry compressor + DiT action head on raw frames and cached geometry tokens.
 
-    Exit codes: 0 done; 2 bad input (nothing trained); 75 preempted by SIGTERM/SIGUSR1 after saving a
-    resume checkpoint (re-run the same command with --resume to continue).
+    Exit codes: 0 done; 2 bad input (nothing trained); 74 storage fault (full disk, quota, I/O error: free
+    space, then re-run with --resume); 75 preempted by SIGTERM/SIGUSR1 after saving a resume checkpoint
+    (re-run the same command with --resume to continue).
     """
     import json
 
@@ -50,8 +51,12 @@ def train(
         typer.echo(json.dumps({**report, "memory": memory.as_dict()}, indent=2))
         typer.echo("per-GPU training memory (estimate):\n" + memory.render(), err=True)
         return
+    from geo3d.storage_faults import resume_command, storage_guard
     from train.launch import run_training
-    result = run_training(cfg, resume)
+    from train.run_config import run_dir_of
+    from train.storage import fault_hooks
+    with storage_guard("train", run_dir_of(cfg), resume=resume_command(add=("--resume",)), **fault_hooks(cfg)):
+        result = run_training(cfg, resume)
     if not result.is_main:
         raise typer.Exit(PREEMPTED_EXIT_CODE if result.preempted_by is not None else 0)
     if result.preempted_by is not None:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from geo3d.errors import Geo3dError
 from train.checkpoint import latest_checkpoint, read_marker
+from train.precision import inference_autocast
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -90,7 +91,9 @@ class LoadedPolicy:
         batch = self.pipeline.preprocess(imgs[None], [instruction], np.asarray(state, dtype=np.float32)[None])
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         batch["geometry"] = self._geometry(imgs, geometry)
-        return self.pipeline.postprocess(self.policy.predict_action(batch)[0])
+        with inference_autocast(self.cfg.train.get("mixed_precision", "auto"), self.device):
+            actions = self.policy.predict_action(batch)[0]
+        return self.pipeline.postprocess(actions)
 
 
 def load_policy(ckpt_dir: str | Path, device: str = "cpu", geometry_encoder: Any = None) -> LoadedPolicy:

@@ -18,9 +18,8 @@ from train.trainer import TrainingParts, TrainResult, train_loop
 
 def make_accelerator(cfg: DictConfig) -> Any:
     from accelerate import Accelerator
-    precision = str(cfg.train.mixed_precision)
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
+    from train.precision import accelerate_precision
+    precision = accelerate_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
     acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
@@ -53,8 +52,11 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
-    return {"model_config": cfg.model_config, "compressor": compressor, "freeze": list(cfg.train.freeze),
-            "params": policy.param_counts(), "memory": estimate_memory(cfg)}
+    counts = policy.param_counts()
+    return {"model_config": cfg.model_config, "preset": setup.preset_of(cfg), "compressor": compressor,
+            "freeze": list(cfg.train.freeze), "params": counts,
+            "params_millions": {name: round(c["total"] / 1e6, 2) for name, c in counts.items()},
+            "memory": estimate_memory(cfg)}
 
 
 def loader_options(train_cfg: DictConfig) -> dict[str, Any]:
@@ -99,6 +101,7 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from train.modeling.policy import build_policy
     from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
     from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
+    from train.precision import keep_trainable_fp32
 
     setup.preflight(cfg)
     store = setup.check_store_path(cfg)
@@ -116,6 +119,7 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     set_seed(int(cfg.train.seed))
     policy = build_policy(cfg.model, device=str(acc.device))
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
+    keep_trainable_fp32(policy, acc.mixed_precision)  # fp32 master weights; compute follows acc's autocast
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     state = TrainerState()
@@ -124,7 +128,8 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
         state.ema = EMA(policy, float(cfg.train.ema.decay))
     model, optimizer = acc.prepare(policy, optimizer)
     acc.register_for_checkpointing(scheduler, state)
-    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name))
+    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name),
+                           store=setup._store_record(cfg, spec))
     if ckpt is not None:
         restore_weights(acc, model, state, ckpt)
         acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")

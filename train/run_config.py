@@ -1,9 +1,10 @@
 """How `geo3d train` composes its config, and where a run lives.
 
-Order (later wins): configs/data.yaml < configs/model/<model_config>.yaml < configs/train/default.yaml
-< configs/train/demo.yaml (only for `--suite demo` without any --config) < --config files < explicit flags
-< positional key=value overrides. `model_config` names the model file; it is read from the same layers
-first, so a --config or an override such as `model_config=tiny` chooses the model.
+Order (later wins): configs/data.yaml < configs/model/<model_config>.yaml < configs/preset/<preset>.yaml
+< configs/train/default.yaml < configs/train/demo.yaml (only for `--suite demo` without any --config)
+< --config files < explicit flags < positional key=value overrides. `model_config` names the model file and
+`preset` the design preset (fork | geo3d); both are read from the same layers first, so a --config or an
+override such as `model_config=tiny` or `preset=geo3d` chooses them.
 """
 
 from __future__ import annotations
@@ -56,11 +57,19 @@ def compose_train_config(configs: Iterable[Path] | None = None, overrides: Itera
     model_name = OmegaConf.select(probe, "model_config", default=None)
     if not model_name:
         raise ConfigError("no model_config set: give one (e.g. model_config=tiny) naming configs/model/<name>.yaml")
-    model_file = REPO_ROOT / "configs" / "model" / f"{model_name}.yaml"
-    if not model_file.is_file():
-        known = sorted(p.stem for p in (REPO_ROOT / "configs" / "model").glob("*.yaml"))
-        raise ConfigError(f"model_config={model_name!r}: {model_file} does not exist; known: {known}")
-    return _apply(load_config([DATA_DEFAULTS, model_file, *layers]), flags, overrides)
+    model_file = _named_file("model", "model_config", model_name)
+    preset = OmegaConf.select(probe, "preset", default=None)
+    presets = [_named_file("preset", "preset", preset)] if preset else []
+    return _apply(load_config([DATA_DEFAULTS, model_file, *presets, *layers]), flags, overrides)
+
+
+def _named_file(folder: str, key: str, name: str) -> Path:
+    """configs/<folder>/<name>.yaml, or a ConfigError listing the known names."""
+    path = REPO_ROOT / "configs" / folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (REPO_ROOT / "configs" / folder).glob("*.yaml"))
+        raise ConfigError(f"{key}={name!r}: {path} does not exist; known: {known}")
+    return path
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

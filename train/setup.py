@@ -76,7 +76,7 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
         raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
                          f"--out NEW_DIR for a new run")
     if ckpt is not None:
-        read_marker(ckpt)  # an old-format checkpoint is refused here, before anything is built
+        read_marker(ckpt)  # refuses an old-format checkpoint or one trained with the old image orientation
         saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
         diffs = resume_differences(saved, cfg)  # type: ignore[arg-type]
         if diffs:
@@ -95,8 +95,10 @@ def open_mixture(cfg: DictConfig) -> Any:
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
     from features_store import FeatureReader
+    from geo3d.data.orientation import refuse_old_store
     from train.store_check import check_store_matches_dataset, check_token_shape
     reader = FeatureReader(store)
+    refuse_old_store(reader.spec.preprocessing, store)
     check_token_shape(reader.spec, cfg.model.geometry, store)
     check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))
     return reader
@@ -118,7 +120,7 @@ def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
     save_resolved(cfg, run_dir, RESOLVED_CONFIG)
     path = run_dir / "provenance.json"
     launches = json.loads(path.read_text()) if path.exists() else []
-    launches.append({**provenance(), "store": _store_record(cfg, store_spec)})
+    launches.append({**provenance(), "preset": preset_of(cfg), "store": _store_record(cfg, store_spec)})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(launches, indent=2, default=str))
     os.replace(tmp, path)
@@ -133,4 +135,12 @@ def _store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
 
 def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
     """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
-    return {"compressor": compressor_type(cfg), "store": _store_record(cfg, spec), "provenance": provenance()}
+    from geo3d.data.orientation import orientation_probe
+    return {"compressor": compressor_type(cfg), "preset": preset_of(cfg), "store": _store_record(cfg, spec),
+            "provenance": provenance(), "image_orientation": orientation_probe()}
+
+
+def preset_of(cfg: DictConfig) -> str | None:
+    """The design preset the run was composed with (configs/preset/<name>.yaml), None if none was named."""
+    value = OmegaConf.select(cfg, "preset", default=None)
+    return str(value) if value is not None else None

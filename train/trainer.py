@@ -53,12 +53,14 @@ def _unwrap(parts: TrainingParts) -> torch.nn.Module:
     return parts.accelerator.unwrap_model(parts.model)
 
 
-def _micro_step(parts: TrainingParts, batch: dict[str, Any]) -> tuple[torch.Tensor, Any, dict[str, Any]]:
-    """Forward + backward of one micro-batch; on the last one of a step also clip and step the optimizer."""
+def _micro_step(parts: TrainingParts, batch: dict[str, Any],
+                log: bool) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    """Forward + backward of one micro-batch; on the last one of a step also clip and step the optimizer.
+    `log`: this step writes a metrics record, so also measure the geometry attention mass."""
     acc, train_cfg = parts.accelerator, parts.cfg.train
     extra: dict[str, Any] = {}
     with acc.accumulate(parts.model):
-        out = parts.model(batch)
+        out = parts.model(batch, attention_mass=log)
         if not torch.isfinite(out.loss):
             raise Geo3dError(f"non-finite loss {out.loss.item()} at step {parts.state.step + 1}; lower the "
                              f"learning rate or check the data (norm stats, geometry tokens)")
@@ -75,7 +77,8 @@ def _micro_step(parts: TrainingParts, batch: dict[str, Any]) -> tuple[torch.Tens
     return out.loss.detach(), out.geom_attention_mass, extra
 
 
-def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], timer: StepTimer) -> dict[str, Any]:
+def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], timer: StepTimer,
+                    log: bool) -> dict[str, Any]:
     """One full optimizer step; returns the record for metrics.jsonl (before cross-rank reduction)."""
     acc, train_cfg = parts.accelerator, parts.cfg.train
     losses, masses, extra = [], [], {}
@@ -83,7 +86,7 @@ def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], tim
         batch = next(batches)
         parts.state.consumed += len(batch["index"])
         timer.mark_data()
-        loss, mass, ex = _micro_step(parts, move_batch(batch, acc.device))
+        loss, mass, ex = _micro_step(parts, move_batch(batch, acc.device), log)
         losses.append(loss)
         if mass is not None:
             masses.append(mass.detach().float())
@@ -150,9 +153,10 @@ def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | 
                disable=not acc.is_main_process, dynamic_ncols=True)
     try:
         while parts.state.step < max_steps:
-            raw = _optimizer_step(parts, batches, timer)
-            step = parts.state.step
-            if step % log_every == 0 or step == max_steps:
+            step = parts.state.step + 1
+            log = step % log_every == 0 or step == max_steps
+            raw = _optimizer_step(parts, batches, timer, log)
+            if log:
                 record = _finalize_record(parts, raw, timer)
                 parts.logger.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")

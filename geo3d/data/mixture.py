@@ -14,8 +14,7 @@ import numpy as np
 
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.layout import ACTION_KEY, STATE_KEY
-from geo3d.data.lerobot_format import LeRobotDataset
-from geo3d.data.suites import resolve_suite
+from geo3d.data.suites import open_dataset, resolve_suite
 from geo3d.data.transforms import to_model_images
 
 VIEWS = ("agentview", "wrist")
@@ -40,7 +39,7 @@ class LiberoMixture:
         self.action_horizon = int(action_horizon)
         self.image_size = image_size
         self.paths = resolve_suite(suite, data_root)
-        self.datasets = [LeRobotDataset(p, video_cache_size=video_cache_size) for p in self.paths]
+        self.datasets = [open_dataset(p, video_cache_size=video_cache_size) for p in self.paths]
         spans, start = [], 0
         for d, ds in enumerate(self.datasets):
             for e in ds.episode_indices:
@@ -106,8 +105,12 @@ class LiberoMixture:
             yield frames, frame_content_id(frames)
 
     # ---- random access (stage 2) ------------------------------------------------------------------
+    def frame_orientation(self, dataset_id: int) -> str:
+        """How dataset `dataset_id` stores its frames (its reader's FRAME_ORIENTATION; see transforms)."""
+        return str(type(self.datasets[dataset_id]).FRAME_ORIENTATION)
+
     def read_stored_frames(self, i: int) -> np.ndarray:
-        """Frames of global index i as stored (rotated), uint8 [V,H,W,3]."""
+        """Frames of global index i as stored (see `frame_orientation`), uint8 [V,H,W,3]."""
         d, e, f = self.locate(i)
         return self.datasets[d].read_frame(e, f)
 
@@ -125,7 +128,7 @@ class LiberoMixture:
         cols = ds.episode_columns(e)
         actions, pad = self.action_chunk(d, e, f)
         return {
-            "images": to_model_images(ds.read_frame(e, f), self.image_size),
+            "images": to_model_images(ds.read_frame(e, f), self.image_size, self.frame_orientation(d)),
             "instruction": ds.task_text(cols["task_index"][f]),
             "state": cols[STATE_KEY][f].copy(),
             "actions": actions,

@@ -73,7 +73,9 @@ def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: b
 
 
 def _common_settings(cfg: DictConfig, job_dir: Path) -> dict:
-    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code))}
+    from geo3d.storage_faults import STORAGE_FAULT_EXIT_CODE
+    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code)),
+            "STORAGE_FAULT_EXIT_CODE": str(STORAGE_FAULT_EXIT_CODE)}
 
 
 def _data_root_args(cfg: DictConfig) -> list[str]:

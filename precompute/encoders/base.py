@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from geo3d.compute_dtype import resolve_compute_dtype
 from precompute.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
                                        pool_view_features, preprocessing_record)
 
@@ -16,6 +17,7 @@ class GeometryEncoder(ABC):
     """A frozen encoder. Subclasses provide `view_features`; input and output handling is shared."""
 
     name: str
+    data_norm_type: str  # how the model expects its images normalized (precompute.encoders.views.NORM_TYPES)
 
     def __init__(self, model: torch.nn.Module, *, image_size: int, tokens_per_view: int, dim: int,
                  device: torch.device | str, dtype: str):
@@ -23,7 +25,8 @@ class GeometryEncoder(ABC):
         grid_side(tokens_per_view)
         self.model = model.eval().requires_grad_(False).to(device)
         self.image_size, self.tokens_per_view, self.dim = image_size, tokens_per_view, dim
-        self.device, self.dtype = torch.device(device), dtype
+        self.device = torch.device(device)
+        self.dtype = resolve_compute_dtype(dtype, self.device)  # resolved, never `auto`: it is in the identity
 
     @abstractmethod
     def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -38,17 +41,21 @@ class GeometryEncoder(ABC):
         return {"torch": torch.__version__}
 
     def preprocessing(self) -> dict[str, Any]:
-        return preprocessing_record(self.image_size, self.tokens_per_view, self.dtype)
+        return preprocessing_record(self.image_size, self.tokens_per_view, self.dtype, self.data_norm_type)
+
+    def model_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 [B,V,S,S,3] upright + resized frames -> the V normalized views [B,3,S,S] the model receives."""
+        if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
+            raise ValueError(f"images are {tuple(images.shape[2:4])}, encoder expects {self.image_size}")
+        return normalize_views(images, self.device, self.data_norm_type)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B,V,S,S,3] upright + resized frames -> bf16 [B,V,T,D] on the encoder's device.
 
         Every view of a timestep is encoded together, in stored order (agentview first).
         """
-        if images.shape[2] != self.image_size or images.shape[3] != self.image_size:
-            raise ValueError(f"images are {tuple(images.shape[2:4])}, encoder expects {self.image_size}")
         with torch.inference_mode(), autocast_context(self.device, self.dtype):
-            feats = self.view_features(normalize_views(images, self.device))
+            feats = self.view_features(self.model_inputs(images))
             return pool_view_features(feats, self.tokens_per_view)
 
 

@@ -2,18 +2,20 @@
 
 Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run), offline:
 weights from a local directory (config.json + model.safetensors) loaded with strict=True, and the DINOv2
-architecture from the torch hub cache with `torch_hub_pretrained=False` so nothing is downloaded.
+architecture from the torch hub cache, loaded with `source="local"` and `torch_hub_pretrained=False`: building
+the encoder makes no network call at all. Images are normalized as the model's `encoder.data_norm_type` says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -74,6 +76,30 @@ def require_dinov2_hub_code() -> Path:
     return found
 
 
+@contextlib.contextmanager
+def dinov2_hub_code_from_cache(hub_code: Path) -> Iterator[None]:
+    """While MapAnything is built, serve uniception's `torch.hub.load("facebookresearch/dinov2", ...)` from the
+    cached hub code with `source="local"`.
+
+    With the default `source="github"` and no branch, torch.hub first opens https://github.com/.../tree/main/ to
+    pick the default branch, and only falls back to its cache on a URLError: on nodes that drop packets that is
+    a hang, not an error. Other torch.hub calls pass through unchanged.
+    """
+    original = torch.hub.load
+    repo = "/".join(DINOV2_REPO)
+
+    def load(repo_or_dir: str, model: str, *args: Any, source: str = "github", **kwargs: Any) -> Any:
+        if source == "github" and str(repo_or_dir).split(":")[0] == repo:
+            return original(str(hub_code), model, *args, source="local", **kwargs)
+        return original(repo_or_dir, model, *args, source=source, **kwargs)
+
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = original
+
+
 def offline_config(config: dict[str, Any]) -> dict[str, Any]:
     """config.json patched for offline loading: no DINOv2 download, no machine-specific checkpoint paths."""
     cfg = copy.deepcopy(config)
@@ -129,19 +155,32 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build MapAnything offline from a local weights dir; strict=True so a missing tensor is an error."""
     cls = import_mapanything_class()
     config = offline_config(read_config(weights))
-    if config["encoder_config"].get("uses_torch_hub", True):
-        require_dinov2_hub_code()
+    hub = (dinov2_hub_code_from_cache(require_dinov2_hub_code()) if config["encoder_config"].get("uses_torch_hub", True)
+           else contextlib.nullcontext())
     # copies: MapAnything's constructor mutates the dicts it is given (e.g. puts a class into module_args)
     overrides = {k: copy.deepcopy(config[k]) for k in ("encoder_config", "info_sharing_config") if k in config}
     if "pretrained_checkpoint_path" in config:
         overrides["pretrained_checkpoint_path"] = None
     try:
-        model = cls.from_pretrained(str(weights), strict=True, local_files_only=True, map_location="cpu",
-                                    **overrides)
+        with hub:
+            model = cls.from_pretrained(str(weights), strict=True, local_files_only=True, map_location="cpu",
+                                        **overrides)
     except RuntimeError as e:  # strict=True: missing / unexpected keys, or a shape mismatch
         raise Geo3dError(f"MapAnything weights in {weights} do not match the model built from its config.json "
                          f"({str(e)[:400]}); re-download them ({WEIGHTS_HINT})") from e
     return model, config
+
+
+def model_norm_type(model: torch.nn.Module) -> str:
+    """The image normalization the model's encoder was trained with (`encoder.data_norm_type`), checked known."""
+    from precompute.encoders.views import norm_mean_std
+
+    norm = getattr(getattr(model, "encoder", None), "data_norm_type", None)
+    if not isinstance(norm, str):
+        raise Geo3dError("the MapAnything model has no encoder.data_norm_type, so the image normalization it "
+                         "expects is unknown; this adapter supports mapanything v1.x (uniception 0.1.x)")
+    norm_mean_std(norm)  # refuses a type geo3d does not know
+    return norm
 
 
 class MapAnythingEncoder(GeometryEncoder):
@@ -150,13 +189,13 @@ class MapAnythingEncoder(GeometryEncoder):
     name = "mapanything"
 
     def __init__(self, *, weights: str | Path | None, image_size: int, tokens_per_view: int,
-                 device: torch.device | str = "cuda", dtype: str = "bfloat16"):
+                 device: torch.device | str = "cuda", dtype: str = "auto"):
         from precompute.encoders.views import check_image_size
 
         check_image_size(image_size)  # before the ~20 s model build
         self.weights = check_weights_dir(weights)
         model, self.config = load_mapanything(self.weights)
-        self.norm_type = getattr(model.encoder, "data_norm_type", "dinov2")
+        self.data_norm_type = model_norm_type(model)
         dim = int(self.config["info_sharing_config"]["module_args"].get("dim", 1536))
         super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=dim,
                          device=device, dtype=dtype)
@@ -171,7 +210,7 @@ class MapAnythingEncoder(GeometryEncoder):
         from uniception.models.info_sharing.base import MultiViewTransformerInput
 
         m = self.model
-        inputs = [{"img": v, "data_norm_type": [self.norm_type]} for v in views]
+        inputs = [{"img": v, "data_norm_type": [self.data_norm_type]} for v in views]
         feats, registers = m._encode_n_views(inputs)
         with torch.autocast(self.device.type, enabled=False):
             fused = [m.fusion_norm_layer(f.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
@@ -186,7 +225,8 @@ class MapAnythingEncoder(GeometryEncoder):
         combined = hashlib.sha256(json.dumps(self._fingerprint, sort_keys=True).encode()).hexdigest()
         return {"name": self.name, "fingerprint": f"sha256:{combined}",
                 "config": {"model_name": self.config.get("name"), "files_sha256": self._fingerprint,
-                           "layer": "info_sharing final (after norm)", "info_sharing_dim": self.dim}}
+                           "layer": "info_sharing final (after norm)", "info_sharing_dim": self.dim},
+                "compute_dtype": self.dtype}
 
     def versions(self) -> dict[str, str | None]:
         """Library versions, recorded per shard (not part of the identity: a patch release may still resume)."""

@@ -14,9 +14,10 @@ class TinyEncoder(GeometryEncoder):
     """Random-init TinyGeometryModel; same input path and token pooling as the real adapter."""
 
     name = "tiny"
+    data_norm_type = "dinov2"  # the stand-in takes MapAnything's inputs
 
     def __init__(self, *, width: int, depth: int, heads: int, out_dim: int, seed: int, image_size: int,
-                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "bfloat16"):
+                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto"):
         self.config = dict(width=width, depth=depth, heads=heads, out_dim=out_dim, seed=seed)
         model = TinyGeometryModel(width, depth, heads, out_dim, seed)
         self._weights_sha256 = state_dict_sha256(model)  # computed on CPU before any device move
@@ -28,4 +29,4 @@ class TinyEncoder(GeometryEncoder):
 
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": f"sha256:{self._weights_sha256}",
-                "config": {**self.config, "layer": "info_sharing final (after norm)"}}
+                "config": {**self.config, "layer": "info_sharing final (after norm)"}, "compute_dtype": self.dtype}

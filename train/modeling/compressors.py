@@ -14,8 +14,14 @@ from geo3d.errors import Geo3dError
 from train.modeling.configuration_policy import COMPRESSOR_TYPES, PolicyConfig
 
 
-def group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Mean of `groups` contiguous groups along dim 1 ([B,G,C] -> [B,groups,C]); leftovers join the last group."""
+def group_mean(x: torch.Tensor, groups: int, views: int = 1) -> torch.Tensor:
+    """Mean of `groups` contiguous groups along dim 1 ([B,G,C] -> [B,groups,C]); leftovers join the last group.
+
+    views=1 is the fork's plain G//K grouping. views=V treats the G tokens as V cameras one after the other and
+    gives each camera groups/V groups of its own, so no group straddles two cameras (the plain grouping at
+    G=2*196, K=16 makes group 8 of 4 agentview and 20 wrist tokens)."""
+    if views > 1:
+        return torch.cat([group_mean(v, groups // views) for v in x.chunk(views, dim=1)], dim=1)
     size = x.shape[1] // groups
     head = x[:, : size * (groups - 1)].reshape(x.shape[0], groups - 1, size, x.shape[2]).mean(dim=2)
     tail = x[:, size * (groups - 1):].mean(dim=1, keepdim=True)
@@ -57,26 +63,26 @@ class PoolCompressor(GeometryCompressor):
     while the matmul runs on K rows instead of G.
     """
 
-    def __init__(self, geom_dim: int, hidden: int, num_tokens: int, num_layers: int):
+    def __init__(self, geom_dim: int, hidden: int, num_tokens: int, num_layers: int, views: int):
         super().__init__(num_layers)
-        self.num_tokens = num_tokens
+        self.num_tokens, self.views = num_tokens, views
         self.proj = nn.Linear(geom_dim, hidden)
 
     def forward(self, geometry: torch.Tensor) -> list[torch.Tensor]:
-        tokens = self.proj(group_mean(self._cast(geometry), self.num_tokens))
+        tokens = self.proj(group_mean(self._cast(geometry), self.num_tokens, self.views))
         return [tokens] * self.num_layers
 
 
 class PerLayerCompressor(GeometryCompressor):
     """N separate Linear D->H + the same group pooling: each DiT layer gets its own projection of the geometry."""
 
-    def __init__(self, geom_dim: int, hidden: int, num_tokens: int, num_layers: int):
+    def __init__(self, geom_dim: int, hidden: int, num_tokens: int, num_layers: int, views: int):
         super().__init__(num_layers)
-        self.num_tokens = num_tokens
+        self.num_tokens, self.views = num_tokens, views
         self.projs = nn.ModuleList(nn.Linear(geom_dim, hidden) for _ in range(num_layers))
 
     def forward(self, geometry: torch.Tensor) -> list[torch.Tensor]:
-        pooled = group_mean(self._cast(geometry), self.num_tokens)  # pool once, project per layer (exact)
+        pooled = group_mean(self._cast(geometry), self.num_tokens, self.views)  # pool once, project per layer (exact)
         return [proj(pooled) for proj in self.projs]
 
 
@@ -102,14 +108,15 @@ class QFormerCompressor(GeometryCompressor):
 def build_compressor(cfg: PolicyConfig, hidden: int) -> GeometryCompressor | None:
     """The compressor named by `model.compressor.type`, emitting width `hidden` (= the DiT/VLM hidden size)."""
     c, d, n = cfg.compressor, cfg.geometry.dim, cfg.action_head.num_layers
+    views = cfg.geometry.views if c.grouping == "per_view" else 1  # pool/per_layer groups (group_mean)
     if c.type == "none":
         return None
     if c.type == "mean":
         return MeanCompressor(d, hidden, n)
     if c.type == "pool":
-        return PoolCompressor(d, hidden, c.num_tokens, n)
+        return PoolCompressor(d, hidden, c.num_tokens, n, views)
     if c.type == "per_layer":
-        return PerLayerCompressor(d, hidden, c.num_tokens, n)
+        return PerLayerCompressor(d, hidden, c.num_tokens, n, views)
     if c.type == "qformer":
         return QFormerCompressor(d, hidden, c.num_tokens, c.heads, n)
     raise Geo3dError(f"unknown model.compressor.type {c.type!r}; valid: {', '.join(COMPRESSOR_TYPES)}")

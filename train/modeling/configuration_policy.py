@@ -1,7 +1,9 @@
 """Typed, validated view of the `model:` config section (configs/model/*.yaml).
 
 The YAML stays the single source of values; these dataclasses only check names and types so a typo fails at
-build time with a message listing the valid keys, instead of deep inside a training step.
+build time with a message listing the valid keys, instead of deep inside a training step. Keys added for the
+design presets (configs/preset/, train/README.md) have their default here and are set in YAML only where a
+preset differs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from geo3d.errors import Geo3dError
 
 COMPRESSOR_TYPES = ("none", "mean", "pool", "per_layer", "qformer")
 VLM_DTYPES = ("float32", "bfloat16", "float16")
+DIT_ATTENTION = ("cross", "cross+self")  # the fork: cross | geo3d: cross+self (train/README.md, "Design presets")
+GEOMETRY_GROUPING = ("flat", "per_view")  # the fork: flat G//K groups | geo3d: groups never straddle a camera
 
 
 @dataclass
@@ -40,6 +44,8 @@ class VLMConfig:
     source: str = "tiny"  # "tiny" or a local directory holding a Qwen2.5-VL checkpoint
     dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    gradient_checkpointing: bool = False  # recompute decoder layers in backward (GPU memory for compute)
+    prompt_template: str = "{instruction}"  # the text after the images; the fork wraps it in its CoT_prompt
     tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
 
 
@@ -48,6 +54,7 @@ class CompressorConfig:
     type: str = "pool"
     num_tokens: int = 16
     heads: int = 8
+    grouping: str = "flat"  # pool/per_layer: "flat" = G//K groups (the fork); "per_view": K/V groups per camera
 
 
 @dataclass
@@ -79,6 +86,11 @@ class ActionHeadConfig:
     beta_beta: float = 1.0
     noise_s: float = 0.999
     timestep_buckets: int = 1000
+    attention: str = "cross+self"  # "cross": head tokens attend only to the context (the fork)
+    use_state: bool = True  # prepend the state token (the fork's LIBERO configs emit no state)
+    output_dim: int | None = None  # proj_out_2 width = action decoder input; None: = hidden (the fork: 2560)
+    position_rows: int | None = None  # rows of the action position table; None: = horizon (the fork: 1024)
+    gradient_checkpointing: bool = False  # recompute each DiT block in backward
 
 
 @dataclass
@@ -126,6 +138,35 @@ class PolicyConfig:
         for name in ("num_layers", "horizon", "repeats", "num_inference_steps", "timestep_buckets"):
             if getattr(h, name) < 1:
                 raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
+        self._validate_design()
+
+    def _validate_design(self) -> None:
+        """The design switches (train/README.md "Design presets"): known values, consistent sizes."""
+        c, h = self.compressor, self.action_head
+        _one_of("model.action_head.attention", h.attention, DIT_ATTENTION)
+        _one_of("model.compressor.grouping", c.grouping, GEOMETRY_GROUPING)
+        if "{instruction}" not in self.vlm.prompt_template:
+            raise Geo3dError(f"model.vlm.prompt_template {self.vlm.prompt_template!r} must contain "
+                             "'{instruction}' (where the task instruction goes)")
+        if h.output_dim is not None and (isinstance(h.output_dim, bool) or not isinstance(h.output_dim, int)
+                                         or h.output_dim < 1):
+            raise Geo3dError(f"model.action_head.output_dim must be a positive int or null, got {h.output_dim!r}")
+        rows = h.position_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < h.horizon):
+            raise Geo3dError(f"model.action_head.position_rows must be null or an int >= horizon ({h.horizon}), "
+                             f"got {rows!r}")
+        if c.type in ("pool", "per_layer") and c.grouping == "per_view" and c.num_tokens % self.geometry.views:
+            raise Geo3dError(f"model.compressor.grouping=per_view needs num_tokens ({c.num_tokens}) divisible by "
+                             f"model.geometry.views ({self.geometry.views}); change num_tokens or use grouping=flat")
+        if c.type in ("pool", "per_layer") and c.grouping == "per_view" \
+                and self.geometry.tokens_per_view < c.num_tokens // self.geometry.views:
+            raise Geo3dError(f"model.compressor.num_tokens={c.num_tokens} gives more groups per view than the "
+                             f"{self.geometry.tokens_per_view} tokens per view; lower num_tokens")
+
+
+def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise Geo3dError(f"{key}={value!r} is not one of {', '.join(valid)}")
 
 
     def _validate_normalization(self) -> None:

@@ -26,7 +26,8 @@ from train.modeling.vlm import QwenVLBackbone
 @dataclass
 class PolicyOutput:
     loss: torch.Tensor  # scalar flow-matching loss (masked by action_pad)
-    geom_attention_mass: torch.Tensor  # [N] mean attention probability on geometry keys per DiT layer (detached)
+    # [N] mean attention probability on geometry keys per DiT layer (detached); None unless asked for
+    geom_attention_mass: torch.Tensor | None
 
 
 class GeoVLAPolicy(nn.Module):
@@ -78,6 +79,11 @@ class GeoVLAPolicy(nn.Module):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], k)], dim=1)
         return self.action_head.dit.context_kv(contexts, mask), slice(seq, seq + k)
 
+    def _state(self, batch: dict) -> torch.Tensor | None:
+        """The state token's input, or None when the head has none (`model.action_head.use_state: false`)."""
+        h = self.cfg.action_head
+        return self._head_inputs(batch, "state", h.state_dim) if h.use_state else None
+
     def _head_inputs(self, batch: dict, key: str, dim: int) -> torch.Tensor:
         x = batch[key].to(self.action_head.future_tokens.device, self.action_head.future_tokens.dtype)
         if x.shape[-1] != dim:
@@ -85,15 +91,16 @@ class GeoVLAPolicy(nn.Module):
         return x
 
     # -- training and inference -------------------------------------------------------------------------
-    def forward(self, batch: dict) -> PolicyOutput:
+    def forward(self, batch: dict, attention_mass: bool = False) -> PolicyOutput:
+        """Flow-matching loss; `attention_mass=True` also measures the geometry attention mass (extra work: the
+        trainer asks on logging steps only)."""
         ctx, geom_slice = self._contexts(batch)
-        h = self.cfg.action_head
-        state = self._head_inputs(batch, "state", h.state_dim)
-        actions = self._head_inputs(batch, "actions", h.action_dim)
+        actions = self._head_inputs(batch, "actions", self.cfg.action_head.action_dim)
         pad = batch.get("action_pad")
         pad = torch.zeros(actions.shape[:2], dtype=torch.bool) if pad is None else pad
-        loss, mass = self.action_head.loss(ctx, state, actions, pad.to(actions.device), geom_slice)
-        return PolicyOutput(loss=loss, geom_attention_mass=mass.detach())
+        loss, mass = self.action_head.loss(ctx, self._state(batch), actions, pad.to(actions.device), geom_slice,
+                                           attention_mass)
+        return PolicyOutput(loss=loss, geom_attention_mass=mass.detach() if mass is not None else None)
 
     @torch.no_grad()
     def predict_action(self, batch: dict, num_steps: int | None = None,
@@ -102,8 +109,7 @@ class GeoVLAPolicy(nn.Module):
         steps = num_steps or self.cfg.action_head.num_inference_steps
         with _eval_mode(self):
             ctx, geom_slice = self._contexts(batch)
-            state = self._head_inputs(batch, "state", self.cfg.action_head.state_dim)
-            actions, _ = self.action_head.sample(ctx, state, geom_slice, steps, generator)
+            actions = self.action_head.sample(ctx, self._state(batch), geom_slice, steps, generator)
         return actions
 
 
@@ -138,6 +144,6 @@ def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool 
         head = FlowMatchingHead(cfg.action_head)
     processor = None
     if vlm.model_dir is not None:
-        processor = PolicyProcessor(load_hf_processor(str(vlm.model_dir)))
+        processor = PolicyProcessor(load_hf_processor(str(vlm.model_dir)), cfg.vlm.prompt_template)
     policy = GeoVLAPolicy(cfg, vlm, compressor, head, processor)
     return policy if meta else policy.to(device)

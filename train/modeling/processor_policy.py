@@ -41,13 +41,16 @@ def load_hf_processor(model_dir: str) -> QwenVLImageTextProcessor:
 class PolicyProcessor:
     """Callable turning a batch of upright uint8 images [B,V,S,S,3] and instructions into VLM inputs."""
 
-    def __init__(self, hf_processor: QwenVLImageTextProcessor):
+    def __init__(self, hf_processor: QwenVLImageTextProcessor, template: str = "{instruction}"):
         self.hf = hf_processor
         self.hf.tokenizer.padding_side = "left"
+        self.template = template  # model.vlm.prompt_template
 
     def prompt(self, instruction: str, num_views: int) -> str:
-        """One user turn: the V images, then the instruction; ends with the assistant generation prompt."""
-        content = [{"type": "image"} for _ in range(num_views)] + [{"type": "text", "text": instruction}]
+        """One user turn: the V images, then the templated instruction (the fork's plain `str.replace` of
+        "{instruction}"); ends with the assistant generation prompt."""
+        text = self.template.replace("{instruction}", instruction)
+        content = [{"type": "image"} for _ in range(num_views)] + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
         return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

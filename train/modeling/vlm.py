@@ -64,6 +64,18 @@ class QwenVLBackbone(nn.Module):
 
     @classmethod
     def build(cls, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
+        backbone = cls._build(cfg, meta)
+        if cfg.gradient_checkpointing:  # decoder (and vision) layers recompute their activations in backward
+            model = backbone.model  # transformers >= 5.x: activation_checkpointing_enable; 4.x: gradient_...
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return backbone
+
+    @classmethod
+    def _build(cls, cfg: VLMConfig, meta: bool) -> "QwenVLBackbone":
         dtype = DTYPES[cfg.dtype]
         if cfg.source == "tiny":
             from train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
