@@ -25,6 +25,7 @@ from geo3d.config import REPO_ROOT
 from geo3d.errors import Geo3dError
 from train.checkpoint import MARKER, latest_checkpoint, list_checkpoints, write_inference_files
 from train.inference import load_policy
+from train.modeling.configuration_policy import PolicyConfig
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def test_pipeline_normalizes_state_and_round_trips_actions(runs):
     pipe = policy.pipeline
     stats = pipe.stats
     assert pipe.spec.state == "mean_std" and pipe.spec.action == "min_max"
+    assert pipe.tokenizer.template == PolicyConfig.from_cfg(policy.cfg).vlm.prompt_template  # e.g. the fork CoT
     state = np.asarray(stats["state"]["mean"], np.float32) + np.asarray(stats["state"]["std"], np.float32)
     images = np.zeros((1, 2, 56, 56, 3), np.uint8)
     batch = pipe.preprocess(images, ["open the top drawer"], state[None])
@@ -95,7 +97,8 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     record = write_inference_files(ckpt, policy.state_dict(), policy, tiny_pipeline, cfg, 7)
-    (ckpt / MARKER).write_text(json.dumps({"step": 7, **record}))
+    from geo3d.data.orientation import orientation_probe
+    (ckpt / MARKER).write_text(json.dumps({"step": 7, **record, "image_orientation": orientation_probe()}))
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert len(record["weights"]) > 1 and set(index["weight_map"].values()) == set(record["weights"])
     assert record["tied"] == {"vlm.model.lm_head.weight": "vlm.model.model.language_model.embed_tokens.weight"}

@@ -43,7 +43,7 @@ def paths():
 
 
 def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
+    from geo3d.data.norm_stats import Normalizer, compute_norm_stats
 
     p, mixture = paths
     res = _inspect(tmp_path, "--suite", "demo", "--frame", "130")
@@ -69,7 +69,7 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     assert "<|image_pad|>x64" in res["prompt"] and res["prompt"].count("<|vision_start|>") == 2
     np.testing.assert_allclose(res["state"], item["state"], atol=1e-6)
     np.testing.assert_allclose(res["actions_raw"], item["actions"], atol=1e-6)
-    normalizer = ActionNormalizer(compute_norm_stats(mixture))  # as `geo3d train` computes them for a run
+    normalizer = Normalizer(compute_norm_stats(mixture), "action", "min_max", (6,))  # as `geo3d train` does
     np.testing.assert_allclose(res["actions_normalized"], normalizer.normalize(item["actions"]), atol=1e-5)
     assert res["action_pad"] == item["action_pad"].tolist()
     from geo3d.data.content_id import frame_content_id

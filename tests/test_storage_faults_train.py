@@ -34,8 +34,8 @@ def _args(data: Path, store: Path, out: Path, *extra: str) -> list[str]:
 def _assert_same_run(a: Path, b: Path) -> None:
     import torch
 
-    name = f"steps_{STEPS}_pytorch_model.pt"
-    wa, wb = (torch.load(d / "checkpoints" / f"steps_{STEPS}" / name, weights_only=True) for d in (a, b))
+    from train.weights_io import load_weights
+    wa, wb = (load_weights(d / "checkpoints" / f"steps_{STEPS}") for d in (a, b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["loss"] for r in read_metrics(a)] == [r["loss"] for r in read_metrics(b)]
 

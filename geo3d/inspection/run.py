@@ -1,4 +1,4 @@
-"""Build the real input paths (the policy's processor, the action normalizer, the geometry encoder), run one
+"""Build the real input paths (the policy's processor pipeline, the geometry encoder), run one
 sample through them and write what each model receives: PNGs read back from the input tensors + inspect.json."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class InputPaths:
 
     cfg: DictConfig
     processor: Any  # train.modeling.processor_policy.PolicyProcessor
-    normalizer: Any | None  # geo3d.data.norm_stats.ActionNormalizer (None: no action chunk to normalize)
+    pipeline: Any | None  # train.modeling.processor_pipeline.PolicyPipeline (None: no stats to normalize with)
     encoder: Any  # precompute GeometryEncoder
     checkpoint: str | None
 
@@ -93,8 +93,8 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     for v, img in enumerate(encoder_images(geo_views, norm_mean_std(enc.data_norm_type))):
         files[f"geometry_{VIEWS[v]}"] = _png(out / f"geometry_{VIEWS[v]}.png", img)
     ids = vlm["input_ids"][0][vlm["attention_mask"][0].bool()]
-    normalized = (None if sample.actions is None or paths.normalizer is None
-                  else paths.normalizer.normalize(sample.actions))
+    normalized = (None if sample.actions is None or paths.pipeline is None
+                  else paths.pipeline.normalize_actions(sample.actions))
     result = {
         **sample.where, "checkpoint": paths.checkpoint, "files": files,
         "instruction": sample.instruction,
@@ -119,19 +119,23 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
 def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any | None, weights: str | None) -> InputPaths:
     """With a checkpoint: its config, norm stats and recorded encoder. Without: the train config, norm stats
     computed over the mixture as `geo3d train` does, and the precompute encoder config."""
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats, load_norm_stats
+    from geo3d.data.norm_stats import compute_norm_stats
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
 
-    marker = None
+    marker, pipeline = None, None
     if ckpt:
         from train.checkpoint import read_marker
         from train.inference import resolve_checkpoint
         ck = resolve_checkpoint(ckpt)
         marker, ckpt = read_marker(ck), str(ck)
-        stats = load_norm_stats(ck / "norm_stats.json")
+        pipeline = PolicyPipeline.from_pretrained(ck)  # the checkpoint's own processor pipeline
+        processor = pipeline.tokenizer
     else:
-        stats = compute_norm_stats(mixture) if mixture is not None else None
-    normalizer = ActionNormalizer(stats) if stats is not None else None
-    return InputPaths(cfg, processor_for(cfg.model), normalizer, encoder_for(cfg, marker, weights), ckpt)
+        processor = processor_for(cfg.model)
+        if mixture is not None:
+            spec = NormalizationSpec.from_cfg(cfg.model.normalization)
+            pipeline = PolicyPipeline(processor, compute_norm_stats(mixture), spec)
+    return InputPaths(cfg, processor, pipeline, encoder_for(cfg, marker, weights), ckpt)
 
 
 def checkpoint_config(ckpt: str) -> DictConfig:

@@ -163,12 +163,6 @@ class PolicyConfig:
             raise Geo3dError(f"model.compressor.num_tokens={c.num_tokens} gives more groups per view than the "
                              f"{self.geometry.tokens_per_view} tokens per view; lower num_tokens")
 
-
-def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise Geo3dError(f"{key}={value!r} is not one of {', '.join(valid)}")
-
-
     def _validate_normalization(self) -> None:
         from geo3d.data.norm_stats import NORM_METHODS
         n, dim = self.normalization, self.action_head.action_dim
@@ -177,6 +171,11 @@ def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
                 raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
         if any(not 0 <= d < dim for d in n.raw_action_dims):
             raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
+
+
+def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise Geo3dError(f"{key}={value!r} is not one of {', '.join(valid)}")
 
 
 def _to_container(cfg: Any) -> dict:

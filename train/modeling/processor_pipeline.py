@@ -7,7 +7,7 @@ postprocess: normalized action chunks -> raw actions (the dataset convention, gr
 Training (the DataLoader collate), `load_policy` (inference, `geo3d serve`) and `geo3d eval` all go through
 this one object; nothing else normalizes. It must pickle (the collate runs in DataLoader workers).
 Saved files: `processor/` (the VLM processor's save_pretrained: tokenizer, chat template, image processor),
-`norm_stats.json`, and `processor.json` (the methods and raw dims below).
+`norm_stats.json`, and `processor.json` (the normalization methods, raw dims and the prompt template).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class PolicyPipeline:
         self.tokenizer.hf.save_pretrained(str(d / PROCESSOR_DIR))
         (d / NORM_STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         record = {"version": PIPELINE_VERSION, "normalization": asdict(self.spec),
+                  "prompt_template": self.tokenizer.template,
                   "steps": ["tokenize(images, instruction)", f"normalize(state, {self.spec.state})",
                             f"unnormalize(action, {self.spec.action}, raw dims {list(self.spec.raw_action_dims)})"]}
         (d / PIPELINE_FILE).write_text(json.dumps(record, indent=2))
@@ -93,5 +94,5 @@ class PolicyPipeline:
         record = json.loads(path.read_text())
         n = record["normalization"]
         spec = NormalizationSpec(n["action"], n["state"], tuple(n["raw_action_dims"]))
-        tokenizer = PolicyProcessor(load_hf_processor(str(d / PROCESSOR_DIR)))
+        tokenizer = PolicyProcessor(load_hf_processor(str(d / PROCESSOR_DIR)), record["prompt_template"])
         return cls(tokenizer, load_norm_stats(d / NORM_STATS_FILE), spec)
