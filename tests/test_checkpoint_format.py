@@ -109,7 +109,8 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     loaded = load_policy(ckpt)
     a, b = policy.state_dict(), loaded.policy.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert b["vlm.model.lm_head.weight"].data_ptr() == b["vlm.model.model.language_model.embed_tokens.weight"].data_ptr()
+    tied = loaded.policy.vlm.model
+    assert tied.lm_head.weight.data_ptr() == tied.model.language_model.embed_tokens.weight.data_ptr()
     assert loaded.policy.vlm.model.dtype == torch.bfloat16
 
     os.remove(ckpt / record["weights"][-1])

@@ -58,7 +58,8 @@ class MemoryTable:
                 "rows": [{**row.__dict__, "total_gb": round(row.total_gb, 2)} for row in self.rows]}
 
     def render(self) -> str:
-        head = f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}  (GiB per GPU)"
+        head = (f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"
+                "  (GiB per GPU)")
         lines = [head] + [f"{r.strategy:<8} {r.gpus:>4} {r.weights_gb:>8.1f} {r.grads_gb:>7.1f} {r.optimizer_gb:>7.1f} "
                           f"{r.activations_gb:>7.1f} {r.total_gb:>7.1f}" for r in self.rows]
         a = self.assumptions
