@@ -38,6 +38,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--batches", type=int, default=25, help="timed batches per mode per repeat")
     p.add_argument("--repeats", type=int, default=2, help="repeats (batches x repeats interleaved batches per mode)")
+    p.add_argument("--skip-training", action="store_true", help="skip part 3 (one training epoch)")
     p.add_argument("--worker-counts", default="0,1,2", help="DataLoader workers to time for the per-worker line")
     p.add_argument("--config", action="append", default=[], help="extra train configs (as geo3d train)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (as geo3d train)")
@@ -209,6 +210,8 @@ def main() -> None:
         for w, r in rates.items():
             per = f"{r / w:8.1f} samples/s per worker" if w else "(in the training process)"
             print(f"  workers {w}: {r:8.1f} samples/s  {per}")
+        if a.skip_training:
+            return
         rss = peak_rss_of_training(a, store, tmp)
         print(f"\ntraining one pass ({rss['frames']} frames, {rss['steps']} steps, {rss['seconds']:.1f} s): "
               f"peak RSS {rss['peak_rss_mib']:.0f} MiB (process), {rss['peak_rss_tree_mib']:.0f} MiB (with workers)")

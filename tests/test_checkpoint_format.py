@@ -25,6 +25,7 @@ from geo3d.config import REPO_ROOT
 from geo3d.errors import Geo3dError
 from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints, write_inference_files
 from geo3d.train.inference import load_policy
+from geo3d.train.modeling.configuration_policy import PolicyConfig
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_pipeline_normalizes_state_and_round_trips_actions(runs):
     stats = pipe.stats
     assert pipe.spec.state == "mean_std" and pipe.spec.action == "min_max"
     assert pipe.tokenizer.template.startswith("Your task is {instruction}.")  # the pool run is preset fork: the
-    assert pipe.tokenizer.template == policy.cfg.model.vlm.prompt_template  # served prompt = the trained one
+    assert pipe.tokenizer.template == PolicyConfig.from_cfg(policy.cfg).vlm.prompt_template  # served = trained
     state = np.asarray(stats["state"]["mean"], np.float32) + np.asarray(stats["state"]["std"], np.float32)
     images = np.zeros((1, 2, 56, 56, 3), np.uint8)
     batch = pipe.preprocess(images, ["open the top drawer"], state[None])
@@ -109,7 +110,8 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     loaded = load_policy(ckpt)
     a, b = policy.state_dict(), loaded.policy.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert b["vlm.model.lm_head.weight"].data_ptr() == b["vlm.model.model.language_model.embed_tokens.weight"].data_ptr()
+    tied = loaded.policy.vlm.model
+    assert tied.lm_head.weight.data_ptr() == tied.model.language_model.embed_tokens.weight.data_ptr()
     assert loaded.policy.vlm.model.dtype == torch.bfloat16
 
     os.remove(ckpt / record["weights"][-1])

@@ -35,7 +35,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    wa, wb = (load_file(d / "checkpoints" / f"steps_{STEPS}" / "model.safetensors") for d in (a, b))
+    from geo3d.train.weights_io import load_weights
+    wa, wb = (load_weights(d / "checkpoints" / f"steps_{STEPS}") for d in (a, b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["loss"] for r in read_metrics(a)] == [r["loss"] for r in read_metrics(b)]
 

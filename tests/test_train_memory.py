@@ -20,7 +20,7 @@ def table_3b():
 def test_3b_weights_grads_adam_by_precision(table_3b):
     a = table_3b.assumptions
     mods = a["params_by_module"]
-    assert mods["vlm"]["bytes_per_param"] == 2 and mods["action_head"]["bytes_per_param"] == 4  # bf16 VLM, fp32 head
+    assert mods["vlm"]["bytes_per_param"] == 4 and mods["action_head"]["bytes_per_param"] == 4  # fp32 masters
     stored = sum(m["total"] * m["bytes_per_param"] for m in mods.values())
     rows = {(r.strategy, r.gpus): r for r in table_3b.rows}
     assert set(rows) == {(s, n) for s in ("ddp", "zero2") for n in (1, 4, 8)}
@@ -42,6 +42,7 @@ def test_frozen_vlm_stores_fewer_activations_and_no_vlm_optimizer_state(table_3b
     assert frozen.assumptions["params_trainable"] < table_3b.assumptions["params_trainable"]
     assert frozen.rows[0].activations_gb < table_3b.rows[0].activations_gb
     assert frozen.rows[0].optimizer_gb < table_3b.rows[0].optimizer_gb
+    assert frozen.assumptions["params_by_module"]["vlm"]["bytes_per_param"] == 2  # a frozen VLM stays bf16
 
 
 def test_estimate_has_no_side_effects(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """Load a trained policy from a checkpoint directory alone and predict unnormalized action chunks.
 
 A checkpoint dir (checkpoints/steps_<N>/, layout in train/checkpoint.py) holds everything: weights, config,
-the VLM architecture and the processor pipeline; a run dir is accepted too (its latest checkpoint is used). Geometry tokens for a live frame come from the caller
-(`geometry=`) or from a `geometry_encoder` object with `.encode(images uint8 [B,V,S,S,3]) -> [B,V,T,D]`
-(precompute's encoders have it); `train` itself never imports the encoder.
+the VLM architecture and the processor pipeline; a run dir is accepted too (its latest checkpoint is used).
+Geometry tokens for a live frame come from the caller (`geometry=`) or from a `geometry_encoder` object with
+`.encode(images uint8 [B,V,S,S,3]) -> [B,V,T,D]` (precompute's encoders have it); `train` itself never imports
+the encoder.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ configured batch and sequence length, under DDP and DeepSpeed ZeRO-2 for 1, 4 an
 `estimate_memory(cfg)` has no side effects (the model is built on the meta device: no memory, no weights read)
 so `geo3d train --dry-run` and `geo3d doctor` share it. It is an estimate, not a measurement: no GPU here.
 Precision model (what the code does):
-  DDP     accelerate + torch AdamW over the parameters as stored: the VLM in model.vlm.dtype, the compressor
-          and the head in fp32; gradients and both Adam moments in each parameter's dtype; nothing sharded.
+  DDP     accelerate + torch AdamW: every trainable parameter fp32 (train/precision.py's master weights),
+          frozen ones in model.vlm.dtype (the head and compressor are fp32 anyway); fp32 gradients and both
+          fp32 Adam moments per trainable parameter; compute under bf16 autocast; nothing sharded; with >1 GPU
+          torch DDP's gradient buckets hold a second gradient copy.
   ZeRO-2  DeepSpeed bf16 (configs/accelerate/deepspeed_zero2.yaml): every parameter bf16, bf16 gradients and
           the fp32 master copy + fp32 Adam moments (12 B per trainable parameter) partitioned over the GPUs
           (gradients too: stage 2); the weights themselves are replicated.
@@ -57,7 +59,8 @@ class MemoryTable:
                 "rows": [{**row.__dict__, "total_gb": round(row.total_gb, 2)} for row in self.rows]}
 
     def render(self) -> str:
-        head = f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}  (GiB per GPU)"
+        head = (f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"
+                "  (GiB per GPU)")
         lines = [head] + [f"{r.strategy:<8} {r.gpus:>4} {r.weights_gb:>8.1f} {r.grads_gb:>7.1f} {r.optimizer_gb:>7.1f} "
                           f"{r.activations_gb:>7.1f} {r.total_gb:>7.1f}" for r in self.rows]
         a = self.assumptions
@@ -78,10 +81,11 @@ def _param_groups(cfg: DictConfig) -> tuple[dict[str, tuple[int, int, int]], Any
         policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
     out = {}
-    for name, module in policy.module_groups().items():
+    for name, module in policy.module_groups().items():  # trainable: fp32 master weights (train/precision.py)
         params = list(module.parameters())
-        size = params[0].element_size() if params else 4
-        out[name] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad), size)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        size = 4 if trainable or not params else params[0].element_size()
+        out[name] = (sum(p.numel() for p in params), trainable, size)
     return out, policy.vlm.model.config
 
 

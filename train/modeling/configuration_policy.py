@@ -186,6 +186,11 @@ def full_model_section(model_cfg: Any) -> dict:
     return dataclasses.asdict(PolicyConfig.from_cfg(model_cfg))
 
 
+def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise Geo3dError(f"{key}={value!r} is not one of {', '.join(valid)}")
+
+
 def _to_container(cfg: Any) -> dict:
     try:
         from omegaconf import DictConfig, OmegaConf

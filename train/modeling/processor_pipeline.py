@@ -7,7 +7,7 @@ postprocess: normalized action chunks -> raw actions (the dataset convention, gr
 Training (the DataLoader collate), `load_policy` (inference, `geo3d serve`) and `geo3d eval` all go through
 this one object; nothing else normalizes. It must pickle (the collate runs in DataLoader workers).
 Saved files: `processor/` (the VLM processor's save_pretrained: tokenizer, chat template, image processor),
-`norm_stats.json`, and `processor.json` (the methods and raw dims below).
+`norm_stats.json`, and `processor.json` (the normalization methods, raw dims and the prompt template).
 """
 
 from __future__ import annotations

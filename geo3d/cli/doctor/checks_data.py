@@ -113,7 +113,14 @@ def check_checkpoint(plan: Any) -> Iterator[Finding]:
         yield Finding("checkpoint", FAIL, f"{path} holds no complete checkpoint (no checkpoint.json)",
                       "pass a checkpoints/steps_N dir or a run dir that has one")
         return
-    marker = read_marker(ckpt)
-    absent = [f for f in ("config.yaml", "norm_stats.json", marker.get("weights", "")) if not (ckpt / f).is_file()]
+    try:  # an old-format checkpoint or a missing weight shard is a finding, not a crash
+        from geo3d.train.weights_io import weight_files
+        marker = read_marker(ckpt)
+        weight_files(ckpt)
+    except Geo3dError as e:
+        yield Finding("checkpoint", FAIL, str(e), "copy the whole checkpoint directory, or retrain")
+        return
+    absent = [f for f in ("config.yaml", "norm_stats.json", "processor.json", "vlm/config.json")
+              if not (ckpt / f).is_file()]
     yield (Finding("checkpoint", FAIL, f"{ckpt} lacks {absent}", "copy the whole checkpoint directory") if absent
            else Finding("checkpoint", OK, f"{ckpt}: step {marker.get('step')}, complete"))

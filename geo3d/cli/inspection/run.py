@@ -121,7 +121,7 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | 
     encoder config."""
     from geo3d.train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
 
-    marker = None
+    marker, pipeline = None, None
     if ckpt:
         from geo3d.train.checkpoint import read_marker
         from geo3d.train.inference import resolve_checkpoint
