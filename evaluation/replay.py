@@ -222,6 +222,7 @@ def replay(cfg: Any, suite: str, episode: int, root: Path, task_id: int | None =
     from geo3d.evaluation.runner import Job, PolicySource, _Worker
     from geo3d import sim
     from geo3d.data.mixture import LiberoMixture
+    from geo3d.preemption import PreemptionFlag
 
     start = time.perf_counter()
     recorded_success = None
@@ -243,7 +244,7 @@ def replay(cfg: Any, suite: str, episode: int, root: Path, task_id: int | None =
         gl = resolve_gl(str(cfg.eval.gl))
         sim.configure(gl)
         job = Job(suite, task_id, init_state, seed, video_dir, int(cfg.eval.render_size))
-        worker = _Worker(PolicySource(), settings, gl)
+        worker = _Worker(PolicySource(), settings, gl, PreemptionFlag())  # replay runs no policy episode to stop
         try:
             worker._env_for(job)  # eval's own env construction, wrapped so every observation is kept
             worker.env = env = _RecordingEnv(worker.env)

@@ -54,7 +54,9 @@ class LoadedPolicy:
         self.num_views = int(cfg.model.geometry.views)
         self.action_horizon = int(cfg.model.action_head.horizon)
         self.action_dim = int(cfg.model.action_head.action_dim)
-        self.state_dim = int(cfg.model.action_head.state_dim)
+        # the raw state the pipeline takes (the dataset's, 8 for LIBERO), not the state encoder's input width:
+        # the fork preset builds a 7-wide encoder it never feeds (use_state false), as the fork does
+        self.state_dim = int(np.asarray(pipeline.state.center).shape[0])
         self.store = marker.get("store")  # encoder identity + preprocessing the run's tokens came from
         self.geometry_encoder = geometry_encoder
         self.device = next(policy.parameters()).device
