@@ -82,8 +82,10 @@ def _like(x: Any, arr: np.ndarray) -> Any:
 class ActionNormalizer:
     """Min-max actions to [-1, 1] per dimension; gripper dims stay raw (already -1/+1 in LIBERO).
 
-    A dimension with max == min maps to 0 and back to its constant value, so `unnormalize` is the exact
-    inverse of `normalize` (up to float rounding) on every dimension.
+    A dimension with max == min maps to 0 and back to its constant value, whatever the model predicted for it
+    (the demo data's rotation is always 0: passing a policy's residual noise there would turn the gripper in
+    the simulator, an action the data never took), so `unnormalize` is the exact inverse of `normalize` (up to
+    float rounding) on every dimension.
     """
 
     def __init__(self, stats: dict[str, Any], gripper_dims: Sequence[int] = (6,)):
@@ -106,7 +108,7 @@ class ActionNormalizer:
 
     def unnormalize(self, normalized: Any) -> Any:
         """Exact inverse of `normalize`."""
-        out = normalized * _like(normalized, self.half) + _like(normalized, self.center)
+        out = normalized * _like(normalized, self.half * ~self.const) + _like(normalized, self.center)
         return _where(normalized, self.raw, normalized, out)
 
 
