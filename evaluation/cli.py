@@ -78,7 +78,11 @@ def eval_cmd(
         raise Geo3dError("give exactly one policy: --ckpt DIR (loaded here) or --server ws://host:port")
     source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
                           encoder_weights=cfg.eval.encoder_weights)
-    results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
+    from geo3d.storage_faults import resume_command, storage_guard
+    where = cfg.eval.out or (str(ckpt) if ckpt else ".")  # default results dir: inside the checkpoint's run
+    with storage_guard("eval", where, resume=resume_command(add=("--resume",), drop=("--overwrite",)),
+                       safe=lambda: "every finished episode already in episodes.jsonl (--resume skips them)"):
+        results = evaluate(cfg, source, resume=resume, overwrite=overwrite)
     from evaluation.results import markdown
 
     print(markdown(results))

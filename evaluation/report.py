@@ -112,7 +112,8 @@ def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
     png = render_png(runs, out / "report.png")
     md = out / "report.md"
     md.write_text("# geo3d compressor ablation\n\n![report](report.png)\n\n" + markdown_table(runs))
-    summary = [{"run_dir": str(r.run_dir), "compressor": r.compressor, "preset": r.preset, "last_step": r.steps[-1] if r.steps else None,
+    summary = [{"run_dir": str(r.run_dir), "compressor": r.compressor, "preset": r.preset,
+                "last_step": r.steps[-1] if r.steps else None,
                 "final_loss": r.tail_mean(r.loss), "compressor_grad_norm": r.tail_mean(r.grad_compressor),
                 "geom_attention_mass": {i: r.tail_mean(v) for i, v in sorted(r.geom_attn.items())},
                 "success": r.success} for r in runs]

@@ -14,14 +14,15 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
 def markdown_table(runs: list[RunSummary]) -> str:
     """One row per run: final loss, compressor grad norm, geometry attention mass, success per suite."""
     suites = sorted({s for r in runs for s in r.success})
-    head = ["run", "compressor", "preset", "steps", "final loss", "compressor grad norm", "geom attn mass (mean over layers)",
+    head = ["run", "compressor", "preset", "steps", "final loss", "compressor grad norm",
+            "geom attn mass (mean over layers)",
             *[f"{s} success" for s in suites]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         layer_means = [r.tail_mean(v) for v in r.geom_attn.values()]
         attn = sum(layer_means) / len(layer_means) if layer_means else None
-        cells = [r.run_dir.name, r.compressor, r.preset, str(r.steps[-1]) if r.steps else "—", _fmt(r.tail_mean(r.loss)),
-                 _fmt(r.tail_mean(r.grad_compressor)), _fmt(attn)]
+        cells = [r.run_dir.name, r.compressor, r.preset, str(r.steps[-1]) if r.steps else "—",
+                 _fmt(r.tail_mean(r.loss)), _fmt(r.tail_mean(r.grad_compressor)), _fmt(attn)]
         for s in suites:
             e = r.success.get(s)
             cells.append("—" if e is None else f"{100 * e['success_rate']:.1f}% ({e['successes']}/{e['episodes']})")

@@ -10,6 +10,11 @@ Filesystem caveats (document for cluster users):
 - Lustre: mount with `-o flock` for cluster-coherent locks; `localflock` is host-local only and the
   default (`noflock`) makes flock fail with ENOSYS, which we report as a StoreError.
 - A lock is held per open file description: a child forked while holding a lease shares it.
+- A lock that outlives its holder (a node that died while an NFS/Lustre server still records its lock) is
+  broken with `geo3d leases STORE --break` (features_store/stale_leases.py): only when the owner recorded in
+  the lock file is provably gone (same host: its pid is dead; other host: --force and older than a threshold).
+  Breaking unlinks the lock file; the next claimant locks a fresh file, and a claimant that opened the old
+  file just before is refused by the inode check below.
 """
 
 from __future__ import annotations
@@ -104,7 +109,43 @@ def try_lock(path: Path, shard: int, on_release=None) -> ShardLease | None:
             return None
         raise StoreError(f"cannot lock {path}: {e}. The filesystem does not support flock (on Lustre mount with "
                          "-o flock; on NFS enable lockd); put the store on a filesystem with working locks") from e
-    # Who holds it, for humans debugging a stuck run (informational only; the flock is the truth).
+    if not _still_linked(fd, path):  # `geo3d leases --break` replaced the file while we opened it: lost race
+        os.close(fd)
+        return None
+    # Who holds it: for humans, and for `geo3d leases --break`, which breaks a lease only when this owner is gone.
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(), 0)
+    os.pwrite(fd, json.dumps(owner_record()).encode(), 0)
     return ShardLease(path, shard, fd, on_release)
+
+
+def owner_record() -> dict:
+    """host, pid, the process's start time (pid reuse) and boot id (reboots), the claim time (UTC and epoch)."""
+    import time
+
+    from geo3d.provenance import utc_now
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+            "boot_id": boot_id(), "claimed_utc": utc_now(), "claimed_unix": time.time()}
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22); None if unknown or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -138,7 +138,11 @@ class FeatureStore:
             if self.is_committed(shard):
                 raise StoreError(f"shard {shard} of {self.path} is already committed; mark it damaged first "
                                  "(geo3d verify-cache --mark-damaged) to rewrite it")
-            return self._write_and_commit(shard, rng, bits, index, writer_info)
+            try:
+                return self._write_and_commit(shard, rng, bits, index, writer_info)
+            except BaseException:  # e.g. a full disk mid-shard: the cut files are garbage (no marker), free them
+                self._remove_shard_files(shard)
+                raise
         finally:
             if own:
                 self._leases[shard].release()

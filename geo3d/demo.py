@@ -80,7 +80,7 @@ def demo(
         timings.update(run_closed_loop(_run_step, DEMO_DATA_ROOT, run_dir, logs))
     summary = {"store": str(store), "run_dir": str(run_dir), "logs": str(logs),
                "seconds": {k: round(v, 1) for k, v in timings.items()},
-               "checkpoints": sorted(str(p) for p in run_dir.glob("**/steps_*_pytorch_model.pt"))}
+               "checkpoints": sorted(str(p) for p in (p.parent for p in run_dir.glob("checkpoints/steps_*/checkpoint.json")))}
     (logs / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== demo finished")
     print(f"  features store : {store}  (verified)")

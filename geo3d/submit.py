@@ -1,4 +1,4 @@
-"""`geo3d submit precompute|verify|train|ablation`: render the sbatch templates (scripts/slurm/) with the
+"""`geo3d submit precompute|verify|train|eval|ablation`: render the sbatch templates (scripts/slurm/) with the
 resolved config and submit them with plain `sbatch --parsable` (no extra dependency).
 
 Config: configs/data.yaml < configs/slurm.yaml < --config files < flags < key=value overrides. Overrides
@@ -22,6 +22,7 @@ submit_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exce
 
 SUBMIT_KEYS = ("slurm.", "stage.", "data.suite=", "data.data_root=")
 PRECOMPUTE_KEYS = ("precompute.", "encoder.", "store.")
+EVAL_KEYS = ("eval.",)
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the rendered scripts; write and submit nothing.")
 ACTIVATE = typer.Option(None, help="Shell line that puts geo3d on PATH in the job (slurm.activate), e.g. "
                                    "'source /path/.venv/bin/activate'. Default: the env running this command.")
@@ -33,29 +34,34 @@ STORE = typer.Option(None, help="Features store path (stage.store).")
 TIME = typer.Option(None, help="Time limit per job, e.g. 04:00:00 or 2-00:00:00.")
 
 
-def split_overrides(overrides: Optional[List[str]], stage_keys: tuple[str, ...]) -> dict[str, list[str]]:
-    """Route key=value overrides: submission keys, then those for `geo3d precompute`, the rest for train."""
-    routed: dict[str, list[str]] = {"submit": [], "precompute": [], "train": []}
+def split_overrides(overrides: Optional[List[str]], stage_keys: tuple[str, ...],
+                    eval_keys: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Route key=value overrides: submission keys, then those for `geo3d precompute`, then those for
+    `geo3d eval`, the rest for train."""
+    routed: dict[str, list[str]] = {"submit": [], "precompute": [], "eval": [], "train": []}
     for o in overrides or []:
-        dest = "submit" if o.startswith(SUBMIT_KEYS) else "precompute" if o.startswith(stage_keys) else "train"
+        dest = ("submit" if o.startswith(SUBMIT_KEYS) else "precompute" if o.startswith(stage_keys)
+                else "eval" if o.startswith(eval_keys) else "train")
         routed[dest].append(o)
     return routed
 
 
 def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags: dict[str, Any],
             forward_to: str | None) -> DictConfig:
-    """The submission config; other overrides go to stage `forward_to` (precompute|train|ablation|None)."""
+    """The submission config; other overrides go to stage `forward_to` (precompute|train|eval|ablation|None)."""
     routed = split_overrides(overrides, PRECOMPUTE_KEYS if forward_to == "ablation" else ("",) if
-                             forward_to == "precompute" else ())
-    if forward_to is None and (routed["precompute"] or routed["train"]):
-        raise Geo3dError(f"these overrides are not slurm.*/stage.* keys: {routed['precompute'] + routed['train']}; "
-                         f"this job passes none on")
+                             forward_to == "precompute" else (),
+                             EVAL_KEYS if forward_to == "ablation" else ("",) if forward_to == "eval" else ())
+    passed = routed["precompute"] + routed["eval"] + routed["train"]
+    if forward_to is None and passed:
+        raise Geo3dError(f"these overrides are not slurm.*/stage.* keys: {passed}; this job passes none on")
     cfg = build_config(["data", "slurm"], config, routed["submit"], flags)
     if cfg.slurm.activate is None:  # documented default: the environment running `geo3d submit`
         from geo3d.slurm.jobs import default_activate
         cfg.slurm.activate = default_activate()
     cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
     cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
+    cfg.stage.eval_overrides = [*cfg.stage.eval_overrides, *routed["eval"]]
     return cfg
 
 
@@ -67,9 +73,12 @@ def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], 
     if dry_run:
         typer.echo(sub.print_scripts(scripts, preview_dir))
         return
-    job_dir = sub.new_submission_dir(cfg, verb)
-    scripts = build(cfg, job_dir)
-    sub.write_record(job_dir, cfg, scripts)
+    from geo3d.storage_faults import storage_guard
+    with storage_guard(f"submit {verb}", Path(str(cfg.slurm.submit_dir)).resolve(),
+                       safe=lambda: "nothing was submitted (scripts are written before sbatch runs)"):
+        job_dir = sub.new_submission_dir(cfg, verb)
+        scripts = build(cfg, job_dir)
+        sub.write_record(job_dir, cfg, scripts)
     launcher = [s for s in scripts if s.file.endswith(".sh")]
     if launcher:
         jobs = sub.run_launcher(job_dir / launcher[0].file)
@@ -142,6 +151,31 @@ def train_cmd(
                                                       require(c, "stage.out", "--out"))], dry_run)
 
 
+@submit_app.command("eval")
+@handle_errors
+def eval_cmd(
+    overrides: Optional[List[str]] = OVERRIDES_ARG,
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint dir or run dir (its latest) (stage.ckpt)."),
+    suite: Optional[str] = typer.Option(None, help="LIBERO suite: libero_spatial|object|goal|10 (stage.eval_suite)."),
+    eval_out: Optional[Path] = typer.Option(None, "--eval-out", help="Results dir (stage.eval_out); default "
+                                                                       "RUN_DIR/eval_<suite>_step<N>."),
+    weights: Optional[Path] = typer.Option(None, help="MapAnything weights folder, for runs trained on its tokens "
+                                                      "(stage.weights)."),
+    time: Optional[str] = TIME, partition: Optional[str] = PARTITION, account: Optional[str] = ACCOUNT,
+    activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
+) -> None:
+    """Submit `geo3d eval` of one checkpoint on one suite (requeued on the time limit, then resumed); other
+    key=value overrides (eval.tasks=[0], eval.episodes_per_task=10, ...) are passed to `geo3d eval`."""
+    from geo3d.slurm.jobs import eval_job, require
+    cfg = resolve(config, overrides, {
+        "stage.ckpt": _s(ckpt), "stage.eval_suite": suite, "stage.eval_out": _s(eval_out), "stage.weights": _s(weights),
+        "slurm.eval.time": time, "slurm.partition": partition, "slurm.account": account,
+        "slurm.activate": activate}, forward_to="eval")
+    submit_jobs(cfg, "eval", lambda c, d: [eval_job(c, d, require(c, "stage.ckpt", "--ckpt"),
+                                                    require(c, "stage.eval_suite", "--suite"),
+                                                    out=c.stage.eval_out)], dry_run)
+
+
 @submit_app.command("ablation")
 @handle_errors
 def ablation_cmd(
@@ -156,7 +190,8 @@ def ablation_cmd(
     partition: Optional[str] = PARTITION, account: Optional[str] = ACCOUNT,
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
-    """Submit precompute -> verify -> one train job per compressor, chained with --dependency=afterok."""
+    """Submit precompute -> verify -> one train job per compressor -> its eval jobs (slurm.ablation.eval_suites;
+    eval.* overrides go to them), chained with --dependency=afterok."""
     from geo3d.slurm.jobs import ablation_jobs
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,

@@ -32,6 +32,8 @@ def precompute(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Frames per encoder call."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --store first."),
+    require_space: bool = typer.Option(False, "--require-space", help="Refuse to start when the free disk at "
+                                       "--store is below what the store still needs (default: warn)."),
     config: Optional[List[Path]] = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
@@ -39,7 +41,8 @@ def precompute(
     flags = {"data.suite": suite, "data.data_root": data_root, "encoder.name": encoder,
              "encoder.mapanything.weights": weights, "precompute.store": store, "precompute.shard": shard,
              "precompute.num_shards": num_shards, "precompute.batch_size": batch_size, "precompute.device": device,
-             "precompute.overwrite": True if overwrite else None}
+             "precompute.overwrite": True if overwrite else None,
+             "precompute.require_space": True if require_space else None}
     cfg = build_config(DEFAULTS, config, overrides, flags)
 
     from geo3d.preemption import PREEMPTED_EXIT_CODE

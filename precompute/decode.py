@@ -2,8 +2,8 @@
 
 Why whole episodes: video decoding is sequential (random seeks are far more expensive), and a store shard
 (64 frames by default) is shorter than a LIBERO episode (~160 frames), so consecutive shards share episodes.
-Each episode is decoded once, brought upright (per its reader's FRAME_ORIENTATION) and resized in the worker, and kept until the encoder has
-consumed it. A shard that spans an episode boundary simply takes frames from both episodes.
+Each episode is decoded once, brought upright (its reader's FRAME_ORIENTATION) and resized in the worker, and
+kept until the encoder has consumed it. A shard that spans an episode boundary simply takes frames from both episodes.
 """
 
 from __future__ import annotations

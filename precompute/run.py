@@ -55,9 +55,18 @@ def _prefetch(p: Any) -> int:
     return max(2, 2 * int(p.decode_workers))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a SLURM/cgroup CPU set, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _cpu_threads(p: Any) -> int:
-    """On a CPU device: oversubscribed OpenMP threads (decode workers, other jobs) slow the encoder ~10x."""
-    return int(p.cpu_threads or max(1, (os.cpu_count() or 1) - max(1, int(p.decode_workers))))
+    """On a CPU device: oversubscribed OpenMP threads (decode processes, other jobs) slow the encoder ~10x, so
+    by default each decode process gets a CPU; with decode_workers=0 the encoder uses every CPU."""
+    return int(p.cpu_threads or max(1, usable_cpus() - int(p.decode_workers)))
 
 
 def _refuse_old_orientation(store_path: Path, overwrite: bool) -> None:
@@ -105,6 +114,18 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 
 
 def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
+    """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
+    from geo3d.storage_faults import resume_command, storage_guard
+    from precompute.space import fault_hooks
+
+    spec = build_spec(encoder, mixture, cfg.store)
+    with storage_guard("precompute", cfg.precompute.store, resume=resume_command(drop=("--overwrite",)),
+                       **fault_hooks(spec, cfg.precompute.store)):
+        return _run_store(cfg, slot, device, encoder, mixture, feeder, spec)
+
+
+def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
+               spec: Any) -> RunResult:
     import torch
     from tqdm import tqdm
 
@@ -113,13 +134,14 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
     from geo3d.provenance import provenance
     from precompute.pipeline import TokenBuffers, run_worker
     from precompute.planner import ShardPlanner
+    from precompute.space import check_free_space
     from geo3d.preemption import PreemptionFlag
     from precompute.writer import ShardWriter
 
     p = cfg.precompute
-    spec = build_spec(encoder, mixture, cfg.store)
     _refuse_old_orientation(Path(p.store), bool(p.overwrite))
     store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
+    check_free_space(spec, store.committed_shards(), store.path, bool(p.require_space))
     cfg_path, log_path = _log_paths(store.path)
     save_resolved(cfg, cfg_path.parent, cfg_path.name)
     cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(

@@ -3,7 +3,9 @@
 1. loader throughput (samples/s) with and without cached geometry tokens — same frames, sampler, batch size,
    workers and VLM processor; the only difference is reading each frame's [V,T,D] tokens from the store.
    Goal: geometry adds <= 10%. The two loaders are interleaved batch by batch so machine noise hits both.
-2. peak RSS of a real `geo3d train` process over one pass (epoch) of the dataset.
+2. samples/s per DataLoader worker with the training loader settings (train.num_workers / pin_memory /
+   persistent_workers / prefetch_factor, through train.launch.loader_options) at --worker-counts.
+3. peak RSS of a real `geo3d train` process over one pass (epoch) of the dataset.
 
     python scripts/bench_train_loader.py                         # demo suite; builds a tiny-encoder store
     python scripts/bench_train_loader.py --suite libero_10 --data-root DIR --store PATH --workers 8
@@ -36,6 +38,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--batches", type=int, default=25, help="timed batches per mode per repeat")
     p.add_argument("--repeats", type=int, default=2, help="repeats (batches x repeats interleaved batches per mode)")
+    p.add_argument("--worker-counts", default="0,1,2", help="DataLoader workers to time for the per-worker line")
     p.add_argument("--config", action="append", default=[], help="extra train configs (as geo3d train)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (as geo3d train)")
     return p.parse_args()
@@ -57,28 +60,38 @@ def ensure_store(a: argparse.Namespace, tmp: Path) -> str:
     return str(store)
 
 
+def _collate_for(cfg):
+    """The training collate: the policy's processor pipeline over the mixture's exact norm stats."""
+    from geo3d.data.norm_stats import compute_norm_stats
+    from train import setup
+    from train.dataset import TrainCollator
+    from train.modeling.policy import build_policy
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+
+    stats = compute_norm_stats(setup.open_mixture(cfg))
+    spec = NormalizationSpec.from_cfg(cfg.model.normalization)
+    return TrainCollator(PolicyPipeline(build_policy(cfg.model).processor, stats, spec))
+
+
 def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float]]:
     """Per-batch load times of two loaders over the SAME frames, interleaved batch by batch (without, with,
     without, ...) so that load changes on a shared machine hit both modes equally."""
     import torch
     from torch.utils.data import DataLoader
 
-    from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
     from train import setup
-    from train.dataset import GeoTrainDataset, TrainCollator
-    from train.modeling.policy import build_policy
+    from train.dataset import GeoTrainDataset
     from train.run_config import compose_train_config
     from train.sampler import ResumableSampler
 
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
     mixture = setup.open_mixture(cfg)
     setup.open_checked_store(cfg, store, mixture)
-    normalizer = ActionNormalizer(compute_norm_stats(mixture))
-    collate = TrainCollator(build_policy(cfg.model).processor)
+    collate = _collate_for(cfg)
     iters = {}
     for mode, path in (("without_geometry", None), ("with_geometry", store)):
         # each mode gets its own mixture: a shared one would share (and fight over) the video decoder cache
-        loader = DataLoader(GeoTrainDataset(setup.open_mixture(cfg), normalizer, path), batch_size=a.batch_size,
+        loader = DataLoader(GeoTrainDataset(setup.open_mixture(cfg), path), batch_size=a.batch_size,
                             sampler=ResumableSampler(len(mixture), seed=0), num_workers=a.workers,
                             collate_fn=collate, prefetch_factor=2 if a.workers else None,
                             generator=torch.Generator().manual_seed(0))
@@ -90,12 +103,42 @@ def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float
             t = time.perf_counter()
             next(it)
             times[mode].append(time.perf_counter() - t)
-    reader = GeoTrainDataset(mixture, normalizer, store).reader()
+    reader = GeoTrainDataset(mixture, store).reader()
     t = time.perf_counter()
     for i in range(min(len(mixture), 200)):
         reader[i]
     times["store_read_per_frame"] = [(time.perf_counter() - t) / min(len(mixture), 200)]
     return times
+
+
+def per_worker_throughput(a: argparse.Namespace, store: str) -> dict[int, float]:
+    """samples/s of the training DataLoader (its settings from the config) at each worker count, after the
+    workers' start-up batch; the counts are timed one after another (not interleaved: they compete for cores)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from train import setup
+    from train.dataset import GeoTrainDataset
+    from train.launch import loader_options
+    from train.run_config import compose_train_config
+    from train.sampler import ResumableSampler
+
+    rates = {}
+    for workers in [int(w) for w in a.worker_counts.split(",")]:
+        cfg = compose_train_config(a.config, [*a.overrides, f"train.num_workers={workers}"],
+                                   {"suite": a.suite, "data_root": a.data_root, "store": store})
+        dataset = GeoTrainDataset(setup.open_mixture(cfg), store)
+        loader = DataLoader(dataset, batch_size=a.batch_size, sampler=ResumableSampler(len(dataset), seed=0),
+                            collate_fn=_collate_for(cfg), generator=torch.Generator().manual_seed(0),
+                            **loader_options(cfg.train))
+        it = iter(loader)
+        next(it)
+        t = time.perf_counter()
+        for _ in range(a.batches):
+            next(it)
+        rates[workers] = a.batches * a.batch_size / (time.perf_counter() - t)
+        del it, loader
+    return rates
 
 
 def peak_rss_of_training(a: argparse.Namespace, store: str, tmp: Path) -> dict[str, float]:
@@ -160,6 +203,12 @@ def main() -> None:
             overhead = d["with_geometry"] / d["without_geometry"] - 1.0
             print(f"  geometry overhead ({label}): {100 * overhead:+.1f}% time per sample (goal <= +10%): "
                   f"{'MET' if overhead <= 0.10 else 'NOT MET'}")
+        rates = per_worker_throughput(a, store)
+        print(f"\ntraining DataLoader (train.* loader settings, batch {a.batch_size}, {a.batches} batches each, "
+              f"{os.cpu_count()} CPUs):")
+        for w, r in rates.items():
+            per = f"{r / w:8.1f} samples/s per worker" if w else "(in the training process)"
+            print(f"  workers {w}: {r:8.1f} samples/s  {per}")
         rss = peak_rss_of_training(a, store, tmp)
         print(f"\ntraining one pass ({rss['frames']} frames, {rss['steps']} steps, {rss['seconds']:.1f} s): "
               f"peak RSS {rss['peak_rss_mib']:.0f} MiB (process), {rss['peak_rss_tree_mib']:.0f} MiB (with workers)")

@@ -260,7 +260,8 @@ def write_all(plan: dict[str, list[int]], init_ids: list[int], raw_dir: Path, ou
         datasets.append(dict(suite=suite, folder=folder.name, episodes=len(eps),
                              frames=int(sum(len(e.action) for e in eps)), bytes=_dir_bytes(folder)))
     gen = dict(command=command, seed=seed, max_steps=max_steps, fps=20, lerobot_version="v2.0",
-               image_size=256, orientation="stored upright: raw render turned 180 degrees once (to_model_images(..., RAW_RENDER)), like the IPEC data",
+               image_size=256, orientation=("stored upright: raw render turned 180 degrees once "
+                                            "(to_model_images(..., RAW_RENDER)), like the IPEC data"),
                controller=controller_settings(max_steps, seed),
                render_seconds=round(sum(m["render_seconds"] for m in episodes_meta), 1),
                plan={s: t for s, t in plan.items()}, init_state_ids=init_ids, versions=_versions(),

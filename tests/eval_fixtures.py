@@ -88,9 +88,9 @@ def evaluated_run(base: Path) -> tuple[Path, dict]:
 class ServeProcess:
     """`geo3d serve` in a subprocess on a free port; the URL comes from its 'serving ... on ws://' line."""
 
-    def __init__(self, ckpt: Path, timeout: float = 180):
+    def __init__(self, ckpt: Path, timeout: float = 180, env: dict | None = None):
         self.proc = subprocess.Popen(geo3d("serve", "--ckpt", str(ckpt), "--host", "127.0.0.1", "--port", "0"),
-                                     cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     cwd=REPO_ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline, lines = time.monotonic() + timeout, []
         assert self.proc.stdout is not None

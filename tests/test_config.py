@@ -68,7 +68,7 @@ def test_demo_end_to_end_and_rerun_reuses_the_store(tmp_path):
     first = demo()
     assert "result: CLEAN" in first and "demo finished" in first
     runs = sorted(tmp_path.glob("train_qformer_*"))
-    assert len(runs) == 1 and list(runs[0].glob("checkpoints/steps_2/steps_2_pytorch_model.pt"))
+    assert len(runs) == 1 and list(runs[0].glob("checkpoints/steps_2/model.safetensors"))
     second = demo()
     assert "(0 to do)" in second and "result: CLEAN" in second
     assert len(sorted(tmp_path.glob("train_qformer_*"))) == 2  # the first run is still there, untouched

@@ -91,7 +91,8 @@ def test_orientations_and_resize():
     img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
     np.testing.assert_array_equal(turn_180(img), np.rot90(img, 2))
     pair = np.stack([img, img + 1])
-    np.testing.assert_array_equal(to_model_images(pair, None, RAW_RENDER), np.stack([np.rot90(img, 2), np.rot90(img + 1, 2)]))
+    turned = np.stack([np.rot90(img, 2), np.rot90(img + 1, 2)])
+    np.testing.assert_array_equal(to_model_images(pair, None, RAW_RENDER), turned)
     np.testing.assert_array_equal(to_model_images(pair, None, UPRIGHT), pair)
     with pytest.raises(ValueError, match="unknown frame orientation"):
         to_model_images(pair, None, "rot180")

@@ -10,7 +10,7 @@ import pytest
 from data_fixtures import make_synthetic_libero, synthetic_sources
 
 from geo3d.data.mixture import LiberoMixture
-from geo3d.data.norm_stats import (ActionNormalizer, compare_with_meta_stats, compute_norm_stats, load_norm_stats,
+from geo3d.data.norm_stats import (Normalizer, compare_with_meta_stats, compute_norm_stats, load_norm_stats,
                                    save_norm_stats)
 from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.errors import DataError
@@ -60,7 +60,7 @@ def test_save_load_round_trip(root, tmp_path):
 
 def test_normalizer_range_round_trip_and_raw_gripper(root, brute):
     stats = compute_norm_stats(LiberoMixture("demo", root))
-    norm = ActionNormalizer(stats)
+    norm = Normalizer(stats, "action", "min_max", raw_dims=(6,))
     a = brute["action"].astype(np.float32)
     z = norm.normalize(a)
     assert z.dtype == np.float32
@@ -74,7 +74,7 @@ def test_normalizer_constant_dim_and_torch():
     import torch
 
     stats = {"action": {"min": [0.0, 2.0, -1.0], "max": [4.0, 2.0, 1.0]}}
-    norm = ActionNormalizer(stats, gripper_dims=(2,))
+    norm = Normalizer(stats, "action", "min_max", raw_dims=(2,))
     a = np.array([[0.0, 2.0, -1.0], [4.0, 2.0, 1.0], [1.0, 2.0, 1.0]], np.float64)
     z = norm.normalize(a)
     np.testing.assert_array_equal(z, [[-1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-0.5, 0.0, 1.0]])

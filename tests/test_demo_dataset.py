@@ -12,7 +12,7 @@ import pytest
 
 from geo3d.data.layout import ACTION_KEY, STATE_KEY
 from geo3d.data.mixture import LiberoMixture
-from geo3d.data.norm_stats import ActionNormalizer, compute_norm_stats
+from geo3d.data.norm_stats import Normalizer, compute_norm_stats
 from geo3d.data.suites import DEMO_DATA_ROOT
 
 FOLDERS = ["libero_spatial_no_noops_1.0.0_lerobot", "libero_object_no_noops_1.0.0_lerobot"]
@@ -109,7 +109,7 @@ def test_images_decode_at_256_and_are_not_blank(mix):
 def test_norm_stats_compute(mix):
     stats = compute_norm_stats(mix)
     assert stats["num_frames"] == len(mix)
-    norm = ActionNormalizer(stats)
+    norm = Normalizer(stats, "action", "min_max", raw_dims=(6,))
     a = mix.datasets[0].episode_columns(0)[ACTION_KEY]
     np.testing.assert_allclose(norm.unnormalize(norm.normalize(a)), a, atol=1e-5)
 

@@ -7,6 +7,7 @@ code against (a) the real environment, where `mapanything` is absent, and (b) a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,10 +29,15 @@ FAKE_MODELS = textwrap.dedent('''
     import torch, torch.nn as nn
 
     class _Encoder(nn.Module):
-        data_norm_type = "dinov2"
         def __init__(self, dim):
             super().__init__()
+            self.data_norm_type = os.environ.get("FAKE_MA_NORM", "dinov2")
             self.proj = nn.Conv2d(3, dim, 14, 14)
+            try:  # exactly how uniception's DINOv2Encoder builds its ViT ("Requires internet access")
+                self.hub = torch.hub.load("facebookresearch/dinov2", "dinov2_vitg14", force_reload=False,
+                                          pretrained=False)
+            except:  # noqa: E722  (uniception: "Load from cache")
+                self.hub = torch.hub.load("facebookresearch/dinov2", "dinov2_vitg14", pretrained=False)
         def forward(self, inp):
             f = self.proj(inp.image)
             return SimpleNamespace(features=f, registers=f.mean((2, 3))[:, :, None])
@@ -103,7 +109,14 @@ def fake_pkgs(tmp_path: Path) -> Path:
 @pytest.fixture
 def hub(tmp_path: Path) -> Path:
     torch_home = tmp_path / "torch_home"
-    _write(torch_home / "hub/facebookresearch_dinov2_main/hubconf.py", "dependencies = ['torch']\n")
+    _write(torch_home / "hub/facebookresearch_dinov2_main/hubconf.py", textwrap.dedent('''
+        import torch
+        dependencies = ["torch"]
+        def dinov2_vitg14(*, pretrained=True, **kwargs):
+            vit = torch.nn.Identity()
+            vit.pretrained = pretrained
+            return vit
+    '''))
     return torch_home
 
 
@@ -131,9 +144,11 @@ def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
     partial = tmp_path / "partial"
     _write(partial / "config.json", "{}")
     _one_clear_error(_cli(["--weights", str(partial), "--store", store], {}), "lacks model.safetensors")
-    # the package is not installed here (real environment)
-    _one_clear_error(_cli(["--weights", str(weights), "--store", store], {}),
-                     "`mapanything` package is not installed", "git+https://github.com/facebookresearch/map-anything")
+    if importlib.util.find_spec("mapanything") is None:  # the package is not installed here (real environment)
+        _one_clear_error(_cli(["--weights", str(weights), "--store", store], {}),
+                         "`mapanything` package is not installed", "git+https://github.com/facebookresearch/map-anything")
+    else:  # the real package (a user's cluster): this stand-in config.json lacks its head configs
+        _one_clear_error(_cli(["--weights", str(weights), "--store", store], {}), "does not fit the installed")
     # package present (stand-in) but no DINOv2 hub code in TORCH_HOME
     empty_home = tmp_path / "empty_torch_home"
     _one_clear_error(_cli(["--weights", str(weights), "--store", store],
@@ -194,3 +209,56 @@ def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
     monkeypatch.setitem(sys.modules, "mapanything", None)  # as if uninstalled
     with pytest.raises(Geo3dError, match="package is not installed"):
         import_mapanything_class()
+
+
+def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake_pkgs, hub):
+    """torch.hub would ask GitHub for the default branch before using its cache (a hang where packets are
+    dropped): with every name lookup and connect made to fail and recorded, none may be attempted."""
+    import socket
+
+    from precompute.encoders.mapanything import MapAnythingEncoder
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] or args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
+    enc = MapAnythingEncoder(weights=weights, image_size=28, tokens_per_view=4, device="cpu")
+    assert attempts == []
+    assert enc.model.encoder.hub.pretrained is False  # the cached hub code built the ViT, no weight download
+    assert torch.hub.load.__module__ == "torch.hub"  # the redirection ends with construction
+
+
+def test_normalization_follows_the_models_data_norm_type(monkeypatch, tmp_path, weights, fake_pkgs, hub):
+    from precompute.encoders.mapanything import MapAnythingEncoder
+
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
+    monkeypatch.setenv("FAKE_MA_NORM", "dust3r")
+    enc = MapAnythingEncoder(weights=weights, image_size=28, tokens_per_view=4, device="cpu")
+    assert enc.preprocessing()["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "data_norm_type": "dust3r"}
+    white = torch.full((1, 2, 28, 28, 3), 255, dtype=torch.uint8)
+    assert all(torch.all(v == 1.0) for v in enc.model_inputs(white))  # (1 - 0.5) / 0.5
+    monkeypatch.setenv("FAKE_MA_NORM", "some_future_norm")
+    with pytest.raises(Geo3dError, match="unknown image normalization data_norm_type='some_future_norm'"):
+        MapAnythingEncoder(weights=weights, image_size=28, tokens_per_view=4, device="cpu")
+
+
+@pytest.mark.parametrize("workers, cpus, expect", [(0, 8, 8), (2, 8, 6), (4, 2, 1)])
+def test_cpu_threads_default_uses_every_cpu_without_decode_workers(monkeypatch, workers, cpus, expect):
+    from types import SimpleNamespace
+
+    import precompute.run as run
+
+    monkeypatch.setattr(run, "usable_cpus", lambda: cpus)
+    assert run._cpu_threads(SimpleNamespace(cpu_threads=None, decode_workers=workers)) == expect
+    assert run._cpu_threads(SimpleNamespace(cpu_threads=3, decode_workers=workers)) == 3  # explicit wins

@@ -38,8 +38,8 @@ def test_action_head_count_at_full_dims():
     count = n_params(head)
     # 974,095,367 = 16 blocks x 58.74M (939.88M) + timestep MLP 4.72M + output AdaLN/proj 12.59M + action
     # encoder 12.60M + state/decoder MLPs 4.21M + future/position tokens 0.08M. The seed reports 977.75M:
-    # GR00T/StarVLA keep a 1024-row position table (max_seq_len) where geo3d keeps one row per action step
-    # (2.08M of the gap); the other ~1.57M depends on the fork's DiT config, which the seed does not give.
+    # the fork keeps a 1024-row position table (max_seq_len; 2.08M of the gap) and a 2560-wide proj_out_2 and
+    # decoder input (1.57M): `preset: fork`, counted exactly in tests/test_model_design.py.
     assert count == 974_095_367
     assert abs(count / 977.75e6 - 1) < 0.005
     assert n_params(head.dit.blocks[0]) == 58_742_784

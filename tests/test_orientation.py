@@ -33,7 +33,7 @@ def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precomput
     new = make_matching_store(mix, tmp_path / "new", 2, 4, 8)
     cfg = OmegaConf.create({"model": {"geometry": {"views": 2, "tokens_per_view": 4, "dim": 8}},
                             "train": {"store_check_frames": 4}})
-    with pytest.raises(StoreError, match=r"old image orientation.*upside-down.*geo3d precompute --store .*old --overwrite"):
+    with pytest.raises(StoreError, match=r"old image orientation.*upside-down.*precompute --store .*old --overwrite"):
         open_checked_store(cfg, str(old), mix)
     with pytest.raises(StoreError, match="old image orientation"):
         _refuse_old_orientation(old, overwrite=False)
@@ -43,16 +43,17 @@ def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precomput
 
 
 def test_old_checkpoints_are_refused(tmp_path):
-    from train.checkpoint import MARKER, read_marker
+    from train.checkpoint import FORMAT, MARKER, read_marker
 
-    for name, marker in (("made_before_the_record", {"step": 2, "store": None}),
-                         ("old_probe", {"step": 2, "image_orientation": {"orientation": "rot180"}})):
+    for name, marker in (("made_before_the_record", {"format": FORMAT, "step": 2, "store": None}),
+                         ("old_probe", {"format": FORMAT, "step": 2, "image_orientation": {"orientation": "rot180"}})):
         (tmp_path / name).mkdir()
         (tmp_path / name / MARKER).write_text(json.dumps(marker))
         with pytest.raises(Geo3dError, match=r"checkpoint .*old image orientation.*Retrain"):
             read_marker(tmp_path / name)
     (tmp_path / "new").mkdir()
-    (tmp_path / "new" / MARKER).write_text(json.dumps({"step": 2, "image_orientation": orientation_probe()}))
+    (tmp_path / "new" / MARKER).write_text(json.dumps({"format": FORMAT, "step": 2,
+                                                       "image_orientation": orientation_probe()}))
     assert read_marker(tmp_path / "new")["step"] == 2
 
 

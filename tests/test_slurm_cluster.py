@@ -1,7 +1,8 @@
 """geo3d on a REAL SLURM: a throwaway single-node cluster (munged + slurmctld + slurmd, 2 CPUs, 2 fake GPUs).
 
-- the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run,
-  ending in a verified store and a checkpoint;
+- the chain `geo3d submit ablation` submits: a 2-task precompute array -> verify -> a short train run ->
+  its eval job in the LIBERO simulator, ending in a verified store, a checkpoint and its results;
+- the time-limit signal on a `geo3d submit eval` job: it keeps its episodes, requeues, and resumes the rest;
 - `scontrol requeue` of the precompute array mid-run: the tasks resume and the store is bit-identical to
   the uninterrupted one;
 - the time-limit signal (USR1 to the batch shell) on a train job: it checkpoints, requeues itself, resumes
@@ -39,6 +40,7 @@ JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.p
             "slurm.train.time=00:20:00"]
 PRECOMPUTE_ARGS = ["store.shard_frames=8", "precompute.decode_workers=0", "precompute.batch_size=8"]
 TRAIN_ARGS = [f"train.max_steps={STEPS}", "train.save_interval=100", "train.log_interval=1"]
+EVAL_JOB = ["slurm.eval.cpus=1", "slurm.eval.mem=6G", "slurm.eval.time=00:20:00", "eval.tasks=[0]"]
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +98,20 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 
 
 def final_weights(run: Path) -> dict:
-    import torch
-    return torch.load(run / "checkpoints" / f"steps_{STEPS}" / f"steps_{STEPS}_pytorch_model.pt",
-                      map_location="cpu", weights_only=True)
+    from train.weights_io import load_weights
+    return load_weights(run / "checkpoints" / f"steps_{STEPS}")
 
 
 @pytest.fixture(scope="module")
 def chain(cluster, work):
-    """The full chain once: precompute array (2 tasks) -> verify -> train (pool), via `geo3d submit ablation`."""
+    """The full chain once: precompute array (2 tasks) -> verify -> train (pool) -> eval on libero_spatial (one
+    short episode in the simulator), via `geo3d submit ablation`."""
     job_dir, jobs = submit(cluster, "ablation", "--suite", "demo", "--data-root", str(work / "data"),
                            "--encoder", "tiny", "--store", str(work / "store.zarr"), "--out", str(work / "runs"),
                            "--compressors", "pool", f"slurm.submit_dir={work / 'submissions'}",
-                           *PRECOMPUTE_ARGS, *TRAIN_ARGS)
-    assert list(jobs) == ["precompute", "verify", "train_pool"]
+                           "slurm.ablation.eval_suites=[libero_spatial]", "eval.episodes_per_task=1",
+                           "eval.max_steps=10", *EVAL_JOB, *PRECOMPUTE_ARGS, *TRAIN_ARGS)
+    assert list(jobs) == ["precompute", "verify", "train_pool", "eval_pool_libero_spatial"]
     assert_completed(cluster, job_dir, jobs)
     return job_dir, jobs
 
@@ -124,7 +127,7 @@ def test_chain_precompute_verify_train(chain, cluster, work):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     ckpt = work / "runs" / "pool" / "checkpoints" / f"steps_{STEPS}"
-    assert (ckpt / f"steps_{STEPS}_pytorch_model.pt").is_file() and (ckpt / "checkpoint.json").is_file()
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "checkpoint.json").is_file()
     # the submission records how it was made: scripts, resolved config, provenance, job ids, logs
     for name in ("precompute.sbatch", "verify.sbatch", "train_pool.sbatch", "ablation.sh",
                  "resolved_config.yaml", "provenance.json", "jobs.json"):
@@ -140,6 +143,17 @@ def wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
         time.sleep(0.2)
+
+
+def usr1_requeued(cluster: SlurmCluster, job_dir: Path, job: str, name: str, timeout: float = 600) -> str:
+    """Do what `#SBATCH --signal=B:USR1@N` does at the time limit (USR1 to the batch shell only); return the
+    job's log once it saved, requeued itself and completed."""
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    assert_completed(cluster, job_dir, {name: job}, timeout)
+    log = (job_dir / "logs" / f"{name}_{job}.out").read_text()
+    assert "requeueing job" in log and "restart 1" in log, log
+    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    return log
 
 
 def test_precompute_array_requeued_mid_run_resumes_to_an_identical_store(chain, cluster, work):
@@ -172,15 +186,31 @@ def test_train_time_limit_signal_checkpoints_requeues_and_resumes_exactly(chain,
     job = jobs["train_pool"]
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 300, "a first step", cluster)
-    # what `#SBATCH --signal=B:USR1@N` does at the time limit: USR1 to the batch shell only
-    cluster.run("scancel", "--batch", "--signal=USR1", job)
-    assert_completed(cluster, job_dir, jobs)
-    log = (job_dir / "logs" / f"train_pool_{job}.out").read_text()
-    assert "requeueing job" in log and "--resume" in log and "restart 1" in log, log
-    assert cluster.job_records(job)[0]["Restarts"] == "1"
+    log = usr1_requeued(cluster, job_dir, job, "train_pool")
+    assert "--resume" in log, log
     ours, reference = final_weights(run), final_weights(work / "runs" / "pool")
     assert ours.keys() == reference.keys()
     assert all(ours[k].equal(reference[k]) for k in ours), "resumed run diverged from the uninterrupted one"
+
+
+def test_chain_eval_job_evaluates_the_trained_checkpoint(chain, work):
+    results = json.loads((work / "runs" / "pool" / f"eval_libero_spatial_step{STEPS}" / "results.json").read_text())
+    assert results["complete"] and results["step"] == STEPS and len(results["episodes"]) == 1
+    assert results["checkpoint"].endswith(f"checkpoints/steps_{STEPS}")
+
+
+def test_eval_time_limit_signal_requeues_and_resumes_the_episodes(chain, cluster, work):
+    out = work / "eval_requeued"
+    job_dir, jobs = submit(cluster, "eval", "--ckpt", str(work / "runs" / "pool"), "--suite", "libero_spatial",
+                           "--eval-out", str(out), f"slurm.submit_dir={work / 'submissions'}",
+                           "eval.episodes_per_task=3", "eval.max_steps=15", *EVAL_JOB)
+    job = jobs["eval"]
+    episodes = out / "episodes.jsonl"
+    wait_for(lambda: episodes.is_file() and episodes.read_text().count("\n") >= 1, 400, "a first episode", cluster)
+    usr1_requeued(cluster, job_dir, job, "eval", timeout=1200)  # a loaded 2-core machine: minutes per episode
+    done = [json.loads(line) for line in episodes.read_text().splitlines()]
+    assert sorted(r["episode"] for r in done) == [0, 1, 2]  # each episode run exactly once
+    assert json.loads((out / "results.json").read_text())["complete"]
 
 
 def test_a_failed_stage_cancels_the_jobs_waiting_on_it(cluster, work):

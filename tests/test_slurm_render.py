@@ -38,15 +38,16 @@ def ablation(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("dry")
     r = submit("ablation", *BASE, "--out", "runs", "--compressors", "pool,qformer", "--dry-run",
                "slurm.precompute.num_shards=4", "slurm.precompute.max_parallel=2", "precompute.batch_size=8",
-               "train.max_steps=5", "slurm.submit_dir=subs", cwd=cwd)
+               "train.max_steps=5", "eval.episodes_per_task=3", "slurm.submit_dir=subs", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return cwd, split_scripts(r.stdout)
 
 
 def test_dry_run_renders_the_chain_and_writes_nothing(ablation):
     cwd, scripts = ablation
+    evals = {f"eval_{c}_{s}.sbatch" for c in ("pool", "qformer") for s in ("libero_spatial", "libero_object")}
     assert set(scripts) == {"precompute.sbatch", "verify.sbatch", "train_pool.sbatch", "train_qformer.sbatch",
-                            "ablation.sh"}
+                            "ablation.sh"} | evals  # eval_suites auto: the demo suite's two LIBERO suites
     assert not (cwd / "subs").exists()
     pre = sbatch_lines(scripts["precompute.sbatch"])
     assert "--array=0-3%2" in pre and "--gres=gpu:1" in pre and "--requeue" in pre and "--signal=B:USR1@300" in pre
@@ -60,6 +61,26 @@ def test_dry_run_renders_the_chain_and_writes_nothing(ablation):
     assert f"OUT={cwd / 'runs' / 'qformer'}" in scripts["train_qformer.sbatch"]
     launcher = scripts["ablation.sh"]
     assert "COMPRESSORS=(pool qformer)" in launcher and '--dependency="afterok:$LAST_ID"' in launcher
+    assert "EVAL_SUITES=(libero_spatial libero_object)" in launcher and '"afterok:$TRAIN_ID"' in launcher
+    ev = scripts["eval_qformer_libero_object.sbatch"]  # eval.* overrides reach geo3d eval only
+    assert f"CKPT={cwd / 'runs' / 'qformer'}" in ev and "SUITE=libero_object" in ev
+    assert "EXTRA_ARGS=(eval.episodes_per_task=3)" in ev and "eval.episodes" not in scripts["train_pool.sbatch"]
+    assert "--requeue" in sbatch_lines(ev) and "--signal=B:USR1@300" in sbatch_lines(ev)
+    assert '--resume "${EXTRA_ARGS[@]}"' in ev
+
+
+def test_submit_eval_renders_one_job_and_refuses_bad_input(tmp_path):
+    r = submit("eval", "--ckpt", "runs/pool", "--suite", "libero_10", "--eval-out", "res", "eval.tasks=[0]",
+               "--time", "00:30:00", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (name, text), = split_scripts(r.stdout).items()
+    assert name == "eval.sbatch" and "--time=00:30:00" in sbatch_lines(text)
+    assert f"CKPT={tmp_path / 'runs' / 'pool'}" in text and "SUITE=libero_10" in text
+    assert f"EXTRA_ARGS=(--out {tmp_path / 'res'} 'eval.tasks=[0]')" in text
+    r = submit("eval", "--ckpt", "runs/pool", "--suite", "demo", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2 and "not a LIBERO benchmark suite" in r.stderr
+    r = submit("eval", "--suite", "libero_10", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2 and "--ckpt" in r.stderr
 
 
 def test_rendered_scripts_are_valid_bash_with_nothing_site_specific(ablation):

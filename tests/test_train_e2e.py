@@ -50,8 +50,11 @@ def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, t
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["steps_30", "steps_60"]
     ckpt = out / "checkpoints" / "steps_60"
-    assert {"steps_60_pytorch_model.pt", "config.yaml", "norm_stats.json", "checkpoint.json", "resume"} <= {
-        p.name for p in ckpt.iterdir()}
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"model.safetensors", "config.yaml", "vlm", "processor", "processor.json", "norm_stats.json",
+            "checkpoint.json", "resume"} <= names
+    assert "steps_60_pytorch_model.pt" not in names  # the seed's file only behind train.checkpoint.starvla_pt
+    assert not [p for p in (ckpt / "resume").rglob("*") if p.name.startswith("model")]  # no second weights copy
     assert yaml.safe_load((ckpt / "config.yaml").read_text())["model"]["compressor"]["type"] == compressor
     for name in ("resolved_config.yaml", "norm_stats.json", "provenance.json"):
         assert (out / name).is_file()

@@ -34,8 +34,8 @@ def _args(data, store, out):  # with EMA on, so its state is saved and restored 
 
 
 def _final_weights(out):
-    import torch
-    return torch.load(out / "checkpoints" / f"steps_{STEPS}" / f"steps_{STEPS}_pytorch_model.pt", weights_only=True)
+    from train.weights_io import load_weights
+    return load_weights(out / "checkpoints" / f"steps_{STEPS}")
 
 
 def _assert_same_final_weights(a, b):

@@ -27,7 +27,8 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
         for k, (_, cid) in enumerate(mixture.iter_episode(span.dataset_id, span.episode_index)):
             content[span.start + k] = cid
     from precompute.encoders.views import image_path_probe
-    preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224), **(preprocessing or {})}
+    preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224),
+                     **(preprocessing or {})}
     spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER, preprocessing=preprocessing,
                      dataset=mixture.identity(), layout=StoreLayout(shard_frames=shard_frames))
     store = FeatureStore.open_or_create(path, spec)

@@ -1,15 +1,21 @@
-"""Checkpoints: the seed's inference files plus the full resume state, written atomically.
+"""Checkpoints in the ecosystem's format: self-contained for inference, plus the resume state beside it.
 
 <run>/checkpoints/steps_<N>/
-    steps_<N>_pytorch_model.pt   model state_dict (EMA weights when EMA is on; raw weights then in resume/)
-    config.yaml                  the run's resolved config (model, data, train, store identity)
-    norm_stats.json              the dataset statistics used to (un)normalize actions
-    checkpoint.json              step, provenance, whether the weights are EMA; written last
-    resume/                      accelerate.save_state: model, optimizer, scheduler, RNG (python, numpy,
-                                 torch, cuda) per process, and the trainer state (step, sampler position, EMA)
-Everything is written under checkpoints/.steps_<N>.partial and renamed into place, so a crash never
-leaves a half checkpoint under a real name. The first four files alone are enough for inference with the tiny
-VLM; a real Qwen2.5-VL run also needs the model dir that config.yaml names (model.vlm.source).
+    model.safetensors            the policy weights (EMA weights when EMA is on); above train.checkpoint.
+                                 max_shard_size: model-0000i-of-0000n.safetensors + model.safetensors.index.json
+    config.yaml                  the run's resolved config (model, data, train)
+    vlm/config.json              the VLM architecture: load_policy builds it from here, never from the base dir
+    processor/ processor.json norm_stats.json   the processor pipeline (train/modeling/processor_pipeline.py)
+    steps_<N>_pytorch_model.pt   only with train.checkpoint.starvla_pt=true (the seed's file, for StarVLA tools)
+    checkpoint.json              step, provenance, weights layout; written last
+    resume/                      optimizer, scheduler, RNG per process, trainer state (step, sampler, EMA
+                                 decay). No second copy of the weights: resuming reads model.safetensors; with EMA
+                                 on, resume/raw_weights.safetensors holds the raw (non-averaged) trainable weights
+                                 and the EMA shadow is model.safetensors (entries stored below fp32 keep an fp32
+                                 copy in resume/ema_fp32.safetensors so resume stays exact).
+Everything is written under checkpoints/.steps_<N>.partial, fsynced and renamed into place, so a crash (even
+kill -9) never leaves a half checkpoint under a real name; the previous checkpoint stays usable.
+Old checkpoints (steps_<N>_pytorch_model.pt without model.safetensors) are refused with a message (README).
 """
 
 from __future__ import annotations
@@ -26,9 +32,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from geo3d.errors import Geo3dError
+from features_store.fsutil import fsync_dir, fsync_tree
+from train.weights_io import load_weights, save_weights, tied_aliases, weight_files
 
 CKPT_DIR = "checkpoints"
 MARKER = "checkpoint.json"
+FORMAT = "geo3d-safetensors-1"
+VLM_DIR = "vlm"
+RESUME_DIR = "resume"
+RAW_WEIGHTS = "raw_weights.safetensors"
+EMA_FP32 = "ema_fp32.safetensors"
 _STEP_DIR = re.compile(r"^steps_(\d+)$")
 
 
@@ -58,7 +71,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 class TrainerState:
-    """What the loop needs besides model/optimizer/scheduler/RNG: registered with accelerate's checkpointing."""
+    """What the loop needs besides model/optimizer/scheduler/RNG: registered with accelerate's checkpointing.
+    The EMA shadow itself is restored from the checkpoint's weights (`restore_weights`), not stored here."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -68,7 +82,7 @@ class TrainerState:
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "consumed": self.consumed, "world_size": self.world_size,
-                "ema": self.ema.state_dict() if self.ema is not None else None}
+                "ema": {"decay": self.ema.decay} if self.ema is not None else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
@@ -81,11 +95,26 @@ class TrainerState:
             if self.ema is None:
                 raise Geo3dError("the checkpoint has EMA weights but train.ema.enabled is false; resume with "
                                  "train.ema.enabled=true")
-            self.ema.load_state_dict(state["ema"])
+            self.ema.decay = float(state["ema"]["decay"])
+
+
+def write_inference_files(directory: Path, weights: dict[str, torch.Tensor], policy: Any, pipeline: Any,
+                          cfg: DictConfig, step: int) -> dict[str, Any]:
+    """Everything load_policy needs, into `directory`; returns the weights record for checkpoint.json."""
+    ck = cfg.train.checkpoint
+    tied = save_weights(weights, directory, str(ck.max_shard_size))
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    policy.vlm.save_config(directory / VLM_DIR)
+    pipeline.save_pretrained(directory)
+    record: dict[str, Any] = {"format": FORMAT, "weights": [f.name for f in weight_files(directory)], "tied": tied}
+    if ck.starvla_pt:
+        torch.save(weights, directory / weights_name(step))
+        record["starvla_pt"] = weights_name(step)
+    return record
 
 
 def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerState, run_dir: Path,
-                    cfg: DictConfig, norm_stats_path: Path, meta: Mapping[str, Any]) -> Path:
+                    cfg: DictConfig, pipeline: Any, meta: Mapping[str, Any]) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     final = checkpoint_dir(run_dir, state.step)
     partial = final.parent / f".{final.name}.partial"
@@ -94,25 +123,65 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerStat
             shutil.rmtree(partial)  # left by a run killed mid-save
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "resume"), safe_serialization=False)
+    handle = accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+    try:  # the weights are written once, below, not a second time inside resume/
+        accelerator.save_state(str(partial / RESUME_DIR), safe_serialization=True)
+    finally:
+        handle.remove()
     weights = accelerator.get_state_dict(model)  # gathers sharded weights where needed (collective)
     if accelerator.is_main_process:
+        raw = weights
         if state.ema is not None:
             weights = state.ema.weights_into(weights)
-        torch.save(weights, partial / weights_name(state.step))
-        (partial / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        shutil.copyfile(norm_stats_path, partial / "norm_stats.json")
-        marker = {"step": state.step, "weights": weights_name(state.step), "ema_weights": state.ema is not None,
-                  **meta}
+            _save_ema_resume(partial / RESUME_DIR, raw, weights, state.ema)
+        record = write_inference_files(partial, weights, accelerator.unwrap_model(model), pipeline, cfg, state.step)
+        marker = {"step": state.step, **record, "ema_weights": state.ema is not None, **meta}
         (partial / MARKER).write_text(json.dumps(marker, indent=2, default=str))
+        fsync_tree(partial)
         if final.exists():  # only a dir without a marker can be here (a complete one would have been resumed
             # from, and the loop saves each step once): not a checkpoint, so replacing it loses nothing
             shutil.rmtree(final)
         os.replace(partial, final)
+        fsync_dir(final.parent)
     accelerator.wait_for_everyone()
     return final
 
 
+def _save_ema_resume(resume: Path, raw: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor], ema: Any) -> None:
+    """With EMA the published weights are the averages: keep the raw trainable weights, and the fp32 shadow of
+    any entry the published file stores at lower precision."""
+    from safetensors.torch import save_file
+    names = [n for n in ema.shadow if n in raw]
+    save_file({n: raw[n].detach().cpu().contiguous() for n in names}, str(resume / RAW_WEIGHTS))
+    low = {n: ema.shadow[n].detach().cpu().contiguous() for n in names if averaged[n].dtype != torch.float32}
+    if low:
+        save_file(low, str(resume / EMA_FP32))
+
+
+def restore_weights(accelerator: Any, model: torch.nn.Module, state: TrainerState, ckpt: Path) -> None:
+    """Resume: the model's (raw) weights and the EMA shadow from the checkpoint's files, then accelerate's
+    state (optimizer, scheduler, RNG, trainer state) from resume/ with its model loading skipped."""
+    from safetensors.torch import load_file
+    unwrapped = accelerator.unwrap_model(model)
+    weights = load_weights(ckpt)
+    resume = ckpt / RESUME_DIR
+    if state.ema is not None:
+        if not (resume / RAW_WEIGHTS).is_file():
+            raise Geo3dError(f"{ckpt} was saved without EMA but train.ema.enabled is true; resume with "
+                             f"train.ema.enabled=false")
+        fp32 = load_file(str(resume / EMA_FP32)) if (resume / EMA_FP32).is_file() else {}
+        device = next(iter(state.ema.shadow.values())).device
+        state.ema.shadow = {n: fp32.get(n, weights[n]).float().to(device) for n in state.ema.shadow}
+        weights.update(load_file(str(resume / RAW_WEIGHTS)))
+    missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in tied_aliases(ckpt)]
+    if missing or unexpected:
+        raise Geo3dError(f"{ckpt} does not fit this run's model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    handle = accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+    try:
+        accelerator.load_state(str(resume))
+    finally:
+        handle.remove()
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
     """Keep the newest `keep_last` checkpoints (None or 0 keeps all, the seed's behaviour)."""
     if not keep_last:
@@ -122,11 +191,16 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
 
 
 def read_marker(ckpt_dir: str | Path) -> dict[str, Any]:
+    """checkpoint.json of a complete checkpoint in the current format (an old one is refused, saying why)."""
     path = Path(ckpt_dir) / MARKER
     if not path.is_file():
         raise Geo3dError(f"{ckpt_dir} is not a complete geo3d checkpoint (no {MARKER}); pass a "
                          f"checkpoints/steps_<N> directory or a run directory that has one")
-    from geo3d.data.orientation import refuse_old_checkpoint
     marker = json.loads(path.read_text())
+    if marker.get("format") != FORMAT:
+        raise Geo3dError(f"{ckpt_dir} is an old-format geo3d checkpoint ({marker.get('weights')}, no "
+                         f"model.safetensors / processor pipeline); this geo3d reads {FORMAT} only. Retrain, or "
+                         f"check out the geo3d version that wrote it (see train/README.md 'Old checkpoints')")
+    from geo3d.data.orientation import refuse_old_checkpoint
     refuse_old_checkpoint(marker, ckpt_dir)
     return marker

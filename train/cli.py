@@ -25,14 +25,16 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the run directory from its latest "
                                                         "checkpoint (starts fresh if it has none)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build the model on the meta device, print parameter "
-                                                          "counts per module as JSON, and exit."),
+                                                          "counts per module and the per-GPU memory estimate "
+                                                          "(JSON on stdout, a table on stderr), and exit."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for (train.max_steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (train.seed)."),
 ) -> None:
     """Train Qwen2.5-VL + geometry compressor + DiT action head on raw frames and cached geometry tokens.
 
-    Exit codes: 0 done; 2 bad input (nothing trained); 75 preempted by SIGTERM/SIGUSR1 after saving a
-    resume checkpoint (re-run the same command with --resume to continue).
+    Exit codes: 0 done; 2 bad input (nothing trained); 74 storage fault (full disk, quota, I/O error: free
+    space, then re-run with --resume); 75 preempted by SIGTERM/SIGUSR1 after saving a resume checkpoint
+    (re-run the same command with --resume to continue).
     """
     import json
 
@@ -44,10 +46,17 @@ def train(
     cfg = compose_train_config(config, overrides, flags)
     if dry_run:
         from train.launch import dry_run as build_dry_run
-        typer.echo(json.dumps(build_dry_run(cfg), indent=2))
+        report = build_dry_run(cfg)
+        memory = report.pop("memory")
+        typer.echo(json.dumps({**report, "memory": memory.as_dict()}, indent=2))
+        typer.echo("per-GPU training memory (estimate):\n" + memory.render(), err=True)
         return
+    from geo3d.storage_faults import resume_command, storage_guard
     from train.launch import run_training
-    result = run_training(cfg, resume)
+    from train.run_config import run_dir_of
+    from train.storage import fault_hooks
+    with storage_guard("train", run_dir_of(cfg), resume=resume_command(add=("--resume",)), **fault_hooks(cfg)):
+        result = run_training(cfg, resume)
     if not result.is_main:
         raise typer.Exit(PREEMPTED_EXIT_CODE if result.preempted_by is not None else 0)
     if result.preempted_by is not None:

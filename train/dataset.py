@@ -1,13 +1,14 @@
 """Training samples: a LIBERO frame (images, instruction, state, action chunk) joined with its cached
 geometry tokens from the features store, by the shared global frame index.
 
-The store is opened lazily in each DataLoader worker (never in the parent before fork), and the VLM
-inputs are built in the workers by the policy's picklable processor (`TrainCollator`).
+The store is opened lazily in each DataLoader worker (never in the parent before fork). Samples stay raw;
+the collate (`TrainCollator`, in the workers) runs the policy's processor pipeline: tokenization, state and
+action normalization (train/modeling/processor_pipeline.py), the same pipeline inference uses.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -15,12 +16,11 @@ from torch.utils.data import Dataset
 
 
 class GeoTrainDataset(Dataset):
-    """`ds[i]` -> dict(images uint8 [V,S,S,3], instruction, state float32 [8], actions float32 [8,7]
-    normalized, action_pad bool [8], index, geometry bf16 [V,T,D] or absent when `store_path` is None)."""
+    """`ds[i]` -> dict(images uint8 [V,S,S,3], instruction, state float32 [8] raw, actions float32 [8,7]
+    raw, action_pad bool [8], index, geometry bf16 [V,T,D] or absent when `store_path` is None)."""
 
-    def __init__(self, mixture: Any, normalizer: Any, store_path: str | None) -> None:
+    def __init__(self, mixture: Any, store_path: str | None) -> None:
         self.mixture = mixture
-        self.normalizer = normalizer
         self.store_path = store_path
         self._reader: Any = None
 
@@ -44,8 +44,7 @@ class GeoTrainDataset(Dataset):
             "images": np.asarray(s["images"], dtype=np.uint8),
             "instruction": s["instruction"],
             "state": np.asarray(s["state"], dtype=np.float32),
-            "actions": np.asarray(self.normalizer.normalize(np.asarray(s["actions"], dtype=np.float32)),
-                                  dtype=np.float32),
+            "actions": np.asarray(s["actions"], dtype=np.float32),
             "action_pad": np.asarray(s["action_pad"], dtype=bool),
             "index": int(s.get("global_index", i)),
         }
@@ -55,17 +54,19 @@ class GeoTrainDataset(Dataset):
 
 
 class TrainCollator:
-    """Stacks samples into the policy's batch: VLM inputs (from the processor) + geometry [B,V*T,D] (None
-    when the run has no geometry) + state [B,8] + actions [B,8,7] + action_pad [B,8] + index [B]."""
+    """Stacks samples into the policy's batch through the pipeline: VLM inputs + normalized state [B,8] +
+    normalized actions [B,8,7] + geometry [B,V*T,D] (None when the run has no geometry) + action_pad [B,8] +
+    index [B]."""
 
-    def __init__(self, processor: Callable[..., dict[str, Any]]) -> None:
-        self.processor = processor
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline  # train.modeling.processor_pipeline.PolicyPipeline
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = np.stack([s["images"] for s in samples])
-        batch = dict(self.processor(images, [s["instruction"] for s in samples]))
-        batch["state"] = torch.from_numpy(np.stack([s["state"] for s in samples]))
-        batch["actions"] = torch.from_numpy(np.stack([s["actions"] for s in samples]))
+        batch = self.pipeline.preprocess(images, [s["instruction"] for s in samples],
+                                         np.stack([s["state"] for s in samples]))
+        actions = self.pipeline.normalize_actions(np.stack([s["actions"] for s in samples]))
+        batch["actions"] = torch.from_numpy(actions)
         batch["action_pad"] = torch.from_numpy(np.stack([s["action_pad"] for s in samples]))
         batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
         if "geometry" in samples[0]:

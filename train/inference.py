@@ -1,7 +1,7 @@
 """Load a trained policy from a checkpoint directory alone and predict unnormalized action chunks.
 
-A checkpoint dir (checkpoints/steps_<N>/) holds the weights, config.yaml and norm_stats.json; a run dir is
-accepted too (its latest checkpoint is used). Geometry tokens for a live frame come from the caller
+A checkpoint dir (checkpoints/steps_<N>/, layout in train/checkpoint.py) holds everything: weights, config,
+the VLM architecture and the processor pipeline; a run dir is accepted too (its latest checkpoint is used). Geometry tokens for a live frame come from the caller
 (`geometry=`) or from a `geometry_encoder` object with `.encode(images uint8 [B,V,S,S,3]) -> [B,V,T,D]`
 (precompute's encoders have it); `train` itself never imports the encoder.
 """
@@ -36,18 +36,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 class LoadedPolicy:
-    """A policy ready for closed-loop control: upright images + instruction + state -> raw actions [8,7]."""
+    """A policy ready for closed-loop control: upright images + instruction + raw state -> raw actions [8,7],
+    through the checkpoint's own processor pipeline (tokenize, normalize state; unnormalize actions)."""
 
-    def __init__(self, policy: Any, normalizer: Any, cfg: Any, ckpt_dir: Path, marker: dict[str, Any],
+    def __init__(self, policy: Any, pipeline: Any, cfg: Any, ckpt_dir: Path, marker: dict[str, Any],
                  geometry_encoder: Any = None) -> None:
         self.policy = policy
-        self.normalizer = normalizer
+        self.pipeline = pipeline
         self.cfg = cfg
         self.checkpoint = str(ckpt_dir)
         self.step = int(marker["step"])
         self.compressor = str(cfg.model.compressor.type)
         self.image_size = int(cfg.data.image_size)
         self.num_views = int(cfg.model.geometry.views)
+        self.action_horizon = int(cfg.model.action_head.horizon)
+        self.action_dim = int(cfg.model.action_head.action_dim)
+        self.state_dim = int(cfg.model.action_head.state_dim)
         self.store = marker.get("store")  # encoder identity + preprocessing the run's tokens came from
         self.geometry_encoder = geometry_encoder
         self.device = next(policy.parameters()).device
@@ -81,31 +85,30 @@ class LoadedPolicy:
 
     @torch.no_grad()
     def predict_action(self, images: Any, instruction: str, state: Any, geometry: Any = None) -> np.ndarray:
-        """images uint8 [V,H,W,3] upright; state [8]; geometry [V,T,D] (optional, see module doc) ->
+        """images uint8 [V,H,W,3] upright; raw state [8]; geometry [V,T,D] (optional, see module doc) ->
         unnormalized float32 actions [horizon, 7] (gripper in the dataset convention)."""
         imgs = self._images(images)
-        batch = dict(self.policy.processor(imgs[None], [instruction]))
+        batch = self.pipeline.preprocess(imgs[None], [instruction], np.asarray(state, dtype=np.float32)[None])
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         batch["geometry"] = self._geometry(imgs, geometry)
-        batch["state"] = torch.as_tensor(np.asarray(state, dtype=np.float32)).reshape(1, -1).to(self.device)
         with inference_autocast(self.cfg.train.get("mixed_precision", "auto"), self.device):
-            normalized = self.policy.predict_action(batch)[0].float().cpu().numpy()
-        return np.asarray(self.normalizer.unnormalize(normalized), dtype=np.float32)
+            actions = self.policy.predict_action(batch)[0]
+        return self.pipeline.postprocess(actions)
 
 
 def load_policy(ckpt_dir: str | Path, device: str = "cpu", geometry_encoder: Any = None) -> LoadedPolicy:
-    """Rebuild the policy from config.yaml, load steps_<N>_pytorch_model.pt and norm_stats.json."""
-    from geo3d.data.norm_stats import ActionNormalizer, load_norm_stats
+    """Everything from the checkpoint directory alone: config.yaml, the VLM architecture (vlm/config.json),
+    the weights (model.safetensors or its shards) and the processor pipeline. No base model dir is read."""
+    from train.checkpoint import VLM_DIR
     from train.modeling.policy import build_policy
+    from train.modeling.processor_pipeline import PolicyPipeline
+    from train.weights_io import load_into
     ckpt = resolve_checkpoint(ckpt_dir)
     marker = read_marker(ckpt)
     cfg = OmegaConf.load(ckpt / "config.yaml")
-    policy = build_policy(cfg.model, device=device)
-    weights = torch.load(ckpt / marker["weights"], map_location=device, weights_only=True)
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise Geo3dError(f"checkpoint {ckpt} does not fit the model its config builds: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    pipeline = PolicyPipeline.from_pretrained(ckpt)
+    policy = build_policy(cfg.model, device=device, vlm_config_dir=ckpt / VLM_DIR)
+    load_into(policy, ckpt, device)
+    policy.processor = pipeline.tokenizer
     policy.eval()
-    normalizer = ActionNormalizer(load_norm_stats(ckpt / "norm_stats.json"))
-    return LoadedPolicy(policy, normalizer, cfg, ckpt, marker, geometry_encoder)
+    return LoadedPolicy(policy, pipeline, cfg, ckpt, marker, geometry_encoder)

@@ -44,7 +44,9 @@ def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
-    """Parameter counts per top-level module (total and trainable, after the freeze list) — no memory used."""
+    """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
+    memory estimate (train/memory.py) — no memory used."""
+    from train.memory import estimate_memory
     from train.modeling.policy import build_policy
     from train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
@@ -53,7 +55,21 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     counts = policy.param_counts()
     return {"model_config": cfg.model_config, "preset": setup.preset_of(cfg), "compressor": compressor,
             "freeze": list(cfg.train.freeze), "params": counts,
-            "params_millions": {name: round(c["total"] / 1e6, 2) for name, c in counts.items()}}
+            "params_millions": {name: round(c["total"] / 1e6, 2) for name, c in counts.items()},
+            "memory": estimate_memory(cfg)}
+
+
+def loader_options(train_cfg: DictConfig) -> dict[str, Any]:
+    """DataLoader keyword arguments from train.num_workers / pin_memory / persistent_workers / prefetch_factor
+    (the worker-only ones are dropped at num_workers=0, where torch refuses them)."""
+    workers = int(train_cfg.num_workers)
+    pin = train_cfg.pin_memory
+    pin = torch.cuda.is_available() if pin == "auto" else bool(pin)
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": pin}
+    if workers:
+        opts.update(prefetch_factor=int(train_cfg.prefetch_factor),
+                    persistent_workers=bool(train_cfg.persistent_workers))
+    return opts
 
 
 def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerState, acc: Any) -> tuple[Any, Any]:
@@ -61,12 +77,9 @@ def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerSta
     from train.sampler import ResumableSampler
     sampler = ResumableSampler(len(dataset), seed=int(cfg.train.seed), rank=acc.process_index,
                                world_size=acc.num_processes, consumed=state.consumed, shuffle=bool(cfg.train.shuffle))
-    workers = int(cfg.train.num_workers)
     loader = DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), sampler=sampler,
-                        num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                        prefetch_factor=int(cfg.train.prefetch_factor) if workers else None,
-                        persistent_workers=False, drop_last=True,
-                        generator=torch.Generator().manual_seed(int(cfg.train.seed)))
+                        collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(int(cfg.train.seed)),
+                        **loader_options(cfg.train))
     return loader, sampler
 
 
@@ -84,7 +97,9 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from accelerate.utils import set_seed
     from train.dataset import GeoTrainDataset, TrainCollator
     from train.metrics import MetricsLogger
+    from train.checkpoint import restore_weights
     from train.modeling.policy import build_policy
+    from train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
     from train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
     from train.precision import keep_trainable_fp32
 
@@ -99,9 +114,8 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
-    norm_stats, stats_path = setup.norm_stats_for_run(run_dir, mixture, ckpt is not None, acc.is_main_process,
-                                                      acc.wait_for_everyone)
-    from geo3d.data.norm_stats import ActionNormalizer
+    norm_stats, _ = setup.norm_stats_for_run(run_dir, mixture, ckpt is not None, acc.is_main_process,
+                                             acc.wait_for_everyone)
     set_seed(int(cfg.train.seed))
     policy = build_policy(cfg.model, device=str(acc.device))
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
@@ -114,18 +128,19 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
         state.ema = EMA(policy, float(cfg.train.ema.decay))
     model, optimizer = acc.prepare(policy, optimizer)
     acc.register_for_checkpointing(scheduler, state)
-    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name))
+    logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name),
+                           store=setup._store_record(cfg, spec))
     if ckpt is not None:
-        acc.load_state(str(ckpt / "resume"))
+        restore_weights(acc, model, state, ckpt)
         acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
-    dataset = GeoTrainDataset(mixture, ActionNormalizer(norm_stats), store)
-    loader, sampler = _build_loader(cfg, dataset, TrainCollator(policy.processor), state, acc)
+    pipeline = PolicyPipeline(policy.processor, norm_stats, NormalizationSpec.from_cfg(cfg.model.normalization))
+    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(pipeline), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
-                          norm_stats_path=stats_path, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+                          pipeline=pipeline, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
     result = train_loop(parts, flag, resumed_from=ckpt)
     result.is_main = acc.is_main_process
     return result

@@ -61,12 +61,13 @@ class MetricsLogger:
     """Appends to <run>/metrics.jsonl on the main process; mirrors to wandb when `train.wandb.enabled`."""
 
     def __init__(self, run_dir: Path, enabled: bool, wandb_cfg: DictConfig | None = None,
-                 full_config: DictConfig | None = None, run_name: str | None = None) -> None:
+                 full_config: DictConfig | None = None, run_name: str | None = None,
+                 store: Mapping[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
         self._wandb = None
         if enabled and wandb_cfg is not None and wandb_cfg.get("enabled", False):
-            self._wandb = _start_wandb(wandb_cfg, full_config, run_name, Path(run_dir))
+            self._wandb = _start_wandb(wandb_cfg, full_config, run_name, Path(run_dir), store)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (written after the checkpoint a resumed run restarts from)."""
@@ -112,15 +113,19 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name: str | None, run_dir: Path):
-    """wandb is optional (pip install 'geo3d[wandb]'); offline unless train.wandb.mode says otherwise."""
+def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name: str | None, run_dir: Path,
+                 store: Mapping[str, Any] | None = None):
+    """wandb is optional (pip install 'geo3d[wandb]'); offline unless train.wandb.mode says otherwise.
+    The run's config = the resolved config + `store_identity` (path, shape, encoder, preprocessing; None
+    without a store), so a wandb run names the exact tokens it trained on."""
     try:
         import wandb  # type: ignore[import-not-found]
     except ImportError as e:
         from geo3d.errors import Geo3dError
         raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]' "
                          "or set train.wandb.enabled=false") from e
-    config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else None
+    config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else {}
+    config["store_identity"] = dict(store) if store is not None else None  # type: ignore[index]
     return wandb.init(project=wandb_cfg.get("project", "geo3d"), entity=wandb_cfg.get("entity"),
                       mode=wandb_cfg.get("mode", "offline"), name=run_name, dir=str(run_dir),
                       config=config, resume="allow", id=run_name)

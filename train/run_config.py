@@ -83,7 +83,8 @@ def run_dir_of(cfg: DictConfig) -> Path:
 # schedule, so after a changed max_steps the learning rates from the resume point on follow the new length
 # (the run is then no longer identical to one started with either length).
 RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "train.log_interval",
-                  "train.num_workers", "train.prefetch_factor", "train.wandb", "train.out_dir", "train.out_root",
+                  "train.num_workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers",
+                  "train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
                   "data.data_root", "train.store")
 
 

@@ -76,7 +76,7 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
         raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
                          f"--out NEW_DIR for a new run")
     if ckpt is not None:
-        read_marker(ckpt)  # refuses a checkpoint trained with the old image orientation
+        read_marker(ckpt)  # refuses an old-format checkpoint or one trained with the old image orientation
         saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
         diffs = resume_differences(saved, cfg)  # type: ignore[arg-type]
         if diffs:

@@ -37,7 +37,7 @@ class TrainingParts:
     sampler: Any
     state: TrainerState
     logger: MetricsLogger
-    norm_stats_path: Path
+    pipeline: Any  # train.modeling.processor_pipeline.PolicyPipeline, saved with every checkpoint
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,7 +131,7 @@ def _preemption_requested(parts: TrainingParts, flag: PreemptionFlag) -> bool:
 
 def _save(parts: TrainingParts) -> Path:
     path = save_checkpoint(parts.accelerator, parts.model, parts.state, parts.run_dir, parts.cfg,
-                           parts.norm_stats_path, parts.checkpoint_meta)
+                           parts.pipeline, parts.checkpoint_meta)
     if parts.accelerator.is_main_process:
         prune_checkpoints(parts.run_dir, parts.cfg.train.keep_last)
     return path

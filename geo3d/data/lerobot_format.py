@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geo3d.data.dataset_base import EpisodeDataset
 from geo3d.data.layout import (ACTION_KEY, CAMERA_KEYS, CHUNKS_SIZE, STATE_KEY, SUPPORTED_VERSIONS,
                                V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH)
 from geo3d.data.video import VideoCache, VideoFile
@@ -46,7 +47,7 @@ def _as_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-class LeRobotDataset:
+class LeRobotDataset(EpisodeDataset):
     """One LeRobot dataset folder: metadata at construction, columns and frames on demand."""
 
     # LIBERO LeRobot frames are stored upright (openvla turned the raw renders 180 degrees when it built the
@@ -70,21 +71,7 @@ class LeRobotDataset:
         self._table_cache_size = table_cache_size
         self._videos = VideoCache(video_cache_size)
 
-    # ---- metadata -------------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def num_episodes(self) -> int:
-        return len(self._episodes)
-
-    def episode(self, episode_index: int) -> EpisodeInfo:
-        try:
-            return self._episodes[episode_index]
-        except KeyError:
-            raise DataError(f"{self.path}: no episode {episode_index} (has {self.num_episodes})") from None
-
+    # ---- metadata (name, num_episodes, episode(i): EpisodeDataset) ---------------------------------
     def identity(self) -> dict[str, Any]:
         """What the features store records to notice that this dataset changed."""
         return {"name": self.name, "codebase_version": self.codebase_version,

@@ -14,8 +14,7 @@ import numpy as np
 
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.layout import ACTION_KEY, STATE_KEY
-from geo3d.data.lerobot_format import LeRobotDataset
-from geo3d.data.suites import resolve_suite
+from geo3d.data.suites import open_dataset, resolve_suite
 from geo3d.data.transforms import to_model_images
 
 VIEWS = ("agentview", "wrist")
@@ -40,7 +39,7 @@ class LiberoMixture:
         self.action_horizon = int(action_horizon)
         self.image_size = image_size
         self.paths = resolve_suite(suite, data_root)
-        self.datasets = [LeRobotDataset(p, video_cache_size=video_cache_size) for p in self.paths]
+        self.datasets = [open_dataset(p, video_cache_size=video_cache_size) for p in self.paths]
         spans, start = [], 0
         for d, ds in enumerate(self.datasets):
             for e in ds.episode_indices:

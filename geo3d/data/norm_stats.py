@@ -1,4 +1,4 @@
-"""Exact normalization statistics over every frame, and the action normalizer built on them.
+"""Exact normalization statistics over every frame, and the per-field normalizer built on them.
 
 Quantiles are computed over the concatenated per-frame values of all episodes of all datasets (parquet
 columns only, never video). Merging per-episode summaries gives wrong q01/q99 (lerobot PR #3804), so it
@@ -79,37 +79,57 @@ def _like(x: Any, arr: np.ndarray) -> Any:
     return torch.as_tensor(arr, dtype=x.dtype, device=x.device)
 
 
-class ActionNormalizer:
-    """Min-max actions to [-1, 1] per dimension; gripper dims stay raw (already -1/+1 in LIBERO).
+NORM_METHODS = ("min_max", "quantile", "mean_std", "identity")
 
-    A dimension with max == min maps to 0 and back to its constant value, whatever the model predicted for it
-    (the demo data's rotation is always 0: passing a policy's residual noise there would turn the gripper in
-    the simulator, an action the data never took), so `unnormalize` is the exact inverse of `normalize` (up to
-    float rounding) on every dimension.
+
+class Normalizer:
+    """One field's (action or state) normalization with the run's statistics, per dimension.
+
+    min_max: [min, max] -> [-1, 1]; quantile: [q01, q99] -> [-1, 1] (not clipped, so exactly invertible);
+    mean_std: (x - mean) / std; identity: unchanged. `raw_dims` stay unchanged whatever the method (LIBERO's
+    gripper action is already -1/+1). A dimension with zero range maps to 0 and back to its constant value,
+    whatever the model predicted for it (the demo data's rotation is always 0: passing a policy's residual noise
+    there would turn the gripper in the simulator, an action the data never took), so `unnormalize` is the
+    exact inverse of `normalize` (up to float rounding) on every dimension.
     """
 
-    def __init__(self, stats: dict[str, Any], gripper_dims: Sequence[int] = (6,)):
-        lo = np.asarray(stats["action"]["min"], np.float64)
-        hi = np.asarray(stats["action"]["max"], np.float64)
-        if lo.shape != hi.shape or np.any(hi < lo):
-            raise DataError("action stats are inconsistent (min > max or shapes differ); recompute norm stats")
-        self.center = (hi + lo) / 2
-        half = (hi - lo) / 2
+    def __init__(self, stats: dict[str, Any], field: str = "action", method: str = "min_max",
+                 raw_dims: Sequence[int] = ()):
+        if method not in NORM_METHODS:
+            raise DataError(f"unknown normalization method {method!r} for {field}; valid: {', '.join(NORM_METHODS)}")
+        self.field, self.method = field, method
+        self.center, half = _center_half(stats, field, method)
         self.half = np.where(half > 0, half, 1.0)
-        self.raw = np.zeros(lo.shape, bool)
-        self.raw[list(gripper_dims)] = True
         self.const = half <= 0
+        self.raw = np.zeros(self.center.shape, bool)
+        self.raw[list(raw_dims)] = True
+        if method == "identity":
+            self.raw[:] = True
 
-    def normalize(self, actions: Any) -> Any:
-        """[..., D] raw -> [..., D] in [-1, 1] (gripper dims unchanged)."""
-        out = (actions - _like(actions, self.center)) / _like(actions, self.half)
-        out = out * _like(actions, (~self.const).astype(np.float64))
-        return _where(actions, self.raw, actions, out)
+    def normalize(self, x: Any) -> Any:
+        """[..., D] raw -> [..., D] normalized (raw dims unchanged)."""
+        out = (x - _like(x, self.center)) / _like(x, self.half)
+        out = out * _like(x, (~self.const).astype(np.float64))
+        return _where(x, self.raw, x, out)
 
     def unnormalize(self, normalized: Any) -> Any:
         """Exact inverse of `normalize`."""
         out = normalized * _like(normalized, self.half * ~self.const) + _like(normalized, self.center)
         return _where(normalized, self.raw, normalized, out)
+
+
+def _center_half(stats: dict[str, Any], field: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(center, half-range) so that normalized = (x - center) / half."""
+    s = stats[field]
+    if method == "mean_std":
+        return np.asarray(s["mean"], np.float64), np.asarray(s["std"], np.float64)
+    lo_key, hi_key = ("q01", "q99") if method == "quantile" else ("min", "max")
+    lo, hi = np.asarray(s.get(lo_key, s["min"]), np.float64), np.asarray(s.get(hi_key, s["max"]), np.float64)
+    if method == "identity":
+        return np.zeros(lo.shape), np.ones(lo.shape)
+    if lo.shape != hi.shape or np.any(hi < lo):
+        raise DataError(f"{field} stats are inconsistent ({lo_key} > {hi_key} or shapes differ); recompute norm stats")
+    return (hi + lo) / 2, (hi - lo) / 2
 
 
 def _where(x: Any, mask: np.ndarray, a: Any, b: Any) -> Any:

@@ -73,7 +73,9 @@ def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: b
 
 
 def _common_settings(cfg: DictConfig, job_dir: Path) -> dict:
-    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code))}
+    from geo3d.storage_faults import STORAGE_FAULT_EXIT_CODE
+    return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(int(cfg.slurm.requeue_exit_code)),
+            "STORAGE_FAULT_EXIT_CODE": str(STORAGE_FAULT_EXIT_CODE)}
 
 
 def _data_root_args(cfg: DictConfig) -> list[str]:
@@ -156,8 +158,37 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
     return JobScript(name, f"{name}.sbatch", text, str(log))
 
 
+def eval_job(cfg: DictConfig, job_dir: Path, ckpt: str, suite: str, name: str = "eval",
+             out: str | None = None) -> JobScript:
+    """`geo3d eval` of one checkpoint (or run dir) on one LIBERO suite; requeued and resumed like train."""
+    from geo3d.data.suites import SUITE_FOLDERS
+    if suite not in SUITE_FOLDERS or suite == "demo":
+        raise Geo3dError(f"eval suite {suite!r} is not a LIBERO benchmark suite; use one of "
+                         f"libero_spatial, libero_object, libero_goal, libero_10")
+    log = job_dir / LOG_DIR / f"{name}_%j.out"
+    extra = [str(o) for o in cfg.stage.eval_overrides]
+    if out:
+        extra = ["--out", absolute(out), *extra]  # type: ignore[list-item]
+    if cfg.stage.weights:  # MapAnything weights, for a run trained on its tokens
+        extra = ["--encoder-weights", absolute(cfg.stage.weights), *extra]  # type: ignore[list-item]
+    settings = {**_common_settings(cfg, job_dir), "CKPT": absolute(ckpt), "SUITE": suite, "EXTRA_ARGS": extra}
+    text = render("eval.sbatch", sbatch=sbatch_options(cfg, "eval", name, log, True), settings=settings,
+                  setup=setup_lines(cfg))
+    return JobScript(name, f"{name}.sbatch", text, str(log))
+
+
+def ablation_eval_suites(cfg: DictConfig) -> list[str]:
+    """slurm.ablation.eval_suites: `auto` = the LIBERO suites the training suite is made of (demo: its two)."""
+    from geo3d.data.suites import suite_members
+    suites = cfg.slurm.ablation.eval_suites
+    if suites == "auto":
+        return list(suite_members(require(cfg, "data.suite", "--suite")))
+    return [str(s) for s in suites or []]
+
+
 def ablation_jobs(cfg: DictConfig, job_dir: Path) -> list[JobScript]:
-    """precompute -> verify -> one train job per compressor (run dirs <out>/<compressor>), plus the launcher."""
+    """precompute -> verify -> one train job per compressor (run dirs <out>/<compressor>) -> one eval job per
+    compressor and eval suite, plus the launcher."""
     compressors = [str(c) for c in cfg.slurm.ablation.compressors]
     if not compressors:
         raise Geo3dError("no compressors to run: pass --compressors pool,per_layer,qformer "
@@ -167,5 +198,8 @@ def ablation_jobs(cfg: DictConfig, job_dir: Path) -> list[JobScript]:
     out_root = Path(require(cfg, "stage.out", "--out"))
     jobs = [precompute_job(cfg, job_dir), verify_job(cfg, job_dir)]
     jobs += [train_job(cfg, job_dir, c, str(out_root / c)) for c in compressors]
-    launcher = render("ablation.sh", settings={"JOB_DIR": str(job_dir), "COMPRESSORS": compressors})
+    suites = ablation_eval_suites(cfg)
+    jobs += [eval_job(cfg, job_dir, str(out_root / c), s, f"eval_{c}_{s}") for c in compressors for s in suites]
+    launcher = render("ablation.sh", settings={"JOB_DIR": str(job_dir), "COMPRESSORS": compressors,
+                                               "EVAL_SUITES": suites})
     return [*jobs, JobScript("ablation", "ablation.sh", launcher)]

@@ -2,18 +2,20 @@
 
 Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run), offline:
 weights from a local directory (config.json + model.safetensors) loaded with strict=True, and the DINOv2
-architecture from the torch hub cache with `torch_hub_pretrained=False` so nothing is downloaded.
+architecture from the torch hub cache, loaded with `source="local"` and `torch_hub_pretrained=False`: building
+the encoder makes no network call at all. Images are normalized as the model's `encoder.data_norm_type` says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -74,6 +76,30 @@ def require_dinov2_hub_code() -> Path:
     return found
 
 
+@contextlib.contextmanager
+def dinov2_hub_code_from_cache(hub_code: Path) -> Iterator[None]:
+    """While MapAnything is built, serve uniception's `torch.hub.load("facebookresearch/dinov2", ...)` from the
+    cached hub code with `source="local"`.
+
+    With the default `source="github"` and no branch, torch.hub first opens https://github.com/.../tree/main/ to
+    pick the default branch, and only falls back to its cache on a URLError: on nodes that drop packets that is
+    a hang, not an error. Other torch.hub calls pass through unchanged.
+    """
+    original = torch.hub.load
+    repo = "/".join(DINOV2_REPO)
+
+    def load(repo_or_dir: str, model: str, *args: Any, source: str = "github", **kwargs: Any) -> Any:
+        if source == "github" and str(repo_or_dir).split(":")[0] == repo:
+            return original(str(hub_code), model, *args, source="local", **kwargs)
+        return original(repo_or_dir, model, *args, source=source, **kwargs)
+
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = original
+
+
 def offline_config(config: dict[str, Any]) -> dict[str, Any]:
     """config.json patched for offline loading: no DINOv2 download, no machine-specific checkpoint paths."""
     cfg = copy.deepcopy(config)
@@ -129,18 +155,22 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build MapAnything offline from a local weights dir; strict=True so a missing tensor is an error."""
     cls = import_mapanything_class()
     config = offline_config(read_config(weights))
-    if config["encoder_config"].get("uses_torch_hub", True):
-        require_dinov2_hub_code()
+    hub = (dinov2_hub_code_from_cache(require_dinov2_hub_code()) if config["encoder_config"].get("uses_torch_hub", True)
+           else contextlib.nullcontext())
     # copies: MapAnything's constructor mutates the dicts it is given (e.g. puts a class into module_args)
     overrides = {k: copy.deepcopy(config[k]) for k in ("encoder_config", "info_sharing_config") if k in config}
     if "pretrained_checkpoint_path" in config:
         overrides["pretrained_checkpoint_path"] = None
     try:
-        model = cls.from_pretrained(str(weights), strict=True, local_files_only=True, map_location="cpu",
-                                    **overrides)
+        with hub:
+            model = cls.from_pretrained(str(weights), strict=True, local_files_only=True, map_location="cpu",
+                                        **overrides)
     except RuntimeError as e:  # strict=True: missing / unexpected keys, or a shape mismatch
         raise Geo3dError(f"MapAnything weights in {weights} do not match the model built from its config.json "
                          f"({str(e)[:400]}); re-download them ({WEIGHTS_HINT})") from e
+    except TypeError as e:  # config.json's keys are not this mapanything version's constructor arguments
+        raise Geo3dError(f"{weights / 'config.json'} does not fit the installed mapanything "
+                         f"{_version('mapanything')} ({e}); use weights released for it ({WEIGHTS_HINT})") from e
     return model, config
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The geo3d ablation chain, run on the login node by `geo3d submit ablation` (and kept beside the logs,
 # so `bash ablation.sh` resubmits the same chain): precompute array -> verify -> one train job per
-# compressor, each stage starting only when the previous one succeeded (--dependency=afterok); if a stage
+# compressor -> one eval job per compressor and eval suite, each stage starting only when the previous one succeeded (--dependency=afterok); if a stage
 # fails, the jobs waiting on it are cancelled (--kill-on-invalid-dep=yes) instead of pending forever.
 # Prints one `geo3d-job <name> <id>` line per submitted job.
 # @SETTINGS
@@ -22,4 +22,9 @@ VERIFY_ID=$LAST_ID
 for compressor in "${COMPRESSORS[@]}"; do
   submit "train_$compressor" --dependency="afterok:$VERIFY_ID" --kill-on-invalid-dep=yes \
     "$JOB_DIR/train_$compressor.sbatch"
+  TRAIN_ID=$LAST_ID
+  for suite in "${EVAL_SUITES[@]}"; do
+    submit "eval_${compressor}_$suite" --dependency="afterok:$TRAIN_ID" --kill-on-invalid-dep=yes \
+      "$JOB_DIR/eval_${compressor}_$suite.sbatch"
+  done
 done

@@ -34,9 +34,15 @@ run_forwarding() {
 }
 
 # finish RC: requeue after a time-limit USR1 when the command saved its state (exit code in
-# REQUEUE_EXIT_CODES); otherwise exit with RC so --dependency=afterok sees the truth.
+# REQUEUE_EXIT_CODES); otherwise exit with RC so --dependency=afterok sees the truth. A storage fault
+# (STORAGE_FAULT_EXIT_CODE, geo3d.storage_faults) is never requeued, even after a USR1.
 finish() {
   local rc=$1 code
+  if [[ $rc == "${STORAGE_FAULT_EXIT_CODE:-74}" ]]; then  # full disk / quota / EIO / EROFS: a rerun fails the same way
+    echo "geo3d-job: $(date -u +%FT%TZ) storage fault (exit $rc): NOT requeueing; free space or fix the storage, then" \
+      "resubmit this script (the resume command is in the error above; committed work is kept)" >&2
+    exit "$rc"
+  fi
   if [[ $GEO3D_SIGNALLED == USR1 ]]; then
     for code in $REQUEUE_EXIT_CODES; do
       if [[ $rc == "$code" ]]; then

@@ -54,7 +54,7 @@ class CompressorConfig:
     type: str = "pool"
     num_tokens: int = 16
     heads: int = 8
-    grouping: str = "per_view"  # pool/per_layer: "flat" = the fork's G//K groups; "per_view": K/V groups per camera
+    grouping: str = "flat"  # pool/per_layer: "flat" = G//K groups (the fork); "per_view": K/V groups per camera
 
 
 @dataclass
@@ -94,11 +94,21 @@ class ActionHeadConfig:
 
 
 @dataclass
+class NormalizationConfig:
+    """How the processor pipeline normalizes (train/modeling/processor_pipeline.py); methods in NORM_METHODS."""
+
+    action: str = "min_max"
+    state: str = "mean_std"
+    raw_action_dims: list[int] = field(default_factory=lambda: [6])  # kept raw (LIBERO gripper is -1/+1)
+
+
+@dataclass
 class PolicyConfig:
     vlm: VLMConfig = field(default_factory=VLMConfig)
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
 
     @classmethod
     def from_cfg(cls, model_cfg: Any) -> "PolicyConfig":
@@ -124,10 +134,20 @@ class PolicyConfig:
                              f"(views*tokens_per_view={self.geometry.num_tokens}); lower num_tokens")
         if c.type == "qformer" and h.hidden % c.heads:
             raise Geo3dError(f"model.compressor.heads={c.heads} must divide the hidden size {h.hidden}")
+        self._validate_normalization()
         for name in ("num_layers", "horizon", "repeats", "num_inference_steps", "timestep_buckets"):
             if getattr(h, name) < 1:
                 raise Geo3dError(f"model.action_head.{name} must be >= 1, got {getattr(h, name)}")
         self._validate_design()
+
+    def _validate_normalization(self) -> None:
+        from geo3d.data.norm_stats import NORM_METHODS
+        n, dim = self.normalization, self.action_head.action_dim
+        for key in ("action", "state"):
+            if getattr(n, key) not in NORM_METHODS:
+                raise Geo3dError(f"model.normalization.{key}={getattr(n, key)!r}; valid: {', '.join(NORM_METHODS)}")
+        if any(not 0 <= d < dim for d in n.raw_action_dims):
+            raise Geo3dError(f"model.normalization.raw_action_dims {list(n.raw_action_dims)} must lie in [0, {dim})")
 
     def _validate_design(self) -> None:
         """The design switches (train/README.md "Design presets"): known values, consistent sizes."""

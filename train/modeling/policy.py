@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,12 +123,18 @@ def _eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False) -> GeoVLAPolicy:
-    """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read)."""
+def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False,
+                 vlm_config_dir: Path | None = None) -> GeoVLAPolicy:
+    """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read).
+    vlm_config_dir: a checkpoint's saved VLM architecture (weights uninitialized, loaded by the caller;
+    the processor then comes from the checkpoint's pipeline)."""
     from train.modeling.processor_policy import PolicyProcessor, load_hf_processor
 
     cfg = PolicyConfig.from_cfg(model_cfg)
-    vlm = QwenVLBackbone.build(cfg.vlm, meta=meta)
+    if vlm_config_dir is not None:
+        vlm = QwenVLBackbone.from_saved_config(vlm_config_dir, cfg.vlm, meta=meta)
+    else:
+        vlm = QwenVLBackbone.build(cfg.vlm, meta=meta)
     vlm.check_depth(cfg.action_head.num_layers)
     if vlm.hidden_size != cfg.action_head.hidden:
         raise Geo3dError(f"model.action_head.hidden={cfg.action_head.hidden} must equal the VLM hidden size "

@@ -7,6 +7,7 @@ then each of the L decoder layers); DiT block i (0-based) cross-attends to state
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -102,6 +103,24 @@ class QwenVLBackbone(nn.Module):
         except (OSError, ValueError) as e:
             raise Geo3dError(f"cannot load Qwen2.5-VL from {path}: {e}") from e
         return cls(model, path)
+
+    @classmethod
+    def from_saved_config(cls, config_dir: Path, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
+        """The architecture a checkpoint saved (its vlm/config.json), weights left uninitialized: the caller
+        loads the checkpoint's own weights next, so no base model directory is read."""
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers.initialization import no_init_weights
+
+        config = Qwen2_5_VLConfig.from_pretrained(config_dir, local_files_only=True)
+        with torch.device("meta") if meta else contextlib.nullcontext(), no_init_weights():
+            model = Qwen2_5_VLForConditionalGeneration._from_config(
+                config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
+        model.tie_weights()  # skipped with the initialization (3B: lm_head shares the input embeddings)
+        return cls(model, None)
+
+    def save_config(self, directory: Path) -> None:
+        """config.json of the VLM (architecture only), so the checkpoint rebuilds it without the base dir."""
+        self.model.config.save_pretrained(str(directory))
 
     def check_depth(self, num_layers: int) -> None:
         if num_layers > self.num_hidden_states:

@@ -1,0 +1,106 @@
+"""Stale shard leases: list who holds each shard lock, and break a lock whose owner is provably gone.
+
+On a local disk or a healthy NFSv4/Lustre(-o flock) mount the kernel/server drops a dead writer's flock, so a
+held lock means a live writer. It can outlive its owner when a node dies and the lock server keeps its lock
+(NFSv4 until the lease period expires, longer with a hung server; Lustre until the client is evicted). Then:
+
+- same host (hostname and boot id match): the recorded pid is dead, or a different process now has that pid
+  (start time differs)  -> the owner is gone, the lease may be broken;
+- same hostname, another boot id: the host rebooted since the claim -> gone;
+- another host: geo3d cannot see its processes, so only with `force` and when the claim is older than
+  `older_than_s` (pick a threshold longer than any shard write: minutes on a GPU).
+
+Breaking unlinks the lock file (the old holder, if it is somehow alive, keeps a lock on an orphaned inode);
+`try_lock` re-checks the inode after locking, so no new claimant can hold the orphan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from features_store import layout as L
+from features_store.lease import boot_id, process_start, try_lock
+
+
+@dataclass
+class LeaseStatus:
+    shard: int
+    lock: str
+    held: bool
+    owner: dict[str, Any] | None
+    gone: bool  # the owner is provably gone (or forced): breaking is safe
+    reason: str
+    broken: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_owner(lock: Path) -> dict[str, Any] | None:
+    try:
+        text = lock.read_text()
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+
+
+def owner_gone(owner: dict[str, Any] | None, force: bool, older_than_s: float,
+               now: float | None = None) -> tuple[bool, str]:
+    """(is the owner gone, why) from the owner record in the lock file."""
+    if not owner or "host" not in owner:
+        return force, "no owner recorded (a lease from an older geo3d)" + ("; forced" if force else ": pass --force")
+    host, pid = owner["host"], owner.get("pid")
+    if host == socket.gethostname():
+        if owner.get("boot_id") and boot_id() and owner["boot_id"] != boot_id():
+            return True, f"{host} rebooted since the claim"
+        start = process_start(int(pid)) if pid is not None else None
+        if start is None:
+            return True, f"pid {pid} is not running on {host}"
+        if owner.get("pid_start") is not None and start != owner["pid_start"]:
+            return True, f"pid {pid} on {host} is now another process"
+        return False, f"pid {pid} is alive on this host: a live writer; stop it instead"
+    age = (now or time.time()) - float(owner.get("claimed_unix", 0.0))
+    hours = age / 3600
+    if not force:
+        return False, (f"held by pid {pid} on another host {host} for {hours:.1f} h; geo3d cannot see that host: if "
+                       f"it is dead, pass --force (with --older-than-hours)")
+    if age < older_than_s:
+        return False, f"held by {host} for only {hours:.1f} h (< {older_than_s / 3600:.1f} h): refusing even with --force"
+    return True, f"held by {host} for {hours:.1f} h (>= {older_than_s / 3600:.1f} h) and --force given"
+
+
+def lease_statuses(store: str | Path, shards: list[int] | None = None, force: bool = False,
+                   older_than_s: float = 24 * 3600) -> list[LeaseStatus]:
+    """One status per existing lock file (all, or `shards`). Probing takes and drops a free lock at once."""
+    out = []
+    for lock in sorted((Path(store) / L.LOCKS).glob("shard-*.lock")):
+        shard = int(lock.name[6:12])
+        if shards is not None and shard not in shards:
+            continue
+        owner = read_owner(lock)  # before probing: a successful probe records itself as the owner
+        lease = try_lock(lock, shard)
+        if lease is not None:  # free: the kernel/server already released it
+            lease.release()
+            out.append(LeaseStatus(shard, str(lock), False, owner, False, "free"))
+            continue
+        gone, why = owner_gone(owner, force, older_than_s)
+        out.append(LeaseStatus(shard, str(lock), True, owner, gone, why))
+    return out
+
+
+def break_stale(statuses: list[LeaseStatus]) -> list[LeaseStatus]:
+    """Unlink the lock file of every held lease whose owner is gone; returns the statuses (broken marked)."""
+    for s in statuses:
+        if s.held and s.gone:
+            try:
+                os.unlink(s.lock)
+            except FileNotFoundError:
+                pass
+            s.broken = True
+    return statuses

@@ -1,0 +1,57 @@
+"""`geo3d train` and disk space: what a checkpoint needs, what a storage fault leaves safe, what it cuts short.
+
+A checkpoint's size is measured from the last complete one when the run has one; before that it is estimated
+from the parameter counts (train/estimates.py; said so in the fault message).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from features_store.space import du_bytes
+from train.checkpoint import CKPT_DIR, latest_checkpoint
+from train.estimates import checkpoint_bytes_from_counts, param_counts
+
+
+def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
+    """(bytes, how it was obtained): the newest complete checkpoint's size, else the parameter-count estimate."""
+    from train.run_config import run_dir_of
+
+    last = latest_checkpoint(run_dir_of(cfg))
+    if last is not None:
+        return du_bytes(last), f"the size of {last}"
+    return (checkpoint_bytes_from_counts(param_counts(cfg), bool(cfg.train.ema.enabled)),
+            "estimated from the parameter counts (fp32 weights + AdamW moments: train/estimates.py)")
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """A save cut by a fault leaves `checkpoints/.steps_N.partial`: never loaded, and removed to free space."""
+    removed = []
+    for d in sorted((Path(run_dir) / CKPT_DIR).glob(".steps_*.partial")):
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def fault_hooks(cfg: DictConfig) -> dict[str, Callable[[], Any]]:
+    """storage_guard hooks for a training run."""
+    from geo3d.storage_faults import human_bytes
+    from train.run_config import run_dir_of
+
+    run_dir = run_dir_of(cfg)
+
+    def needed() -> str:
+        nbytes, how = estimate_checkpoint_bytes(cfg)
+        return f"~{human_bytes(nbytes)} for the next checkpoint ({how})"
+
+    def safe() -> str:
+        last = latest_checkpoint(run_dir)
+        if last is None:
+            return f"no complete checkpoint yet in {run_dir}"
+        return f"the last complete checkpoint {last} (metrics.jsonl lines after it are dropped on resume)"
+
+    return {"needed": needed, "safe": safe, "cleanup": lambda: remove_partial_checkpoints(run_dir)}
