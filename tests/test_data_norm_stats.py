@@ -79,6 +79,8 @@ def test_normalizer_constant_dim_and_torch():
     z = norm.normalize(a)
     np.testing.assert_array_equal(z, [[-1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [-0.5, 0.0, 1.0]])
     np.testing.assert_array_equal(norm.unnormalize(z), a)  # exact on the constant dim too
+    noisy = z + np.array([0.0, 0.07, 0.0])  # a policy's residual noise on the constant dim: still the constant
+    np.testing.assert_array_equal(norm.unnormalize(noisy), a)
     t = torch.tensor(a, dtype=torch.float32)
     np.testing.assert_allclose(norm.normalize(t).numpy(), z, atol=1e-7)
     np.testing.assert_allclose(norm.unnormalize(norm.normalize(t)).numpy(), a, atol=1e-6)

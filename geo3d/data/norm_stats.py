@@ -88,7 +88,9 @@ class Normalizer:
     min_max: [min, max] -> [-1, 1]; quantile: [q01, q99] -> [-1, 1] (not clipped, so exactly invertible);
     mean_std: (x - mean) / std; identity: unchanged. `raw_dims` stay unchanged whatever the method (LIBERO's
     gripper action is already -1/+1). A dimension with zero range maps to 0 and back to its constant value,
-    so `unnormalize` is the exact inverse of `normalize` (up to float rounding) on every dimension.
+    whatever the model predicted for it (the demo data's rotation is always 0: passing a policy's residual noise
+    there would turn the gripper in the simulator, an action the data never took), so `unnormalize` is the
+    exact inverse of `normalize` (up to float rounding) on every dimension.
     """
 
     def __init__(self, stats: dict[str, Any], field: str = "action", method: str = "min_max",
@@ -112,7 +114,7 @@ class Normalizer:
 
     def unnormalize(self, normalized: Any) -> Any:
         """Exact inverse of `normalize`."""
-        out = normalized * _like(normalized, self.half) + _like(normalized, self.center)
+        out = normalized * _like(normalized, self.half * ~self.const) + _like(normalized, self.center)
         return _where(normalized, self.raw, normalized, out)
 
 
