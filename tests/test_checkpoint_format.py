@@ -80,6 +80,8 @@ def _reduced_3b(tmp_path):
     cfg = OmegaConf.load(REPO_ROOT / "configs" / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent_base_dir")  # never read
     OmegaConf.update(cfg, "model.action_head.num_layers", 2, force_add=True)  # on top of the YAML
+    from geo3d.train.modeling.configuration_policy import full_model_section
+    cfg.model = OmegaConf.create(full_model_section(cfg.model))  # every default filled in, as a run records it
     cfg.data = {"image_size": 224}
     cfg.train = {"checkpoint": {"max_shard_size": "300MB", "starvla_pt": False}}
     return cfg

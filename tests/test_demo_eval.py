@@ -7,7 +7,7 @@ import json
 import pytest
 
 from geo3d.data.suites import DEMO_DATA_ROOT
-from geo3d.demo_eval import eval_plan
+from geo3d.cli.demo_eval import eval_plan
 from geo3d.errors import Geo3dError
 
 
