@@ -63,7 +63,8 @@ def closed_loop(cfg: Any, policy: Any, mixture: Any, span: Any, suite: str, orig
                                  "image_size": int(cfg.data.image_size)})
     gl = resolve_gl(str(cfg.eval.gl))
     sim.configure(gl)
-    worker = _Worker(PolicySource(), settings, gl)
+    from geo3d.preemption import PreemptionFlag
+    worker = _Worker(PolicySource(), settings, gl, PreemptionFlag())  # no policy episode to stop from outside
     worker.policy = log = _StateLog(policy, settings.replan_steps)
     try:
         res = worker.run(Job(suite, task_id, init_state, seed, video_dir, int(cfg.eval.render_size)))

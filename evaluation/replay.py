@@ -161,8 +161,9 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
     trains = np.stack([mixture[span.start + t]["images"] for t in range(steps)])
     out = {}
     for v, cam in enumerate(CAMERAS):
-        # the renders as the dataset would store them (demo generator: upright), through the codec and back
-        renders = np.stack([to_upright(raw_frames(trace[t])[v], RAW_RENDER) for t in range(steps)])
+        # the renders as this dataset stores them (LeRobot: upright; LIBERO HDF5: raw), through the codec and back
+        raw = [raw_frames(trace[t])[v] for t in range(steps)]
+        renders = np.stack(raw if stored_as == RAW_RENDER else [to_upright(r, RAW_RENDER) for r in raw])
         coded = to_model_images(codec_roundtrip(renders, fps), image_size, stored_as)
         out[cam] = {"mean_abs": _mean_abs(evals[:, v], trains[:, v]), "psnr_db": _psnr(evals[:, v], trains[:, v]),
                     "codec_mean_abs": _mean_abs(evals[:, v], coded),
@@ -202,10 +203,9 @@ def judge(rep: ReplayReport, tol: Tolerances, full: bool) -> list[str]:
 
 def dataset_episodes(root: Path, suite: str) -> list[int]:
     """Episode indices of the suite's dataset folder under root."""
-    from geo3d.data.lerobot_format import LeRobotDataset
-    from geo3d.data.suites import resolve_suite
+    from geo3d.data.suites import open_dataset, resolve_suite
 
-    ds = LeRobotDataset(resolve_suite(suite, root)[0])
+    ds = open_dataset(resolve_suite(suite, root)[0])  # LeRobot or LIBERO HDF5, whichever the folder holds
     try:
         return list(ds.episode_indices)
     finally:

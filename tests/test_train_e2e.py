@@ -56,7 +56,7 @@ def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, t
     names = {p.name for p in ckpt.iterdir()}
     assert {"model.safetensors", "config.yaml", "vlm", "processor", "processor.json", "norm_stats.json",
             "checkpoint.json", "resume"} <= names
-    assert "steps_60_pytorch_model.pt" not in names  # the seed's file only behind geo3d.train.checkpoint.starvla_pt
+    assert "steps_60_pytorch_model.pt" not in names  # the seed's file only behind train.checkpoint.starvla_pt
     assert not [p for p in (ckpt / "resume").rglob("*") if p.name.startswith("model")]  # no second weights copy
     assert yaml.safe_load((ckpt / "config.yaml").read_text())["model"]["compressor"]["type"] == compressor
     for name in ("resolved_config.yaml", "norm_stats.json", "provenance.json"):

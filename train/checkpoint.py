@@ -1,12 +1,12 @@
 """Checkpoints in the ecosystem's format: self-contained for inference, plus the resume state beside it.
 
 <run>/checkpoints/steps_<N>/
-    model.safetensors            the policy weights (EMA weights when EMA is on); above geo3d.train.checkpoint.
+    model.safetensors            the policy weights (EMA weights when EMA is on); above train.checkpoint.
                                  max_shard_size: model-0000i-of-0000n.safetensors + model.safetensors.index.json
     config.yaml                  the run's resolved config (model, data, train)
     vlm/config.json              the VLM architecture: load_policy builds it from here, never from the base dir
     processor/ processor.json norm_stats.json   the processor pipeline (train/modeling/processor_pipeline.py)
-    steps_<N>_pytorch_model.pt   only with geo3d.train.checkpoint.starvla_pt=true (the seed's file, for StarVLA tools)
+    steps_<N>_pytorch_model.pt   only with train.checkpoint.starvla_pt=true (the seed's file, for StarVLA tools)
     checkpoint.json              step, provenance, weights layout; written last
     resume/                      optimizer, scheduler, RNG per process, trainer state (step, sampler, EMA
                                  decay). No second copy of the weights: resuming reads model.safetensors; with EMA

@@ -14,10 +14,11 @@ from typing import Any, Mapping
 FP32 = 4
 
 
-def checkpoint_bytes_from_counts(counts: Mapping[str, Mapping[str, int]], ema: bool) -> int:
-    """Bytes of one checkpoint (see the module docstring for what is counted)."""
+def checkpoint_bytes_from_counts(counts: Mapping[str, Mapping[str, int]], ema: bool, starvla_pt: bool = False) -> int:
+    """Bytes of one checkpoint (see the module docstring for what is counted); `train.checkpoint.starvla_pt`
+    adds the seed's second copy of every weight (steps_N_pytorch_model.pt)."""
     total, trainable = counts["total"]["total"], counts["total"]["trainable"]
-    return FP32 * (total + 2 * trainable + (trainable if ema else 0))
+    return FP32 * (total + 2 * trainable + (trainable if ema else 0) + (total if starvla_pt else 0))
 
 
 def param_counts(cfg: Any) -> dict[str, dict[str, int]]:

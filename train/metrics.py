@@ -126,6 +126,10 @@ def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name
                          "or set train.wandb.enabled=false") from e
     config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else {}
     config["store_identity"] = dict(store) if store is not None else None  # type: ignore[index]
+    import hashlib
+    # one wandb run per run directory: run names repeat (qformer_s42 in every demo run, both presets of an
+    # ablation), the directory does not, and `--resume` keeps it, so a resumed run continues its own curve
+    wandb_id = f"{run_name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}"
     return wandb.init(project=wandb_cfg.get("project", "geo3d"), entity=wandb_cfg.get("entity"),
                       mode=wandb_cfg.get("mode", "offline"), name=run_name, dir=str(run_dir),
-                      config=config, resume="allow", id=run_name)
+                      config=config, resume="allow", id=wandb_id)

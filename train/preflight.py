@@ -38,8 +38,12 @@ def preflight(cfg: DictConfig) -> None:
     import importlib.util
 
     from geo3d.train.modeling.configuration_policy import PolicyConfig
+    from geo3d.data.lerobot_layout import STATE_DIM
     compressor_type(cfg)
-    PolicyConfig.from_cfg(cfg.model)
+    head = PolicyConfig.from_cfg(cfg.model).action_head
+    if head.use_state and head.state_dim != STATE_DIM:  # the fork preset's 7-wide encoder is built, never fed
+        raise Geo3dError(f"model.action_head.use_state=true needs state_dim={STATE_DIM} (the LIBERO state is "
+                         f"{STATE_DIM}-wide), got {head.state_dim}; set model.action_head.state_dim={STATE_DIM}")
     for key in ("max_steps", "save_interval", "grad_accum_steps", "per_device_batch_size"):
         if int(cfg.train[key]) < 1:  # 0 would crash mid-run (modulo by zero, empty step) instead of up front
             raise Geo3dError(f"train.{key} must be >= 1, got {cfg.train[key]}; fix the config or the override")

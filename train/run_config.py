@@ -78,7 +78,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 # (the run is then no longer identical to one started with either length).
 RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "train.log_interval",
                   "train.num_workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers",
-                  "geo3d.train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
+                  "train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
                   "data.data_root", "train.store")
 
 

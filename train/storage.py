@@ -24,7 +24,8 @@ def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
     last = latest_checkpoint(run_dir_of(cfg))
     if last is not None:
         return du_bytes(last), f"the size of {last}"
-    return (checkpoint_bytes_from_counts(param_counts(cfg), bool(cfg.train.ema.enabled)),
+    return (checkpoint_bytes_from_counts(param_counts(cfg), bool(cfg.train.ema.enabled),
+                                         bool(cfg.train.checkpoint.starvla_pt)),
             "estimated from the parameter counts (fp32 weights + AdamW moments: train/estimates.py)")
 
 

@@ -54,7 +54,7 @@ def _is_lerobot(path: Path) -> bool:
     return (path / "meta").is_dir()
 
 
-def _find_suite_folder(root: Path, suite: str) -> tuple[Path | None, str]:
+def find_suite_folder(root: Path, suite: str) -> tuple[Path | None, str]:
     """The suite's one folder under root (or None) and, if none, why; refuses two candidates."""
     from geo3d.data.libero_hdf5 import is_hdf5_suite_folder
 
@@ -76,7 +76,7 @@ def resolve_suite(suite: str, data_root: str | Path | None = None) -> list[Path]
     """Dataset folders for `suite` in global-index order; a missing folder is a DataError naming its path."""
     members = suite_members(suite)
     root = resolve_data_root(suite, data_root)
-    found = [_find_suite_folder(root, m) for m in members]
+    found = [find_suite_folder(root, m) for m in members]
     problems = [why for p, why in found if p is None]
     if problems:
         hint = ("the shipped demo dataset is missing; restore demo_data/ from git (git checkout -- demo_data) "

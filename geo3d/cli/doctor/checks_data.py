@@ -12,8 +12,7 @@ from geo3d.storage_faults import existing_ancestor, free_bytes, human_bytes
 
 
 def check_suites(plan: Any) -> Iterator[Finding]:
-    from geo3d.data.lerobot_format import LeRobotDataset
-    from geo3d.data.suites import resolve_data_root, suite_members, SUITE_FOLDERS
+    from geo3d.data.suites import SUITE_FOLDERS, find_suite_folder, open_dataset, resolve_data_root, suite_members
 
     try:
         root = resolve_data_root(plan.suite, plan.data_root)
@@ -23,19 +22,18 @@ def check_suites(plan: Any) -> Iterator[Finding]:
         return
     total = 0
     for m in members:
-        path = root / SUITE_FOLDERS[m]
-        if not (path / "meta").is_dir():
-            yield Finding(f"suite {m}", FAIL, f"{path} {'does not exist' if not path.exists() else 'has no meta/'}",
-                          f"download {SUITE_FOLDERS[m]} into {root}, or fix --data-root")
-            continue
-        try:
-            ds = LeRobotDataset(path)
+        try:  # the LeRobot folder or a LIBERO HDF5 one, exactly as the run resolves it
+            path, why = find_suite_folder(root, m)
+            ds = open_dataset(path) if path is not None else None
         except Geo3dError as e:
-            yield Finding(f"suite {m}", FAIL, str(e).split(";")[0], "re-download the dataset folder")
+            yield Finding(f"suite {m}", FAIL, str(e).split(";")[0], "re-download the dataset folder, or fix --data-root")
+            continue
+        if ds is None:
+            yield Finding(f"suite {m}", FAIL, why, f"download {SUITE_FOLDERS[m]} into {root}, or fix --data-root")
             continue
         total += ds.num_frames
         plan.frames_by_suite[m] = ds.num_frames
-        yield Finding(f"suite {m}", OK, f"{path}: LeRobot {ds.codebase_version}, {ds.num_episodes} episodes, "
+        yield Finding(f"suite {m}", OK, f"{path}: {ds.codebase_version}, {ds.num_episodes} episodes, "
                                         f"{ds.num_frames} frames")
     if len(members) > 1 and len(plan.frames_by_suite) == len(members):
         yield Finding(f"suite {plan.suite}", OK, f"{total} frames in {len(members)} suites")
@@ -88,7 +86,7 @@ def check_run_disk(plan: Any) -> Iterator[Finding]:
     from geo3d.train.run_config import run_dir_of
 
     t = plan.train_cfg.train
-    one = checkpoint_bytes_from_counts(plan.param_counts(), bool(t.ema.enabled))
+    one = checkpoint_bytes_from_counts(plan.param_counts(), bool(t.ema.enabled), bool(t.checkpoint.starvla_pt))
     saves = -(-int(t.max_steps) // int(t.save_interval))
     kept = min(saves, int(t.keep_last)) if t.keep_last else saves
     need = one * (kept + 1)  # + the one being written before the oldest is pruned
