@@ -1,7 +1,7 @@
 """Session-wide fixtures and the test tiers.
 
 Tiers (markers, pyproject [tool.pytest.ini_options]): `make test` runs everything (CI); `make test-fast` runs
-`-m "not slow and not sim and not slurm"` (units and small real-file tests, <= 2 min on a 2-core machine).
+`-m "not slow and not sim and not slurm"` (units and small real-file tests: 314 tests in 1 min 53 s on the 2-core EPYC, 2026-12-01).
 slow = end-to-end subprocess runs (precompute/train/demo/wheel), sim = needs the LIBERO simulator,
 slurm = starts a real SLURM cluster.
 

@@ -62,6 +62,7 @@ def _precompute(data_root: Path, store: Path, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_precompute_tokens_identical_from_hdf5_and_lerobot(h5_root, tmp_path):
     from geo3d.features_store.store import open_arrays
 
@@ -177,6 +178,7 @@ def test_two_copies_of_one_suite_are_refused(tmp_path):
         LiberoMixture("libero_10", tmp_path)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_train_runs_on_hdf5_data(tmp_path):
     """`geo3d train` end to end on a LIBERO HDF5 suite (with a store made from it): norm stats equal the LeRobot
     copy's, and the checkpoint is written."""
@@ -200,6 +202,7 @@ def test_train_runs_on_hdf5_data(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # both steps trained (DataLoader workers)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_inspect_shows_the_same_model_inputs_for_both_copies(h5_root, tmp_path):
     """`geo3d inspect` of one frame from the HDF5 copy and from the LeRobot copy: pixel-identical model inputs."""
     from PIL import Image

@@ -48,6 +48,7 @@ def _assert_message(err: str, what: str, out: Path) -> None:
         assert part in err, (part, err[-3000:])
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_full_disk_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     from geo3d.features_store.space import du_bytes
     data, store, ref = setup
@@ -71,6 +72,7 @@ def test_full_disk_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
         _assert_same_run(out, ref)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_quota_during_first_checkpoint_then_resume_is_identical(setup, tmp_path):
     """EDQUOT injected into torch.save (no quota-enabled filesystem here): no checkpoint yet, so the message
     estimates the checkpoint from the parameter counts; the rerun starts over and matches."""
@@ -86,6 +88,7 @@ def test_quota_during_first_checkpoint_then_resume_is_identical(setup, tmp_path)
     _assert_same_run(out, ref)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     """SIGKILL while torch.save is writing the step-6 checkpoint (a writer blocked inside the save): the cut
     `.steps_6.partial` is never loaded, resume starts from step 4 and ends identical."""
@@ -112,6 +115,7 @@ def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     _assert_same_run(out, ref)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_read_only_store_serves_training(setup, tmp_path):
     """The store on a read-only bind mount: verify-cache is clean and training reads it (nothing writes there)."""
     import subprocess

@@ -106,6 +106,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_cli_exit_codes_json_and_mark_damaged(world, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(world["store"], store)
