@@ -228,11 +228,10 @@ def test_term_from_slurm_is_forwarded_and_slurm_decides_about_requeue(job):
     assert not any(line.startswith("scontrol") for line in lines)
 
 
-@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_a_refused_requeue_is_retried_then_reported(job, tmp_path):
     script, env, log = job
     (tmp_path / "bin" / "scontrol").write_text(f"#!/bin/bash\necho \"scontrol $*\" >> {log}\nexit 1\n")
-    p = start_job(script, {**env, "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"}, log)
+    p = start_job(script, {**env, "PATH": f"{tmp_path / 'bin'}:{env['PATH']}", "GEO3D_REQUEUE_RETRY_S": "0.2"}, log)
     p.send_signal(signal.SIGUSR1)
     _, err = p.communicate(timeout=60)
     tries = [line for line in log.read_text().splitlines() if line == "scontrol requeue 4242"]

@@ -49,7 +49,7 @@ finish() {
         echo "geo3d-job: state saved (exit $rc); requeueing job $SLURM_JOB_ID" >&2
         for _ in 1 2 3; do  # the controller may refuse while the job is in transition: retry briefly
           if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
-          sleep 5
+          sleep "${GEO3D_REQUEUE_RETRY_S:-5}"  # seconds between tries (tests shorten it)
         done
         echo "geo3d-job: scontrol requeue failed; resubmit this script to resume (exit $rc)" >&2
         exit "$rc"
