@@ -33,7 +33,6 @@ def _args(data: Path, store: Path, out: Path, *extra: str) -> list[str]:
 
 def _assert_same_run(a: Path, b: Path) -> None:
     import torch
-    from safetensors.torch import load_file
 
     from geo3d.train.weights_io import load_weights
     wa, wb = (load_weights(d / "checkpoints" / f"steps_{STEPS}") for d in (a, b))
@@ -97,11 +96,12 @@ def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     import sys
 
     from storage_fixtures import INJECT, REPO
+    from train_fixtures import subprocess_env
     data, store, ref = setup
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, INJECT, "HANG", "torch", ".steps_6.partial", "--",
                              *_args(data, store, out)], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                            env=subprocess_env())
     for line in proc.stderr:
         if "fault-inject: hanging" in line:
             break

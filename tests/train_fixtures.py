@@ -47,11 +47,15 @@ def geo3d_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "geo3d.cli", *args]
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a `geo3d` test subprocess: threads pinned so CPU results are reproducible."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
 def run_geo3d(args: Sequence[str], timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """`geo3d ...` in a real subprocess from the repo root (threads pinned so CPU results are reproducible)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           **(env_extra or {})}
-    return subprocess.run(geo3d_cmd(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    """`geo3d ...` in a real subprocess from the repo root."""
+    return subprocess.run(geo3d_cmd(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(**(env_extra or {})))
 
 
 # Small geometry so synthetic stores stay tiny; the model config is told the same shape.
