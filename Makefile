@@ -23,17 +23,18 @@ demo: install
 # The demo, trained longer, then evaluated in the LIBERO simulator from its training scenes + `geo3d report`
 # (README "Closing the loop"). One torch thread: the tiny model gains nothing from more, and on a shared CPU
 # OpenMP threads spinning against other processes made a step ~100x slower here.
-DEMO_EVAL_COMPRESSOR ?= none
+DEMO_EVAL_COMPRESSOR ?= qformer
 demo-eval: install $(SIM)
 	OMP_NUM_THREADS=1 $(VENV)/bin/geo3d demo --eval --compressor $(DEMO_EVAL_COMPRESSOR)
 
 # The tests also need the LIBERO simulator (a real episode is evaluated); the SLURM tests install their own.
 # `make test` runs every tier (CI); `make test-fast` only the fast one (tests/conftest.py says what is where).
+TEST_WORKERS ?= 2
 test: install $(SIM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not sim and not slurm"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not sim and not slurm"
 
 # The layer contracts (pyproject.toml [tool.importlinter]); tests/test_layers.py runs the same check.
 lint-imports: install

@@ -6,8 +6,10 @@ demo_data with a matching store of random tokens. Per step, interleaved over --s
   VLM fwd/bwd        the VLM's forward and a backward of its hidden states alone
   compressor + head  the full policy's fwd/bwd minus the VLM's (the same step, measured right after)
   optimizer          clip + AdamW step + zero_grad
-Each compute precision (`no` = fp32, `bf16` = CPU autocast) is measured on the same batches, with trainable
-parameters fp32 as in training (train/precision.py). Which precision `auto` picks here is printed.
+Three variants run on the same batches with the same weights: fp32 with the VLM's patch embedding as
+transformers' Conv3d (the step before the cut), fp32 with it as a matmul (`model.vlm.patch_embed=matmul`, the
+default), and bf16 CPU autocast; trainable parameters fp32 as in training (train/precision.py). Which precision
+`auto` picks here is printed.
 
     python scripts/bench_train_step.py [--steps 12] [--compressor qformer]
 """
@@ -33,7 +35,7 @@ from geo3d.compute_dtype import describe_cpu  # noqa: E402
 from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 
 
-def _parts(compressor: str, store: Path):
+def _parts(compressor: str, store: Path, patch_embed: str):
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
     from geo3d.train.modeling.policy import build_policy
@@ -43,8 +45,9 @@ def _parts(compressor: str, store: Path):
     from geo3d.train.run_config import compose_train_config
     from geo3d.data.norm_stats import compute_norm_stats
 
-    cfg = compose_train_config([Path("train/demo")], [], {"compressor": compressor, "suite": "demo",
-                                                          "data_root": str(DEMO_DATA_ROOT), "store": str(store)})
+    cfg = compose_train_config([Path("train/demo")], [f"model.vlm.patch_embed={patch_embed}"],
+                               {"compressor": compressor, "suite": "demo", "data_root": str(DEMO_DATA_ROOT),
+                                "store": str(store)})
     mixture = setup.open_mixture(cfg)
     torch.manual_seed(0)
     policy = build_policy(cfg.model)
@@ -56,7 +59,7 @@ def _parts(compressor: str, store: Path):
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
                                          num_workers=0, collate_fn=TrainCollator(pipeline),
                                          generator=torch.Generator().manual_seed(0))
-    return cfg, mixture, policy, optimizer, loader
+    return cfg, policy, optimizer, loader
 
 
 def _timed(fn) -> float:
@@ -91,6 +94,11 @@ def step_split(policy, optimizer, batch, precision: str, max_grad_norm: float) -
     return {"VLM fwd/bwd": vlm, "compressor + head": max(0.0, total - vlm), "optimizer": _timed(opt)}
 
 
+# (label, model.vlm.patch_embed, compute precision): the first row is the step before this benchmark's cut
+VARIANTS = [("fp32, patch embed conv3d (before)", "conv3d", "no"), ("fp32, patch embed matmul", "matmul", "no"),
+            ("bf16, patch embed matmul", "matmul", "bf16")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
@@ -102,29 +110,36 @@ def main() -> None:
         from geo3d.data.mixture import LiberoMixture
         mix = LiberoMixture("demo", DEMO_DATA_ROOT)
         store = make_matching_store(mix, Path(d) / "store.zarr", 2, 196, 128, shard_frames=64)
-        cfg, _, policy, optimizer, loader = _parts(args.compressor, store)
+        cfg, conv_policy, conv_opt, loader = _parts(args.compressor, store, "conv3d")
+        _, policy, optimizer, _ = _parts(args.compressor, store, "matmul")
+        policy.load_state_dict(conv_policy.state_dict())  # the same weights (and keys) for every variant
+        models = {"conv3d": (conv_policy, conv_opt), "matmul": (policy, optimizer)}
         it = iter(loader)
         next(it)  # first batch opens files and warms the decoder
-        rows: dict[str, dict[str, list[float]]] = {"no": {}, "bf16": {}}
+        rows: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in VARIANTS}
         for _ in range(args.steps):
             t0 = time.perf_counter()
             batch = next(it)
             data = time.perf_counter() - t0
-            for precision in rows:  # the same batch under both precisions, back to back
-                split = {"data wait": data, **step_split(policy, optimizer, batch, precision,
+            for label, patch_embed, precision in VARIANTS:  # the same batch for every variant, back to back
+                split = {"data wait": data, **step_split(*models[patch_embed], batch, precision,
                                                          float(cfg.train.max_grad_norm))}
                 for k, v in split.items():
-                    rows[precision].setdefault(k, []).append(v)
+                    rows[label].setdefault(k, []).append(v)
     print(f"CPU: {describe_cpu()}; torch threads {torch.get_num_threads()}; train.mixed_precision auto -> "
           f"{accelerate_precision('auto', 'cpu')}")
     print(f"demo step ({args.compressor}, batch {cfg.train.per_device_batch_size}), median of {args.steps} steps:")
-    for precision, split in rows.items():
+    totals = {}
+    for label, split in rows.items():
         med = {k: statistics.median(v) for k, v in split.items()}
-        total = sum(med.values())
+        totals[label] = total = sum(med.values())
         parts = ", ".join(f"{k} {v * 1e3:.0f} ms ({v / total:.0%})" for k, v in med.items())
-        print(f"  compute {'fp32' if precision == 'no' else 'bf16'}: {total * 1e3:.0f} ms/step = {parts}")
-    fp32, bf16 = (sum(statistics.median(v) for v in rows[p].values()) for p in ("no", "bf16"))
-    print(f"bf16 autocast step time vs fp32: {bf16 / fp32:.2f}x")
+        print(f"  {label}: {total * 1e3:.0f} ms/step = {parts}")
+    vlm = {label: statistics.median(rows[label]["VLM fwd/bwd"]) for label in rows}
+    before, after, bf16 = (label for label, _, _ in VARIANTS)
+    print(f"VLM fwd/bwd, patch embed matmul vs conv3d (fp32): {vlm[after] / vlm[before]:.2f}x; "
+          f"step {totals[after] / totals[before]:.2f}x")
+    print(f"bf16 autocast step time vs fp32: {totals[bf16] / totals[after]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Render the shipped demo dataset (demo_data/) with the real LIBERO simulator and a scripted pick-and-place.
 
     make sim
-    .venv/bin/python scripts/make_demo_dataset.py                      # render + write demo_data/ (~15 min)
+    .venv/bin/python scripts/make_demo_dataset.py                      # render + write demo_data/ (~3 min idle)
     .venv/bin/python scripts/make_demo_dataset.py --from-raw           # re-write demo_data/ from saved .npz
 
 Why scripted: the demo dataset must exist without downloading anything, and its actions must look like the

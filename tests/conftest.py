@@ -1,9 +1,10 @@
 """Session-wide fixtures and the test tiers.
 
 Tiers (markers, pyproject [tool.pytest.ini_options]): `make test` runs everything (CI); `make test-fast` runs
-`-m "not slow and not sim and not slurm"` (units and small real-file tests: 314 tests in 1 min 53 s on the 2-core EPYC, 2026-12-01).
+`-m "not slow and not sim and not slurm"` (units and small real-file tests).
 slow = end-to-end subprocess runs (precompute/train/demo/wheel), sim = needs the LIBERO simulator,
-slurm = starts a real SLURM cluster.
+slurm = starts a real SLURM cluster. Both make targets run two pytest-xdist workers (`-n 2 --dist loadgroup`,
+`make test TEST_WORKERS=1` for one); the scheduling groups are set below.
 
 The tiny Qwen2.5-VL dir (tokenizer + processor + config) is the expensive shared fixture: one GEO3D_CACHE per
 session, set in os.environ so every `geo3d` subprocess a test starts reuses the same build, and nothing is
@@ -16,6 +17,34 @@ import os
 from pathlib import Path
 
 import pytest
+
+# `make test` runs two pytest workers (pytest-xdist, `-n 2 --dist loadgroup`) on the 2-core CI machine: each
+# worker keeps to one torch thread, as the `geo3d` subprocesses the tests start already do
+# (train_fixtures.subprocess_env), so the two workers do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Scheduling groups for `--dist loadgroup`: a module's tests stay on one worker (its module-scoped
+    fixtures, e.g. a trained checkpoint, are built once), and every SLURM test shares one worker, so two
+    throwaway clusters never run side by side. Set as each item is collected, before xdist's
+    pytest_collection_modifyitems reads the groups."""
+    if not any(item.iter_markers("xdist_group")):
+        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, rather than run ungrouped: with pytest >= 9.2, xdist's `--dist loadgroup` silently ignores the
+    groups (pytest-dev/pytest-xdist#1386): the SLURM tests would start two clusters side by side."""
+    from packaging.version import Version
+
+    if getattr(config.option, "dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
+        raise pytest.UsageError(f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup does not group tests "
+                                "with pytest >= 9.2 (pytest-dev/pytest-xdist#1386); install 'pytest<9.2' "
+                                "(pyproject.toml [dev]) or run `make test TEST_WORKERS=0`")
 
 
 @pytest.fixture(scope="session", autouse=True)

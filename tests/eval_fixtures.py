@@ -17,7 +17,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from geo3d.config import REPO_ROOT
+
+# Every module that uses trained_runs() carries this mark: under `make test`'s two pytest-xdist workers they run
+# on one worker, so the runs below are trained once per session (tmp_path_factory's base dir is per worker).
+SHARED_RUNS = pytest.mark.xdist_group("eval_runs")
 
 IMAGE, TOKENS = 56, 16          # small images (multiple of 14 for the encoder) and a 4x4 token grid
 COMPRESSORS = ("qformer", "pool")

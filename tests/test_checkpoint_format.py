@@ -19,13 +19,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eval_fixtures import ENV, ServeProcess, trained_runs
+from eval_fixtures import ENV, SHARED_RUNS, ServeProcess, trained_runs
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.config import REPO_ROOT
 from geo3d.errors import Geo3dError
 from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints, write_inference_files
 from geo3d.train.inference import load_policy
 from geo3d.train.modeling.configuration_policy import PolicyConfig
+
+pytestmark = SHARED_RUNS
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_fixtures import ENV, evaluated_run, geo3d, run, sim_available, trained_runs
+from eval_fixtures import ENV, SHARED_RUNS, evaluated_run, geo3d, run, sim_available, trained_runs
 from geo3d.config import REPO_ROOT
 
-pytestmark = pytest.mark.slow  # trains real runs first (eval_fixtures)
+pytestmark = [pytest.mark.slow, SHARED_RUNS]  # trains real runs first (eval_fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from eval_fixtures import IMAGE, ServeProcess, trained_runs
+from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, trained_runs
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.evaluation.server import PolicyServer
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 from geo3d.errors import Geo3dError
+
+pytestmark = SHARED_RUNS
 
 
 class EchoPolicy:

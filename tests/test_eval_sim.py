@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from eval_fixtures import IMAGE, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
+from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
 from geo3d.config import CONFIG_DIR, REPO_ROOT
 from geo3d.preemption import PREEMPTED_EXIT_CODE
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, SHARED_RUNS]
 _REASON = sim_available()
 if _REASON is not None:
     print(f"skipping LIBERO simulator tests: {_REASON}")

@@ -234,3 +234,28 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
     sign["value"], target = 1.0, actions  # sampling: no repeats
     sampled = head.sample(None, state, slice(0, 0), num_steps=4, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(sampled, actions, atol=1e-5)
+
+
+def test_patch_embed_matmul_equals_transformers_conv3d():
+    """`model.vlm.patch_embed=matmul` (the default) computes what Qwen2.5-VL's own Conv3d computes, from the same
+    weight under the same state_dict key, for the hidden states and for the weight's gradient."""
+    from geo3d.train.modeling.vlm import PatchProjection
+
+    torch.manual_seed(0)
+    conv_cfg = tiny_cfg("none")
+    OmegaConf.update(conv_cfg, "model.vlm.patch_embed", "conv3d", force_add=True)
+    conv_policy, mm_policy = build_policy(conv_cfg), build_policy(tiny_cfg("none"))
+    assert isinstance(conv_policy.vlm.model.model.visual.patch_embed.proj, torch.nn.Conv3d)
+    assert isinstance(mm_policy.vlm.model.model.visual.patch_embed.proj, PatchProjection)
+    assert conv_policy.vlm.state_dict().keys() == mm_policy.vlm.state_dict().keys()
+    mm_policy.vlm.load_state_dict(conv_policy.vlm.state_dict())
+    batch = make_batch(conv_policy, size=112)
+    outs, grads = [], []
+    for policy in (conv_policy, mm_policy):
+        hidden = policy.vlm(batch, 4)
+        torch.stack([h.square().mean() for h in hidden]).sum().backward()
+        outs.append(torch.stack(hidden))
+        grads.append(policy.vlm.model.model.visual.patch_embed.proj.weight.grad)
+    assert outs[0].abs().max() > 0.1 and grads[0].abs().max() > 0
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

@@ -174,7 +174,8 @@ def test_precompute_array_requeued_mid_run_resumes_to_an_identical_store(chain, 
     for task in (0, 1):
         log = (job_dir / "logs" / f"precompute_{array}_{task}.out").read_text()
         first, _, rerun = log.partition("(restart 1)")
-        assert rerun and "stopped on SIGTERM; committed work is kept" in first, log  # stopped at a safe point
+        # stopped at a safe point (a shard in flight may have been dropped: "...; dropped unfinished shard(s) [16];")
+        assert rerun and "stopped on SIGTERM;" in first and "committed work is kept" in first, log
         todo.append(int(re.search(r"shards \((\d+) to do\)", rerun).group(1)))
     assert 0 < max(todo) < 32, todo  # the reruns skipped the committed shards and did the rest
     assert chunk_files(store) == chunk_files(work / "store.zarr")
