@@ -4,7 +4,7 @@ Tiers (markers, pyproject [tool.pytest.ini_options]): `make test` runs everythin
 `-m "not slow and not sim and not slurm"` (units and small real-file tests).
 slow = end-to-end subprocess runs (precompute/train/demo/wheel), sim = needs the LIBERO simulator,
 slurm = starts a real SLURM cluster. Both make targets run two pytest-xdist workers (`-n 2 --dist loadgroup`,
-`make test TEST_WORKERS=1` for one); the scheduling groups are set below.
+`make test TEST_WORKERS=0` for one process); the scheduling groups are set below.
 
 The tiny Qwen2.5-VL dir (tokenizer + processor + config) is the expensive shared fixture: one GEO3D_CACHE per
 session, set in os.environ so every `geo3d` subprocess a test starts reuses the same build, and nothing is
@@ -41,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     groups (pytest-dev/pytest-xdist#1386): the SLURM tests would start two clusters side by side."""
     from packaging.version import Version
 
-    if getattr(config.option, "dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
+    if getattr(config.option, "dist", "no") == "loadgroup" and Version(pytest.__version__).release[:2] >= (9, 2):
         raise pytest.UsageError(f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup does not group tests "
                                 "with pytest >= 9.2 (pytest-dev/pytest-xdist#1386); install 'pytest<9.2' "
                                 "(pyproject.toml [dev]) or run `make test TEST_WORKERS=0`")

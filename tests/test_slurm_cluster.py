@@ -34,7 +34,7 @@ GEO3D = str(Path(sys.executable).parent / "geo3d")
 # `make test`'s venv in the checkout, else the venv running the tests (e.g. a git worktree without its own .venv)
 VENV = REPO_ROOT / ".venv" if (REPO_ROOT / ".venv" / "bin" / "activate").is_file() else Path(sys.prefix)
 ACTIVATE = f"source {VENV / 'bin' / 'activate'}"
-STEPS = 6  # enough that the USR1 sent after step 1 lands mid-run
+STEPS = 40  # enough that the USR1 sent after step 1 lands mid-run (6 steps took 1.2 s: the run could end first)
 # Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
 JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",
             "slurm.precompute.time=00:15:00", "slurm.verify.cpus=1", "slurm.verify.mem=1G",
@@ -166,8 +166,12 @@ def test_precompute_array_requeued_mid_run_resumes_to_an_identical_store(chain, 
     array = jobs["precompute"]
     # mid-run: a first shard is committed and the tasks are still running. Requeue the whole array, so no
     # surviving task finishes the store for the others: the requeued tasks themselves must resume.
-    wait_for(lambda: (store / "commits").is_dir() and any((store / "commits").glob("*.json")), 300,
-             "a first committed shard", cluster)
+    logs = [job_dir / "logs" / f"precompute_{array}_{task}.out" for task in (0, 1)]
+    # both tasks past their signal handler (tqdm's first bar line comes after it): a task still importing torch
+    # when the requeue lands dies of the SIGTERM (exit 143) instead of stopping at a safe point
+    wait_for(lambda: all(p.is_file() and "%|" in p.read_text(errors="replace") for p in logs)
+             and (store / "commits").is_dir() and any((store / "commits").glob("*.json")), 300,
+             "both tasks running and a first committed shard", cluster)
     cluster.run("scontrol", "requeue", array)
     assert_completed(cluster, job_dir, jobs)
     todo = []

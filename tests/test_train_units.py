@@ -104,6 +104,18 @@ def test_resume_refuses_changed_trajectory_keys_but_allows_extending():
     assert resume_differences(saved, other) == ["train.lr.vlm: run has 0.0001, now 0.5"]
 
 
+def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
+    """Runs (and SLURM requeues of them) started before `model.vlm.patch_embed` existed must still resume."""
+    from omegaconf import OmegaConf
+
+    current = compose_train_config([], [], {"suite": "demo"})
+    saved = OmegaConf.to_container(current, resolve=True)
+    del saved["model"]["vlm"]["patch_embed"]
+    assert resume_differences(OmegaConf.create(saved), current) == []
+    conv = compose_train_config([], ["model.vlm.patch_embed=conv3d"], {"suite": "demo"})
+    assert resume_differences(conv, current) == []
+
+
 def test_preflight_refuses_zero_intervals_before_any_work():
     from geo3d.train.preflight import preflight
     preflight(compose_train_config([], [], {"suite": "demo"}))

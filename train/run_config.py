@@ -79,7 +79,9 @@ def run_dir_of(cfg: DictConfig) -> Path:
 RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "train.log_interval",
                   "train.num_workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers",
                   "train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
-                  "data.data_root", "train.store")
+                  "data.data_root", "train.store",
+                  # the same weights and numbers either way (a speed switch); runs made before it existed lack it
+                  "model.vlm.patch_embed")
 
 
 def resume_differences(saved: DictConfig, current: DictConfig) -> list[str]:

@@ -62,8 +62,11 @@ class PatchProjection(nn.Module):
 
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
-        if conv.bias is not None or tuple(conv.kernel_size) != tuple(conv.stride):
-            raise Geo3dError("PatchProjection expects a bias-free Conv3d whose kernel equals its stride")
+        plain = (conv.bias is None and tuple(conv.kernel_size) == tuple(conv.stride) and conv.groups == 1
+                 and set(conv.padding) == {0} and set(conv.dilation) == {1})
+        if not plain:
+            raise Geo3dError(f"PatchProjection expects a bias-free, unpadded, ungrouped Conv3d whose kernel equals "
+                             f"its stride, got {conv}; use model.vlm.patch_embed=conv3d")
         self.weight = conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, T, P, P] -> [N, D, 1, 1, 1], as the conv
