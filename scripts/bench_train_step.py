@@ -6,10 +6,10 @@ demo_data with a matching store of random tokens. Per step, interleaved over --s
   VLM fwd/bwd        the VLM's forward and a backward of its hidden states alone
   compressor + head  the full policy's fwd/bwd minus the VLM's (the same step, measured right after)
   optimizer          clip + AdamW step + zero_grad
-Three variants run on the same batches with the same weights: fp32 with the VLM's patch embedding as
-transformers' Conv3d (the step before the cut), fp32 with it as a matmul (`model.vlm.patch_embed=matmul`, the
-default), and bf16 CPU autocast; trainable parameters fp32 as in training (train/precision.py). Which precision
-`auto` picks here is printed.
+Three variants run on the same batches from the same initial weights, in rotating order: fp32 with the VLM's
+patch embedding as transformers' Conv3d (the step before the cut), fp32 with it as a matmul
+(`model.vlm.patch_embed=matmul`, the default), and bf16 CPU autocast; trainable parameters fp32 as in training
+(train/precision.py). Which precision `auto` picks here is printed.
 
     python scripts/bench_train_step.py [--steps 12] [--compressor qformer]
 """
@@ -112,16 +112,17 @@ def main() -> None:
         store = make_matching_store(mix, Path(d) / "store.zarr", 2, 196, 128, shard_frames=64)
         cfg, conv_policy, conv_opt, loader = _parts(args.compressor, store, "conv3d")
         _, policy, optimizer, _ = _parts(args.compressor, store, "matmul")
-        policy.load_state_dict(conv_policy.state_dict())  # the same weights (and keys) for every variant
+        policy.load_state_dict(conv_policy.state_dict())  # the same initial weights (and keys) for every variant
         models = {"conv3d": (conv_policy, conv_opt), "matmul": (policy, optimizer)}
         it = iter(loader)
         next(it)  # first batch opens files and warms the decoder
         rows: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in VARIANTS}
-        for _ in range(args.steps):
+        for step in range(args.steps):
             t0 = time.perf_counter()
             batch = next(it)
             data = time.perf_counter() - t0
-            for label, patch_embed, precision in VARIANTS:  # the same batch for every variant, back to back
+            order = VARIANTS[step % len(VARIANTS):] + VARIANTS[:step % len(VARIANTS)]  # none always goes first
+            for label, patch_embed, precision in order:  # the same batch for every variant, back to back
                 split = {"data wait": data, **step_split(*models[patch_embed], batch, precision,
                                                          float(cfg.train.max_grad_norm))}
                 for k, v in split.items():
