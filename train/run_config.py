@@ -80,7 +80,7 @@ RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "
                   "train.num_workers", "train.prefetch_factor", "train.pin_memory", "train.persistent_workers",
                   "train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
                   "data.data_root", "train.store",
-                  # the same weights and numbers either way (a speed switch); runs made before it existed lack it
+                  # a speed switch: the same weights, results equal to float rounding; runs made before it existed lack it
                   "model.vlm.patch_embed")
 
 
