@@ -28,7 +28,8 @@ def test_layer_contracts_hold_and_grimp_sees_every_module():
 
 def _copy_sources(dst: Path) -> Path:
     for name in ("geo3d", "train", "precompute", "features_store", "evaluation", "scripts"):
-        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / name, dst / name, symlinks=True,  # geo3d/train -> ../train stays relative
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", dst / "pyproject.toml")
     return dst
 
