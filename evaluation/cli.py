@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
-from geo3d.errors import Geo3dError
+from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
+from geo3d.core.errors import Geo3dError
 
 DEFAULTS = ("data", "eval")
 
@@ -78,7 +78,7 @@ def eval_cmd(
         raise Geo3dError("give exactly one policy: --ckpt DIR (loaded here) or --server ws://host:port")
     source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
                           encoder_weights=cfg.eval.encoder_weights)
-    from geo3d.storage_faults import resume_command, storage_guard
+    from geo3d.core.storage_faults import resume_command, storage_guard
     where = cfg.eval.out or (str(ckpt) if ckpt else ".")  # default results dir: inside the checkpoint's run
     with storage_guard("eval", where, resume=resume_command(add=("--resume",), drop=("--overwrite",)),
                        safe=lambda: "every finished episode already in episodes.jsonl (--resume skips them)"):

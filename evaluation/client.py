@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 
 def open_loop(policy: Any, mixture: Any, span: Any, stride: int) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def closed_loop(cfg: Any, policy: Any, mixture: Any, span: Any, suite: str, orig
     """Run the policy from the episode's scene; eef distance (m) from the recorded path at each query step."""
     from geo3d.evaluation.evaluate import resolve_gl, settings_from
     from geo3d.evaluation.runner import Job, PolicySource, _Worker
-    from geo3d import sim
+    from geo3d.core import sim
     from geo3d.data.lerobot_layout import STATE_KEY
 
     task_id, init_state, _, seed = origin
@@ -63,7 +63,7 @@ def closed_loop(cfg: Any, policy: Any, mixture: Any, span: Any, suite: str, orig
                                  "image_size": int(cfg.data.image_size)})
     gl = resolve_gl(str(cfg.eval.gl))
     sim.configure(gl)
-    from geo3d.preemption import PreemptionFlag
+    from geo3d.core.preemption import PreemptionFlag
     worker = _Worker(PolicySource(), settings, gl, PreemptionFlag())  # no policy episode to stop from outside
     worker.policy = log = _StateLog(policy, settings.replan_steps)
     try:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from geo3d.evaluation.policy_handle import load_local_policy
     from geo3d.evaluation.replay import dataset_episodes, episode_origin
-    from geo3d.config import load_config
+    from geo3d.core.config import load_config
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.suites import DEMO_DATA_ROOT
 

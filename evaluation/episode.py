@@ -59,7 +59,7 @@ def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarr
     """Run one episode. A simulator exception (e.g. MuJoCo instability) ends it as a failure with the error
     recorded; policy errors propagate: a broken policy or a lost server must stop the evaluation, not
     score zeros. `should_stop` is polled every step (EpisodeInterrupted)."""
-    from geo3d.sim import reset_to
+    from geo3d.core.sim import reset_to
 
     start = time.perf_counter()
     steps = queries = 0

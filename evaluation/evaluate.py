@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from geo3d.evaluation.results import markdown, summarize, write_json_atomic
 from geo3d.evaluation.runner import Job, PolicySource, read_done, run_jobs
-from geo3d.errors import Geo3dError
-from geo3d.preemption import Preempted, PreemptionFlag
+from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import Preempted, PreemptionFlag
 
 EPISODES_FILE, RESULTS_FILE, TABLE_FILE = "episodes.jsonl", "results.json", "results.md"
 
@@ -44,8 +44,8 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
         finally:
             client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
-    from geo3d.train.inference import read_marker
-    from geo3d.train.inference import resolve_checkpoint
+    from geo3d.policy.inference import read_marker
+    from geo3d.policy.inference import resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
     marker = read_marker(ckpt)
@@ -131,10 +131,10 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     """Run the evaluation described by `cfg.eval` and return the results written to OUT/results.json."""
     from tqdm import tqdm
 
-    from geo3d import sim
-    from geo3d.config import save_resolved
+    from geo3d.core import sim
+    from geo3d.core.config import save_resolved
     from geo3d.data.orientation import orientation_probe
-    from geo3d.provenance import provenance
+    from geo3d.core.provenance import provenance
 
     e = cfg.eval
     settings = settings_from(cfg)

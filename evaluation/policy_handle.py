@@ -1,6 +1,6 @@
 """The one interface evaluation needs from a policy, and the two ways to get one (in-process or remote).
 
-Evaluation imports `geo3d.train.inference` only (ARCHITECTURE.md), and only inside `load_local_policy`, so the
+Evaluation imports `geo3d.policy.inference` only (ARCHITECTURE.md), and only inside `load_local_policy`, so the
 server and eval loop can be exercised with any object that has `predict_action`.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from geo3d.data.lerobot_layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 # What a policy reports about itself (LoadedPolicy reads them from its checkpoint; RemotePolicy from the server).
 POLICY_INFO_KEYS = ("action_horizon", "action_dim", "state_dim", "image_size", "num_views", "compressor",
@@ -32,8 +32,8 @@ def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: s
     geometry encoder its training tokens came from when its compressor needs live geometry."""
     from omegaconf import OmegaConf
 
-    from geo3d.device import resolve_device
-    from geo3d.train.inference import load_policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
+    from geo3d.core.device import resolve_device
+    from geo3d.policy.inference import load_policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
 
     ckpt_dir = resolve_checkpoint(ckpt)
     device = resolve_device(device)

@@ -4,7 +4,7 @@ Checks the train <-> simulator conventions without a model. The recorded actions
 object (`RecordedPolicy`) through the very episode loop `geo3d eval` runs (`geo3d.evaluation.runner._Worker` ->
 `geo3d.evaluation.episode.run_episode`: same env construction, init state, settle steps, chunking, gripper mapping,
 image path). Along the way every observation is compared with the dataset: `observation.state` against
-`geo3d.sim.state_from_obs` (position, axis-angle, gripper qpos), and the images eval hands the policy against
+`geo3d.core.sim.state_from_obs` (position, axis-angle, gripper qpos), and the images eval hands the policy against
 the stored frames after the training image path (codec noise only, both cameras; the same frames turned by
 180 degrees are measured too, so an orientation mismatch is named as such). Which init state an episode
 started from is read from the dataset root's generation.json (the demo data) or given with --init-state.
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 STATE_GROUPS = {"eef_pos": slice(0, 3), "eef_axis_angle": slice(3, 6), "gripper_qpos": slice(6, 8)}
 CAMERAS = ("agentview", "wrist")
@@ -153,7 +153,7 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
     noise on these very renders (AV1 round trip, then the same image path) as the yardstick."""
     from geo3d.evaluation.observation import observation_to_inputs
     from geo3d.data.transforms import RAW_RENDER, to_model_images, to_upright
-    from geo3d.sim import raw_frames
+    from geo3d.core.sim import raw_frames
 
     fps = mixture.datasets[span.dataset_id].fps
     stored_as = mixture.frame_orientation(span.dataset_id)
@@ -174,7 +174,7 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
 def state_errors(trace: list[dict], mixture: Any, span: Any, steps: int) -> tuple[dict[str, float], int]:
     """Max |state_from_obs - observation.state| per part over the executed steps, and the worst step."""
     from geo3d.data.lerobot_layout import STATE_KEY
-    from geo3d.sim import state_from_obs
+    from geo3d.core.sim import state_from_obs
 
     recorded = mixture.datasets[span.dataset_id].episode_columns(span.episode_index)[STATE_KEY]
     diffs = np.stack([np.abs(state_from_obs(trace[t]) - recorded[t]) for t in range(steps)])
@@ -220,9 +220,9 @@ def replay(cfg: Any, suite: str, episode: int, root: Path, task_id: int | None =
     task/init state/seed default to the dataset's generation.json; the seed falls back to eval.seed."""
     from geo3d.evaluation.evaluate import resolve_gl, settings_from
     from geo3d.evaluation.runner import Job, PolicySource, _Worker
-    from geo3d import sim
+    from geo3d.core import sim
     from geo3d.data.mixture import LiberoMixture
-    from geo3d.preemption import PreemptionFlag
+    from geo3d.core.preemption import PreemptionFlag
 
     start = time.perf_counter()
     recorded_success = None

@@ -3,7 +3,7 @@
 Each worker process holds one policy handle (a `RemotePolicy` connection to `geo3d serve`, or the policy
 loaded in-process) and one simulator env, rebuilt only when its next episode belongs to another task.
 Finished episodes are appended to OUT/episodes.jsonl as they arrive, so an interrupted evaluation resumes
-(--resume) without rerunning them. Preemption is geo3d.preemption's `PreemptionFlag` (one per evaluation, one
+(--resume) without rerunning them. Preemption is geo3d.core.preemption's `PreemptionFlag` (one per evaluation, one
 per worker process): a signal only sets the flag, and the episode and result loops poll it (raising from a
 handler could land inside robosuite/MuJoCo code whose bare `except:` swallows it).
 """
@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
 from geo3d.evaluation.rollout_video import RolloutVideo
-from geo3d.preemption import PreemptionFlag
+from geo3d.core.preemption import PreemptionFlag
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class _Worker:
         self.init_states: Any = None
 
     def _env_for(self, job: Job) -> None:
-        from geo3d import sim
+        from geo3d.core import sim
 
         if self.task is not None and (self.task.suite, self.task.task_id) == (job.suite, job.task_id):
             return
@@ -72,7 +72,7 @@ class _Worker:
         self.env = sim.make_env(self.task, image_size=job.render_size, seed=job.seed)
 
     def run(self, job: Job) -> EpisodeResult:
-        from geo3d import sim
+        from geo3d.core import sim
 
         sim.configure(self.gl)
         if self.policy is None:

@@ -48,7 +48,7 @@ def require_zarr3() -> Any:
 
     major, minor = (int(x) for x in zarr.__version__.split(".")[:2])
     if (major, minor) < (3, 1):
-        from geo3d.errors import StoreError
+        from geo3d.core.errors import StoreError
 
         raise StoreError(f"features stores need zarr-python >= 3.1, found {zarr.__version__}: pip install 'zarr>=3.1'")
     return zarr

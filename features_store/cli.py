@@ -2,7 +2,7 @@
 
 The store sits below both stages, so what verify needs from above it (open the dataset, rebuild the encoder,
 find the data root precompute recorded) arrives as `VerifyHooks`, injected by the `geo3d` CLI with
-`install_hooks` (geo3d/cli/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
+`install_hooks` (cli/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from geo3d.cliutil import handle_errors
-from geo3d.errors import DataError, Geo3dError
+from geo3d.core.cliutil import handle_errors
+from geo3d.core.errors import DataError, Geo3dError
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _spec_or_none(store: Path) -> Any:
     """The spec, or None when the metadata is damaged (verify_store then reports it as a fault, exit 1).
     A store from a newer geo3d is a usage error (exit 2): upgrade."""
     from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
-    from geo3d.errors import StoreError
+    from geo3d.core.errors import StoreError
 
     try:
         return spec_from_metadata(read_metadata(store))
@@ -106,7 +106,7 @@ def _spec_or_none(store: Path) -> Any:
 def _env_data_root() -> Path | None:
     import os
 
-    from geo3d.config import DATA_ROOT_ENV
+    from geo3d.core.config import DATA_ROOT_ENV
 
     return Path(os.environ[DATA_ROOT_ENV]) if os.environ.get(DATA_ROOT_ENV) else None
 

@@ -17,7 +17,7 @@ import numpy as np
 from geo3d.features_store.array_layout import INT_INDEX
 from geo3d.features_store.spec import StoreSpec, diff_specs
 from geo3d.data.lerobot_layout import VIEW_NAMES
-from geo3d.jsonvalue import plain_json
+from geo3d.core.jsonvalue import plain_json
 
 
 @dataclass(frozen=True)

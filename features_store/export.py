@@ -19,7 +19,7 @@ import numpy as np
 
 from geo3d.features_store import array_layout as L
 from geo3d.features_store.token_codec import frame_checksums
-from geo3d.errors import Geo3dError, StoreError
+from geo3d.core.errors import Geo3dError, StoreError
 
 FORMATS = ("hdf5", "npy", "pt")
 EXPORT_VERSION = 1
@@ -112,7 +112,7 @@ def read_blocks(store: Path, arrays: dict[str, Any], index: dict[str, np.ndarray
 
 def export_metadata(store: Path, meta: dict[str, Any], sel: Selection, fmt: str) -> dict[str, Any]:
     """What the export holds and how it was made (embedded in every format)."""
-    from geo3d.provenance import provenance, utc_now
+    from geo3d.core.provenance import provenance, utc_now
 
     spec = meta["spec"]
     return {"export_version": EXPORT_VERSION, "format": fmt, "store": str(store.resolve()),

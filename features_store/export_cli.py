@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from geo3d.cliutil import handle_errors
+from geo3d.core.cliutil import handle_errors
 
 
 @handle_errors
@@ -31,7 +31,7 @@ def export_cmd(
 ) -> None:
     """Export cached tokens + per-frame index + store metadata, verified bit for bit."""
     from geo3d.features_store.export import run_export
-    from geo3d.storage_faults import StorageFault, storage_guard
+    from geo3d.core.storage_faults import StorageFault, storage_guard
 
     try:
         with storage_guard("export", Path(out).absolute().parent, needed=lambda: _export_bytes(store, suite, frames),

@@ -26,7 +26,7 @@ import os
 import socket
 from pathlib import Path
 
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 class ShardLease:
@@ -122,7 +122,7 @@ def owner_record() -> dict:
     """host, pid, the process's start time (pid reuse) and boot id (reboots), the claim time (UTC and epoch)."""
     import time
 
-    from geo3d.provenance import utc_now
+    from geo3d.core.provenance import utc_now
 
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
             "boot_id": boot_id(), "claimed_utc": utc_now(), "claimed_unix": time.time()}

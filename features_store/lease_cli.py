@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from geo3d.cliutil import handle_errors
-from geo3d.errors import StoreError
+from geo3d.core.cliutil import handle_errors
+from geo3d.core.errors import StoreError
 
 
 @handle_errors

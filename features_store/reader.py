@@ -18,7 +18,7 @@ from geo3d.features_store import array_layout as L
 from geo3d.features_store.metadata import read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import ShardFileReader, direct_io
 from geo3d.features_store.spec import StoreSpec
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 class FeatureReader:

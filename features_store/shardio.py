@@ -18,7 +18,7 @@ import google_crc32c
 import numpy as np
 
 from geo3d.features_store.spec import StoreSpec
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 EMPTY = np.uint64(2**64 - 1)  # zarr's marker for a chunk that is not in the shard
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from geo3d.errors import StoreError
-from geo3d.jsonvalue import plain_json
+from geo3d.core.errors import StoreError
+from geo3d.core.jsonvalue import plain_json
 
 SCHEMA_VERSION = 1
 DTYPE = "bfloat16"  # the real dtype of the tokens

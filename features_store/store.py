@@ -35,7 +35,7 @@ from geo3d.features_store.lease import ShardLease, lock_scope_problem, try_lock
 from geo3d.features_store.metadata import build_metadata, read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import direct_io, write_shard_file
 from geo3d.features_store.spec import META_KEY, StoreSpec, diff_specs
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 class FeatureStore:
@@ -168,7 +168,7 @@ class FeatureStore:
     def _write_and_commit(self, shard: int, rng: range, bits: np.ndarray, index: Mapping[str, Any],
                           writer_info: Mapping[str, Any] | None) -> dict[str, Any]:
         from geo3d import __version__
-        from geo3d.provenance import utc_now
+        from geo3d.core.provenance import utc_now
 
         arrays = self._open_arrays()
         ints = {k: np.asarray(index[k], dtype=np.int64) for k in L.INT_INDEX}
@@ -233,7 +233,7 @@ class FeatureStore:
     # ---- repair ----------------------------------------------------------------------------------
     def mark_damaged(self, shards: Iterable[int], reason: str = "") -> list[int]:
         """Un-commit `shards` (their markers move to damaged/) so the next precompute redoes exactly them."""
-        from geo3d.provenance import utc_now
+        from geo3d.core.provenance import utc_now
 
         done = []
         for i in sorted(set(int(s) for s in shards)):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 # bf16 layout: 1 sign, 8 exponent, 7 mantissa bits. Exponent all ones = Inf (mantissa 0) or NaN, so with the
 # sign bit cleared a value is non-finite exactly when its bits are >= 0x7F80.

@@ -22,7 +22,7 @@ from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec
 from geo3d.features_store.spec import StoreSpec
 from geo3d.features_store.store import FeatureStore, open_arrays
 from geo3d.features_store.verify_report import VerifyReport
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 RecomputeFn = Callable[[np.ndarray], Any]  # frame indices -> torch.bfloat16 [k, V, T, D]
 

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
+from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
 
 DEFAULTS = ("data", "store", "precompute")
 
@@ -45,7 +45,7 @@ def precompute(
              "precompute.require_space": True if require_space else None}
     cfg = build_config(DEFAULTS, config, overrides, flags)
 
-    from geo3d.preemption import PREEMPTED_EXIT_CODE
+    from geo3d.core.preemption import PREEMPTED_EXIT_CODE
     from geo3d.precompute.run import run_precompute
 
     r = run_precompute(cfg)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from geo3d.errors import DataError
+from geo3d.core.errors import DataError
 
 _WORKER_MIXTURE: Any = None  # one LiberoMixture per decode process (or per in-process thread pool)
 
@@ -73,7 +73,7 @@ def _ready() -> bool:
 
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
     """Decode one episode in order; frames go through the one image path (to_model_images)."""
-    from geo3d.precompute.encoders.views import frames_to_model_input
+    from geo3d.encoders.views import frames_to_model_input
 
     if _WORKER_MIXTURE is None:
         _init_worker(source, ignore_signals=False)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from geo3d.precompute.encoders.base import GeometryEncoder
+from geo3d.encoders.base import GeometryEncoder
 
 
 @dataclass

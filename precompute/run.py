@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 LOG_DIR = "precompute_logs"  # inside the store: resolved configs and per-worker shard logs
 
@@ -96,11 +96,11 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     """One worker: check, start decoding, build the encoder, open/create the store, encode until done."""
     import torch
 
-    from geo3d.config import data_root_from
+    from geo3d.core.config import data_root_from
     from geo3d.data.mixture import LiberoMixture
     from geo3d.precompute.decode import DataSource, EpisodeFeeder
-    from geo3d.precompute.encoders import build_encoder, preflight_encoder
-    from geo3d.device import resolve_device
+    from geo3d.encoders import build_encoder, preflight_encoder
+    from geo3d.core.device import resolve_device
     from geo3d.precompute.worker_slot import worker_slot
 
     p = cfg.precompute
@@ -130,7 +130,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 
 def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
     """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
-    from geo3d.storage_faults import resume_command, storage_guard
+    from geo3d.core.storage_faults import resume_command, storage_guard
     from geo3d.precompute.space import fault_hooks
 
     spec = build_spec(encoder, mixture, cfg.store)
@@ -145,12 +145,12 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     from tqdm import tqdm
 
     from geo3d.features_store import FeatureStore
-    from geo3d.config import data_root_from, save_resolved
-    from geo3d.provenance import provenance
+    from geo3d.core.config import data_root_from, save_resolved
+    from geo3d.core.provenance import provenance
     from geo3d.precompute.pipeline import TokenBuffers, run_worker
     from geo3d.precompute.shard_planner import ShardPlanner
     from geo3d.precompute.space import check_free_space
-    from geo3d.preemption import PreemptionFlag
+    from geo3d.core.preemption import PreemptionFlag
     from geo3d.precompute.shard_writer import ShardWriter
 
     p = cfg.precompute

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from geo3d.features_store.space import remaining_bytes, spec_bytes
-from geo3d.errors import StoreError
-from geo3d.storage_faults import free_bytes, human_bytes
+from geo3d.core.errors import StoreError
+from geo3d.core.storage_faults import free_bytes, human_bytes
 
 
 def space_report(spec: Any, committed: list[int], where: str | Path) -> tuple[int, int | None, int]:

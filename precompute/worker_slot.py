@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 
 @dataclass(frozen=True)

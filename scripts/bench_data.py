@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # data_fixtures (synthetic fallback)
 
 from geo3d.data.mixture import LiberoMixture  # noqa: E402
-from geo3d.errors import DataError  # noqa: E402
+from geo3d.core.errors import DataError  # noqa: E402
 
 
 def open_mixture(args: argparse.Namespace, tmp: Path) -> tuple[LiberoMixture, str]:

@@ -56,7 +56,7 @@ def main() -> None:
             for fmt in ("hdf5", "npy", "pt"):
                 out = Path(tmp) / f"out{frames}.{fmt}"
                 proc = subprocess.run([sys.executable, "-c", CHILD, str(store), fmt, str(out)], capture_output=True,
-                                      text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                                      text=True, check=True)
                 secs, rss_kb = proc.stdout.split()
                 print(f"{frames:6d} frames ({size / 2**20:7.1f} MiB tokens)  {fmt:5s}  peak RSS {int(rss_kb) / 1024:7.1f} MiB"
                       f"  {size / 2**20 / float(secs):7.1f} MiB/s (incl. read-back verification)")

@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from data_fixtures import make_synthetic_libero  # noqa: E402
 
-from geo3d.cliutil import build_config  # noqa: E402
+from geo3d.core.cliutil import build_config  # noqa: E402
 
 CONFIGS = {
     "demo": [],
@@ -53,7 +53,7 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[
 
 
 def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) -> float:
-    from geo3d.precompute.encoders import build_encoder
+    from geo3d.encoders import build_encoder
     from geo3d.features_store import StoreLayout
     from geo3d.precompute.pipeline import encode_frames
 
@@ -99,7 +99,7 @@ def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], 
     import os
     from unittest import mock
 
-    import geo3d.precompute.encoders as encoders
+    import geo3d.encoders as encoders
 
     real_build = encoders.build_encoder
     runs = []

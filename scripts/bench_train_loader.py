@@ -66,8 +66,8 @@ def _collate_for(cfg):
     from geo3d.data.norm_stats import compute_norm_stats
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import TrainCollator
-    from geo3d.train.modeling.policy import build_policy
-    from geo3d.train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.policy import build_policy
+    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
 
     stats = compute_norm_stats(setup.open_mixture(cfg))
     spec = NormalizationSpec.from_cfg(cfg.model.normalization)
@@ -148,7 +148,7 @@ def peak_rss_of_training(a: argparse.Namespace, store: str, tmp: Path) -> dict[s
 
     from geo3d.train.run_config import compose_train_config
     from geo3d.data.mixture import LiberoMixture
-    from geo3d.config import data_root_from
+    from geo3d.core.config import data_root_from
 
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
     frames = len(LiberoMixture(cfg.data.suite, data_root_from(cfg), image_size=None))

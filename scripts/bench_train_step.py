@@ -31,17 +31,17 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from train_fixtures import make_matching_store  # noqa: E402
 
-from geo3d.compute_dtype import describe_cpu  # noqa: E402
+from geo3d.core.compute_dtype import describe_cpu  # noqa: E402
 from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 
 
 def _parts(compressor: str, store: Path, patch_embed: str):
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
     from geo3d.train.optim import build_optimizer
     from geo3d.train.precision import keep_trainable_fp32
-    from geo3d.train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
     from geo3d.train.run_config import compose_train_config
     from geo3d.data.norm_stats import compute_norm_stats
 

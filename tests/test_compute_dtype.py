@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from geo3d.compute_dtype import cpu_flags, cpu_has_native_bf16, resolve_compute_dtype
-from geo3d.errors import Geo3dError, StoreError
-from geo3d.precompute.encoders.tiny import TinyEncoder
+from geo3d.core.compute_dtype import cpu_flags, cpu_has_native_bf16, resolve_compute_dtype
+from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.encoders.tiny import TinyEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(width=32, depth=2, heads=2, out_dim=24, seed=0, image_size=56, tokens_per_view=4)
@@ -35,8 +35,8 @@ def test_native_bf16_needs_the_cpu_flag():
 
 def test_auto_is_float32_when_onednn_may_not_use_bf16_units():
     """A real process with oneDNN capped at AVX2 (bf16 emulated there, ~36x slower matmuls) resolves to fp32."""
-    code = "from geo3d.compute_dtype import resolve_compute_dtype as r; print(r('auto', 'cpu'))"
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(REPO)}
+    code = "from geo3d.core.compute_dtype import resolve_compute_dtype as r; print(r('auto', 'cpu'))"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "float32"
 
@@ -64,7 +64,7 @@ def test_a_store_of_another_compute_dtype_refuses_to_attach(tmp_path):
 
 
 def test_recompute_rebuilds_with_the_recorded_dtype_and_refuses_unrecorded_ones():
-    from geo3d.precompute.recompute import encoder_from_record
+    from geo3d.encoders.recompute import encoder_from_record
 
     fp32 = TinyEncoder(**SMALL, dtype="float32")
     again = encoder_from_record(fp32.identity(), fp32.preprocessing(), 4, device="cpu")

@@ -8,8 +8,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from geo3d.cliutil import build_config
-from geo3d.config import ConfigError, data_root_from, load_config, save_resolved
+from geo3d.core.cliutil import build_config
+from geo3d.core.config import ConfigError, data_root_from, load_config, save_resolved
 
 
 def test_merge_order_files_flags_overrides(tmp_path):

@@ -13,7 +13,7 @@ from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS, VALID_SUITES, resolve_suite
 from geo3d.data.video_decode import encode_av1
-from geo3d.errors import DataError, Geo3dError
+from geo3d.core.errors import DataError, Geo3dError
 
 SPEC = dict(suites=("libero_spatial", "libero_object"), episodes_per_suite=2, length=10, size=64, seed=1)
 

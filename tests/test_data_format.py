@@ -14,7 +14,7 @@ from geo3d.data.lerobot_layout import ACTION_KEY, CAMERA_KEYS, STATE_KEY
 from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.data.lerobot_writer import write_lerobot_dataset
-from geo3d.errors import DataError
+from geo3d.core.errors import DataError
 
 LENGTHS = (7, 12, 9)  # uneven, odd lengths: v3.0 episode boundaries fall mid-GOP
 SPEC = dict(suites=("libero_spatial",), episodes_per_suite=3, lengths=LENGTHS, size=64, seed=3)

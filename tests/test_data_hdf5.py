@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from hdf5_fixtures import hdf5_copy, write_task_file
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.data.suites import DEMO_DATA_ROOT
 from geo3d.data.transforms import to_model_images
-from geo3d.errors import DataError
+from geo3d.core.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def _precompute(data_root: Path, store: Path, *extra: str) -> None:
            str(data_root), "--store", str(store), "--batch-size", "16", "data.image_size=56",
            "encoder.tokens_per_view=4", "encoder.tiny.width=32", "encoder.tiny.heads=2", "encoder.tiny.out_dim=16",
            "store.shard_frames=64", "precompute.decode_workers=0", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PACKAGE_ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -75,7 +75,7 @@ def test_precompute_tokens_identical_from_hdf5_and_lerobot(h5_root, tmp_path):
         assert np.array_equal(np.asarray(a[k][:]), np.asarray(b[k][:]))
     deep = subprocess.run([sys.executable, "-m", "geo3d.cli", "verify-cache", str(tmp_path / "h5"), "--deep",
                            "--data-root", str(h5_root), "--no-progress"],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=PACKAGE_ROOT, timeout=600)
     assert deep.returncode == 0, deep.stdout + deep.stderr[-2000:]
 
 
@@ -211,7 +211,7 @@ def test_inspect_shows_the_same_model_inputs_for_both_copies(h5_root, tmp_path):
     for name, root in (("lr", DEMO_DATA_ROOT), ("h5", h5_root)):
         out = tmp_path / name
         proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(out), "--suite", "demo",
-                               "--frame", "700", "--data-root", str(root)], cwd=REPO_ROOT, capture_output=True,
+                               "--frame", "700", "--data-root", str(root)], cwd=PACKAGE_ROOT, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs.append(out)

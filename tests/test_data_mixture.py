@@ -163,7 +163,7 @@ def test_caches_stay_bounded_over_an_epoch(root):
 
 
 def test_from_config_uses_data_keys(root, monkeypatch):
-    from geo3d.config import load_config
+    from geo3d.core.config import load_config
 
     monkeypatch.delenv("GEO3D_DATA_ROOT", raising=False)
     cfg = load_config(["data"], [f"data.data_root={root}", "data.action_horizon=4", "data.image_size=28"])

@@ -13,7 +13,7 @@ from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import (Normalizer, compare_with_meta_stats, compute_norm_stats, load_norm_stats,
                                    save_norm_stats)
 from geo3d.data.suites import SUITE_FOLDERS
-from geo3d.errors import DataError
+from geo3d.core.errors import DataError
 
 SPEC = dict(suites=("libero_spatial", "libero_object"), episodes_per_suite=3, lengths=(9, 30, 4), size=64, seed=5)
 

@@ -8,7 +8,7 @@ import pytest
 
 from geo3d.data.suites import DEMO_DATA_ROOT
 from geo3d.cli.demo_eval import eval_plan
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 
 def test_plan_is_the_demo_datas_own_tasks_init_states_and_seed():

@@ -21,9 +21,9 @@ DEMO = ["--suite", "demo", "--config", "train/demo"]
 def qwen_dir(tmp_path_factory) -> Path:
     from omegaconf import OmegaConf
 
-    from geo3d.config import CONFIG_DIR
-    from geo3d.train.modeling.configuration_policy import PolicyConfig
-    from geo3d.train.modeling.tiny_qwen import build_tiny_model, tiny_model_dir
+    from geo3d.core.config import CONFIG_DIR
+    from geo3d.policy.configuration_policy import PolicyConfig
+    from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
 
     import torch
     model_cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml").model
@@ -107,8 +107,8 @@ def test_truncated_mapanything_weights_fail(qwen_dir, tmp_path):
 
 
 def test_missing_suite_fails(tmp_path):
-    from geo3d.config import REPO_ROOT
-    code, out, _ = doctor("--suite", "libero_goal", "--data-root", str(REPO_ROOT / "demo_data"), "--config",
+    from geo3d.core.config import PACKAGE_ROOT
+    code, out, _ = doctor("--suite", "libero_goal", "--data-root", str(PACKAGE_ROOT / "demo_data"), "--config",
                           "train/demo", "--store", str(tmp_path / "s"))
     assert code == 1, out
     line = next(x for x in out.splitlines() if "suite libero_goal" in x)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from geo3d.compute_dtype import resolve_compute_dtype
-from geo3d.errors import Geo3dError
+from geo3d.core.compute_dtype import resolve_compute_dtype
+from geo3d.core.errors import Geo3dError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
     # package present (stand-in) but no DINOv2 hub code in TORCH_HOME
     empty_home = tmp_path / "empty_torch_home"
     _one_clear_error(_cli(["--weights", str(weights), "--store", store],
-                          {"PYTHONPATH": f"{fake_pkgs}{os.pathsep}{REPO}", "TORCH_HOME": str(empty_home),
+                          {"PYTHONPATH": str(fake_pkgs), "TORCH_HOME": str(empty_home),
                            "FAKE_MA_LOG": str(tmp_path / "log.json")}),
                      "DINOv2 torch hub code is missing", "git clone https://github.com/facebookresearch/dinov2",
                      str(empty_home / "hub"))
@@ -163,7 +163,7 @@ def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
 
 
 def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.mapanything import MapAnythingEncoder
 
     log = tmp_path / "log.json"
     monkeypatch.syspath_prepend(str(fake_pkgs))
@@ -186,7 +186,7 @@ def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_p
 
 
 def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.mapanything import MapAnythingEncoder
 
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
@@ -197,7 +197,7 @@ def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fa
 
 
 def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
-    from geo3d.precompute.encoders.mapanything import import_mapanything_class
+    from geo3d.encoders.mapanything import import_mapanything_class
 
     bad = fake_pkgs / "mapanything/models/__init__.py"
     bad.write_text("import uniception_missing_dependency_xyz\n")
@@ -216,7 +216,7 @@ def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake
     dropped): with every name lookup and connect made to fail and recorded, none may be attempted."""
     import socket
 
-    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.mapanything import MapAnythingEncoder
 
     attempts = []
 
@@ -238,7 +238,7 @@ def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake
 
 
 def test_normalization_follows_the_models_data_norm_type(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.mapanything import MapAnythingEncoder
 
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))

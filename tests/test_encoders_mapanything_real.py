@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 INF = math.inf
 # mapanything v1.1 configs/model/mapanything.yaml (images_only, dpt_pose_scale) composed, then shrunk: ViT-S/14 with
@@ -70,7 +70,7 @@ def _real_package_or_skip():
     import importlib.metadata
     import sys
 
-    from geo3d.precompute.encoders.mapanything import dinov2_hub_dir, import_mapanything_class
+    from geo3d.encoders.mapanything import dinov2_hub_dir, import_mapanything_class
 
     try:
         importlib.metadata.version("mapanything")
@@ -95,7 +95,7 @@ def small_weights(tmp_path_factory):
     """A weights dir (config.json + model.safetensors) of a random-init small real MapAnything."""
     from safetensors.torch import save_model
 
-    from geo3d.precompute.encoders.mapanything import dinov2_hub_code_from_cache, dinov2_hub_dir
+    from geo3d.encoders.mapanything import dinov2_hub_code_from_cache, dinov2_hub_dir
 
     cls = _real_package_or_skip()
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def small_weights(tmp_path_factory):
 
 def _demo_frames() -> torch.Tensor:
     from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.encoders.views import frames_to_model_input
+    from geo3d.encoders.views import frames_to_model_input
 
     mix = LiberoMixture("demo", image_size=IMAGE)
     frames = [frames_to_model_input(mix.read_stored_frames(i), IMAGE, mix.frame_orientation(0)) for i in (0, 130)]
@@ -134,7 +134,7 @@ def test_the_normalization_table_is_uniceptions():
     _real_package_or_skip()
     from uniception.models.encoders.image_normalizations import IMAGE_NORMALIZATION_DICT
 
-    from geo3d.precompute.encoders.views import NORM_TYPES
+    from geo3d.encoders.views import NORM_TYPES
 
     assert set(NORM_TYPES) == set(IMAGE_NORMALIZATION_DICT)
     for name, (mean, std) in NORM_TYPES.items():
@@ -145,8 +145,8 @@ def test_the_normalization_table_is_uniceptions():
 def test_adapter_tokens_equal_mapanythings_own_forward(small_weights, monkeypatch):
     import socket
 
-    from geo3d.precompute.encoders.mapanything import MapAnythingEncoder
-    from geo3d.precompute.encoders.views import pool_view_features
+    from geo3d.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.views import pool_view_features
 
     weights, reference = small_weights
     attempts = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geo3d.errors import Geo3dError
-from geo3d.precompute.encoders.tiny import TinyEncoder
+from geo3d.core.errors import Geo3dError
+from geo3d.encoders.tiny import TinyEncoder
 
 SMALL = dict(width=32, depth=2, heads=2, out_dim=24, seed=0, image_size=56, tokens_per_view=4)
 
@@ -62,8 +62,8 @@ def test_bad_sizes_are_clear_errors():
 
 
 def test_rebuilt_from_the_recorded_identity_gives_the_same_tokens():
-    from geo3d.errors import StoreError
-    from geo3d.precompute.recompute import encoder_from_record
+    from geo3d.core.errors import StoreError
+    from geo3d.encoders.recompute import encoder_from_record
 
     enc = TinyEncoder(**SMALL)
     again = encoder_from_record(enc.identity(), enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")

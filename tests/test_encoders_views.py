@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geo3d.errors import Geo3dError
-from geo3d.precompute.encoders.views import (IMAGENET_MEAN, IMAGENET_STD, check_image_size, frames_to_model_input,
+from geo3d.core.errors import Geo3dError
+from geo3d.encoders.views import (IMAGENET_MEAN, IMAGENET_STD, check_image_size, frames_to_model_input,
                                        grid_side, normalize_views, pool_view_features, preprocessing_record)
 
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from eval_fixtures import ENV, geo3d, sim_available
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 pytestmark = pytest.mark.sim
 _REASON = sim_available()
@@ -20,7 +20,7 @@ if _REASON is not None:
 
 
 def _replay(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(geo3d("replay", "--suite", "libero_spatial", "--episodes", "0", *args), cwd=REPO_ROOT,
+    return subprocess.run(geo3d("replay", "--suite", "libero_spatial", "--episodes", "0", *args), cwd=PACKAGE_ROOT,
                           capture_output=True, text=True, timeout=300, env=ENV)
 
 

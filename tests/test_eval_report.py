@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from eval_fixtures import ENV, SHARED_RUNS, evaluated_run, geo3d, run, sim_available, trained_runs
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 pytestmark = [pytest.mark.slow, SHARED_RUNS]  # trains real runs first (eval_fixtures)
 
@@ -61,7 +61,7 @@ def test_report_compares_two_runs(runs, tmp_path):
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
-    proc = subprocess.run(geo3d("report", str(tmp_path), "--out", str(tmp_path / "r")), cwd=REPO_ROOT,
+    proc = subprocess.run(geo3d("report", str(tmp_path), "--out", str(tmp_path / "r")), cwd=PACKAGE_ROOT,
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 2 and "metrics.jsonl is missing" in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -1,4 +1,4 @@
-"""Evaluation logic that needs no simulator: the stop flag (every preemption signal of geo3d.preemption,
+"""Evaluation logic that needs no simulator: the stop flag (every preemption signal of geo3d.core.preemption,
 SIGTERM and SIGUSR1, asks the episode loop to stop; each evaluation starts with it cleared and restores the
 handlers) and the --resume check that keeps episodes of other settings out of one success rate."""
 
@@ -10,12 +10,12 @@ import signal
 
 import pytest
 
-from geo3d.preemption import PreemptionFlag
+from geo3d.core.preemption import PreemptionFlag
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signals_set_the_stop_flag_and_handlers_are_restored(sig):
-    """Eval uses geo3d.preemption's flag like precompute and train (no module-level stop state of its own)."""
+    """Eval uses geo3d.core.preemption's flag like precompute and train (no module-level stop state of its own)."""
     before = signal.getsignal(sig)
     stop = PreemptionFlag().install()
     try:
@@ -46,8 +46,8 @@ def test_resume_refuses_results_of_other_settings_or_another_checkpoint(tmp_path
     from omegaconf import OmegaConf
 
     from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
-    from geo3d.config import save_resolved
-    from geo3d.errors import Geo3dError
+    from geo3d.core.config import save_resolved
+    from geo3d.core.errors import Geo3dError
 
     cfg = OmegaConf.create({"eval": {"suite": "libero_spatial", "max_steps": 10, "settle_steps": 10, "replan_steps": 8,
                                      "gripper": {"sim_sign": 1.0, "binarize": True}, "render_size": 256, "seed": 7,

@@ -15,7 +15,7 @@ from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, trained_runs
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.evaluation.server import PolicyServer
 from geo3d.evaluation.msgpack_wire import packb, unpackb
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 pytestmark = SHARED_RUNS
 

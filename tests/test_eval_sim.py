@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
-from geo3d.config import CONFIG_DIR, REPO_ROOT
-from geo3d.preemption import PREEMPTED_EXIT_CODE
+from geo3d.core.config import CONFIG_DIR, PACKAGE_ROOT
+from geo3d.core.preemption import PREEMPTED_EXIT_CODE
 
 pytestmark = [pytest.mark.sim, SHARED_RUNS]
 _REASON = sim_available()
@@ -28,7 +28,7 @@ def sim_trace():
     """Observations of libero_spatial task 0 (init state 0): after settling, after 15 dataset-convention
     'close' commands, after 15 'open' commands."""
     from geo3d.evaluation.episode import EpisodeSettings, to_sim_action
-    from geo3d import sim
+    from geo3d.core import sim
 
     sim.configure("osmesa")
     gripper = OmegaConf.load(CONFIG_DIR / "eval.yaml").eval.gripper
@@ -76,7 +76,7 @@ def test_eval_images_are_the_training_images(sim_trace, tmp_path):
     from geo3d.data.suites import SUITE_FOLDERS
     from geo3d.data.lerobot_writer import write_lerobot_dataset
     from geo3d.data.transforms import RAW_RENDER, to_model_images
-    from geo3d.sim import raw_frames, state_from_obs
+    from geo3d.core.sim import raw_frames, state_from_obs
 
     obs_list = [sim_trace[k] for k in ("settled", "closed", "opened")]
     stored = [to_model_images(raw_frames(o), None, RAW_RENDER) for o in obs_list]  # as the demo generator stores
@@ -145,7 +145,7 @@ def test_eval_refuses_to_mix_results_and_resumes(evaluated):
     run_dir, res = evaluated
     args = ["eval", "--ckpt", str(run_dir), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task",
             "1", "--max-steps", "10"]
-    proc = subprocess.run(geo3d(*args), cwd=REPO_ROOT, capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(geo3d(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 2 and "already holds evaluation results" in proc.stderr
     run([*args, "--resume"])  # everything already done: no episode reruns, same results
     again = json.loads((run_dir / "eval_libero_spatial_step2" / "results.json").read_text())
@@ -188,7 +188,7 @@ def test_sigterm_keeps_finished_episodes_and_resume_completes(tmp_path_factory, 
     out = tmp_path / "ev"
     args = ["eval", "--ckpt", str(runs["pool"]), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task",
             "2", "--max-steps", "6", "--out", str(out)]
-    proc = subprocess.Popen(geo3d(*args), cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(geo3d(*args), cwd=PACKAGE_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 400  # a guard against a hung simulator, not a speed assertion
     while not ((out / "episodes.jsonl").exists() and (out / "episodes.jsonl").read_text().strip()):

@@ -14,7 +14,7 @@ import torch
 
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec
 from geo3d.features_store.export import INDEX_FIELDS, read_export
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 ENCODER = {"name": "export-test", "fingerprint": "export-0", "config": {"seed": 1}}
 DATASETS = [{"name": "libero_spatial_no_noops_1.0.0_lerobot", "num_frames": 30},
@@ -51,7 +51,7 @@ def _make_store(path: Path, commit_all: bool = True) -> tuple[Path, torch.Tensor
 
 def _export(store: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "export", str(store), "--no-progress", *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == expect, proc.stderr[-2000:]
     return proc
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 VIEWS = ("agentview", "wrist")
 
 
 def _inspect(out: Path, *args: str, timeout: float = 600) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(out), *args], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(out), *args], cwd=PACKAGE_ROOT,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "inspect.json").read_text())
@@ -57,7 +57,7 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
     torch.testing.assert_close(got["pixel_values"], want["pixel_values"], rtol=0, atol=1e-5)
     # what the geometry encoder got: its normalized views rebuilt from the PNGs equal those of the stored frame
-    from geo3d.precompute.encoders.views import frames_to_model_input
+    from geo3d.encoders.views import frames_to_model_input
     stored = frames_to_model_input(mixture.read_stored_frames(130), p.encoder.image_size, "upright")
     rebuilt = p.encoder.model_inputs(torch.from_numpy(geo_png[None]))
     for a, b in zip(rebuilt, p.encoder.model_inputs(torch.from_numpy(stored[None]))):
@@ -85,7 +85,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(tmp_path):
     for args, needle in ((["--suite", "demo"], "exactly one of --frame"),
                          (["--suite", "demo", "--frame", "999999"], "out of range")):
         proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(tmp_path / "o"), *args],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                              cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "o" / "inspect.json").exists()
 

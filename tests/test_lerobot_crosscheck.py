@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import make_synthetic_libero
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.suites import SUITE_FOLDERS
 
@@ -42,7 +42,7 @@ def test_lerobot_reads_the_v3_fixtures_exactly_like_geo3d(tmp_path):
                                  size=48, version="v3.0", episodes_per_file=2)
     folder = root / SUITE_FOLDERS["libero_spatial"]
     dump = tmp_path / "lerobot.npz"
-    proc = subprocess.run([PY, str(REPO_ROOT / "scripts" / "lerobot_dump.py"), str(folder), str(dump)],
+    proc = subprocess.run([PY, str(PACKAGE_ROOT / "scripts" / "lerobot_dump.py"), str(folder), str(dump)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = np.load(dump)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from geo3d.config import CONFIG_DIR, REPO_ROOT, ConfigError
-from geo3d.train.modeling.action_head import FlowMatchingHead
-from geo3d.train.modeling.compressors import build_compressor, group_mean
-from geo3d.train.modeling.configuration_policy import PolicyConfig
-from geo3d.train.modeling.dit import Attention
+from geo3d.core.config import CONFIG_DIR, PACKAGE_ROOT, ConfigError
+from geo3d.policy.action_head import FlowMatchingHead
+from geo3d.policy.compressors import build_compressor, group_mean
+from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.dit import Attention
 from geo3d.train.run_config import compose_train_config
 
 # The fork's `datasets.vla_data.CoT_prompt`, quoted from its configs (e.g. starVLA/config/training/
@@ -117,7 +117,7 @@ def test_state_off_drops_the_token_and_freezes_the_unused_encoder():
 
 
 def test_prompt_template_wraps_the_instruction_like_the_fork(tmp_path_factory):
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
 
     policy = build_policy(compose_train_config(overrides=["model_config=tiny", "preset=fork"]).model)
     assert policy.processor.template == FORK_COT
@@ -183,8 +183,8 @@ def test_dit_gradient_checkpointing_recomputes_blocks_with_equal_gradients():
 
 
 def test_vlm_gradient_checkpointing_recomputes_decoder_layers_with_equal_gradients():
-    from geo3d.train.modeling.vlm import QwenVLBackbone
-    from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
+    from geo3d.policy.vlm import QwenVLBackbone
+    from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
 
     grads, calls = {}, {}
     for on in (False, True):
@@ -222,7 +222,7 @@ def test_ablation_dry_run_prints_the_fork_sizes():
     import sys
 
     r = subprocess.run([sys.executable, "-m", "geo3d.cli", "train", "--config", "configs/train/ablation_qformer.yaml",
-                        "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                        "--dry-run"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout)
     assert report["preset"] == "fork"

@@ -11,10 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from geo3d.config import REPO_ROOT
-from geo3d.train.modeling.configuration_policy import TinyVLMConfig
-from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
-from geo3d.train.modeling.tiny_qwen import build_tokenizer
+from geo3d.core.config import PACKAGE_ROOT
+from geo3d.policy.configuration_policy import TinyVLMConfig
+from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
+from geo3d.policy.tiny_qwen import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_offline_save_and_load_round_trip(tmp_path):
     same model inputs (the cluster loads the 3B the same way: local_files_only, no hub)."""
     script = textwrap.dedent(f"""
         import numpy as np, torch
-        from geo3d.train.modeling.configuration_policy import TinyVLMConfig
-        from geo3d.train.modeling.processor_policy import PolicyProcessor, load_hf_processor
-        from geo3d.train.modeling.tiny_qwen import tiny_model_dir
+        from geo3d.policy.configuration_policy import TinyVLMConfig
+        from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
+        from geo3d.policy.tiny_qwen import tiny_model_dir
         src = tiny_model_dir(TinyVLMConfig(), {str(tmp_path / 'cache')!r})
         first = PolicyProcessor(load_hf_processor(str(src)))
         first.hf.save_pretrained({str(tmp_path / 'saved')!r})
@@ -85,7 +85,7 @@ def test_offline_save_and_load_round_trip(tmp_path):
         print("ROUNDTRIP_OK", a["input_ids"].shape[1])
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE_ROOT, env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ROUNDTRIP_OK" in res.stdout

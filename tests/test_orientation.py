@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geo3d.data.orientation import orientation_probe
-from geo3d.errors import Geo3dError, StoreError
+from geo3d.core.errors import Geo3dError, StoreError
 
 OLD_PROBE = {"orientation": "rot180", "sha256": "0123456789abcdef", "stored_size": "256"}  # as old stores hold it
 

@@ -38,8 +38,8 @@ def test_wheel_holds_every_module_and_shipped_folder(wheel):
     files = {n[:-3].replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py")}
     assert source_modules() <= files, sorted(source_modules() - files)
     assert not {n.split("/")[0] for n in names} - {"geo3d", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
-    for shipped in ("geo3d/configs/data.yaml", "geo3d/configs/model/tiny.yaml", "geo3d/sbatch/train.sbatch",
-                    "geo3d/sbatch/job_lib.sh", "geo3d/demo_data/libero_spatial_no_noops_1.0.0_lerobot/meta/info.json"):
+    for shipped in ("geo3d/configs/data.yaml", "geo3d/configs/model/tiny.yaml", "geo3d/scripts/slurm/train.sbatch",
+                    "geo3d/scripts/slurm/job_lib.sh", "geo3d/demo_data/libero_spatial_no_noops_1.0.0_lerobot/meta/info.json"):
         assert shipped in names, shipped
 
 
@@ -52,8 +52,8 @@ def test_wheel_install_runs_from_a_directory_with_shadowing_files(wheel, tmp_pat
     for name in ("train", "precompute", "evaluation", "features_store"):
         (work / f"{name}.py").write_text("raise SystemExit('shadowed')\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = ("import geo3d, geo3d.config as c, geo3d.data.suites as s, geo3d.cli.slurm.render as r, "
-            "geo3d.train.inference; print(geo3d.__file__, c.CONFIG_DIR, s.DEMO_DATA_ROOT, r.TEMPLATE_DIR)")
+    code = ("import geo3d, geo3d.core.config as c, geo3d.data.suites as s, geo3d.cli.slurm.render as r, "
+            "geo3d.policy.inference; print(geo3d.__file__, c.CONFIG_DIR, s.DEMO_DATA_ROOT, r.TEMPLATE_DIR)")
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     paths = out.stdout.split()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 from geo3d.precompute.shard_planner import ShardPlanner, missing_runs
 from geo3d.precompute.worker_slot import worker_slot
 

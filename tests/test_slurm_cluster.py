@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_synthetic_libero
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 from slurm_cluster import SlurmCluster, cannot_run_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GEO3D = str(Path(sys.executable).parent / "geo3d")
 # `make test`'s venv in the checkout, else the venv running the tests (e.g. a git worktree without its own .venv)
-VENV = REPO_ROOT / ".venv" if (REPO_ROOT / ".venv" / "bin" / "activate").is_file() else Path(sys.prefix)
+VENV = PACKAGE_ROOT / ".venv" if (PACKAGE_ROOT / ".venv" / "bin" / "activate").is_file() else Path(sys.prefix)
 ACTIVATE = f"source {VENV / 'bin' / 'activate'}"
 STEPS = 40  # enough that the USR1 sent after step 1 lands mid-run (6 steps took 1.2 s: the run could end first)
 # Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
@@ -100,7 +100,7 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 
 
 def final_weights(run: Path) -> dict:
-    from geo3d.train.weights_io import load_weights
+    from geo3d.policy.weights_io import load_weights
     return load_weights(run / "checkpoints" / f"steps_{STEPS}")
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_synthetic_libero
-from geo3d.config import REPO_ROOT
-from geo3d.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.core.config import PACKAGE_ROOT
+from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from slurm_cluster import SlurmCluster, cannot_run_reason
 from storage_fixtures import small_fs
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GEO3D = str(Path(sys.executable).parent / "geo3d")
 # the environment running this test, with this checkout first on the path (a worktree has no .venv of its own)
-ACTIVATE = f"source {Path(sys.executable).parent / 'activate'} && export PYTHONPATH={REPO_ROOT}"
+ACTIVATE = f"source {Path(sys.executable).parent / 'activate'}"
 JOB = ["slurm.precompute.num_shards=1", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",
        "slurm.precompute.time=00:10:00"]
 SMALL = ["data.image_size=56", "encoder.tokens_per_view=16", "encoder.tiny.width=32", "encoder.tiny.heads=2",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import make_synthetic_libero
-from geo3d.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from storage_fixtures import geo3d, small_fs
 
 # 16 tokens x 512 dims x 2 views x bf16 = 32 KiB per frame, 8-frame shards (256 KiB): 130 frames ~ 4.2 MB.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from geo3d.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from storage_fixtures import geo3d, small_fs
 from geo3d.train.checkpoint import list_checkpoints
 from geo3d.train.metrics import read_metrics
@@ -34,7 +34,7 @@ def _args(data: Path, store: Path, out: Path, *extra: str) -> list[str]:
 def _assert_same_run(a: Path, b: Path) -> None:
     import torch
 
-    from geo3d.train.weights_io import load_weights
+    from geo3d.policy.weights_io import load_weights
     wa, wb = (load_weights(d / "checkpoints" / f"steps_{STEPS}") for d in (a, b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["loss"] for r in read_metrics(a)] == [r["loss"] for r in read_metrics(b)]

@@ -1,4 +1,4 @@
-"""geo3d.storage_faults: which errors are storage faults, the message, the size estimate, `geo3d submit` on a
+"""geo3d.core.storage_faults: which errors are storage faults, the message, the size estimate, `geo3d submit` on a
 read-only filesystem, and the SLURM job library never requeueing on exit 74."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from geo3d.storage_faults import (STORAGE_FAULT_EXIT_CODE, StorageFault, classify, guard_writes, resume_command,
+from geo3d.core.storage_faults import (STORAGE_FAULT_EXIT_CODE, StorageFault, classify, guard_writes, resume_command,
                                   storage_guard)
 from storage_fixtures import REPO, geo3d, small_fs
 

@@ -12,7 +12,7 @@ import torch
 
 from geo3d.features_store import FeatureReader, FeatureStore
 from geo3d.features_store.testing import synthetic_index, synthetic_spec, synthetic_tokens
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 CTX = mp.get_context("fork")  # real OS processes; fork keeps start-up cheap
 

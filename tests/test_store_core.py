@@ -12,7 +12,7 @@ import torch
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout
 from geo3d.features_store.testing import (make_synthetic_store, synthetic_index, synthetic_spec, synthetic_tokens,
                                     write_all_shards)
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 def test_roundtrip_is_bit_exact_including_special_values(tmp_path):

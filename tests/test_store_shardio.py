@@ -12,7 +12,7 @@ from geo3d.features_store import FeatureReader, FeatureStore
 from geo3d.features_store import array_layout as L
 from geo3d.features_store import shardio
 from geo3d.features_store.testing import synthetic_spec, synthetic_tokens, write_all_shards
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 def _store(path, spec, direct: bool, monkeypatch):

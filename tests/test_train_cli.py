@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 from train_fixtures import make_train_data, run_geo3d, train_args
 
 pytestmark = pytest.mark.slow  # real geo3d train subprocesses
@@ -79,7 +79,7 @@ print("MODULES=" + json.dumps({"code": code, "modules": sorted(m for m in sys.mo
 def test_training_never_imports_the_geometry_encoder(data_store, tmp_path):
     data, store = data_store
     args = train_args(data, store, tmp_path / "run", "qformer", 3)
-    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=PACKAGE_ROOT, capture_output=True, text=True,
                        timeout=600)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("MODULES=")][-1]
     probe = json.loads(line[len("MODULES="):])

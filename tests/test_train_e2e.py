@@ -71,7 +71,7 @@ def _predict_from_checkpoint_dir(ckpt, data, store, compressor):
     from geo3d.features_store import FeatureReader
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.norm_stats import load_norm_stats
-    from geo3d.train.inference import load_policy
+    from geo3d.policy.inference import load_policy
 
     policy = load_policy(ckpt)
     assert policy.step == 60 and policy.compressor == compressor

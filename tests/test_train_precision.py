@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from geo3d.config import CONFIG_DIR
-from geo3d.errors import Geo3dError
+from geo3d.core.config import CONFIG_DIR
+from geo3d.core.errors import Geo3dError
 from geo3d.train.precision import accelerate_precision, inference_autocast, keep_trainable_fp32
 
 LR = 1e-5
@@ -19,7 +19,7 @@ def _tiny_cache(tmp_path_factory, monkeypatch):
 
 
 def _policy(vlm_dtype: str):
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
     OmegaConf.update(cfg, "model.vlm.dtype", vlm_dtype, force_add=True)  # on top of the YAML
     OmegaConf.update(cfg, "model.compressor.type", "mean", force_add=True)
@@ -76,7 +76,7 @@ def test_trainable_params_become_fp32_frozen_ones_keep_their_dtype():
 
 
 def test_auto_precision_follows_the_compute_dtype_rule():
-    from geo3d.compute_dtype import resolve_compute_dtype
+    from geo3d.core.compute_dtype import resolve_compute_dtype
     want = "bf16" if resolve_compute_dtype("auto", "cpu") == "bfloat16" else "no"
     assert accelerate_precision("auto", "cpu") == want and accelerate_precision("auto", "cuda") == "bf16"
     assert accelerate_precision("no", "cuda") == "no"

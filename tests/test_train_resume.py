@@ -11,7 +11,7 @@ import time
 import pytest
 
 from geo3d.train.metrics import METRICS_FILE, read_metrics
-from geo3d.preemption import PREEMPTED_EXIT_CODE
+from geo3d.core.preemption import PREEMPTED_EXIT_CODE
 from train_fixtures import geo3d_cmd, make_train_data, run_geo3d, train_args
 
 pytestmark = pytest.mark.slow  # kills and resumes real training subprocesses
@@ -37,7 +37,7 @@ def _args(data, store, out):  # with EMA on, so its state is saved and restored 
 
 
 def _final_weights(out):
-    from geo3d.train.weights_io import load_weights
+    from geo3d.policy.weights_io import load_weights
     return load_weights(out / "checkpoints" / f"steps_{STEPS}")
 
 
@@ -50,8 +50,8 @@ def _start_and_signal_at(args, out, step, sig):
     """Start `geo3d train`, wait until metrics.jsonl has `step`, send `sig`; returns the exit code."""
     import os
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    from geo3d.config import REPO_ROOT
-    proc = subprocess.Popen(geo3d_cmd(*args), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+    from geo3d.core.config import PACKAGE_ROOT
+    proc = subprocess.Popen(geo3d_cmd(*args), cwd=PACKAGE_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     path = out / METRICS_FILE

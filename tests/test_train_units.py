@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from geo3d.errors import Geo3dError, StoreError
+from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from geo3d.train.metrics import MetricsLogger, module_grad_norms, read_metrics
 from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler, cosine_factor
@@ -148,7 +148,7 @@ def test_preemption_flag_records_the_first_signal_and_restores_handlers():
     import os
     import signal
 
-    from geo3d.preemption import PreemptionFlag
+    from geo3d.core.preemption import PreemptionFlag
 
     before = signal.getsignal(signal.SIGUSR1)
     flag = PreemptionFlag().install()

@@ -100,7 +100,7 @@ def test_store_of_another_dataset_is_reported(world, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ}
     env.pop("GEO3D_DATA_ROOT", None)
     return subprocess.run([sys.executable, "-m", "geo3d.cli", "verify-cache", *args], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)

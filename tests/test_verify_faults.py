@@ -14,7 +14,7 @@ from geo3d.features_store import FeatureStore, verify_store
 from geo3d.features_store import array_layout as L
 from geo3d.features_store.token_codec import frame_checksums
 from geo3d.features_store.testing import make_synthetic_store, synthetic_tokens, write_all_shards
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
-from geo3d.config import REPO_ROOT
+from geo3d.core.config import PACKAGE_ROOT
 
 ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {"seed": 0}}
 
@@ -26,7 +26,7 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
     for span in mixture.episodes():
         for k, (_, cid) in enumerate(mixture.iter_episode(span.dataset_id, span.episode_index)):
             content[span.start + k] = cid
-    from geo3d.precompute.encoders.views import image_path_probe
+    from geo3d.encoders.views import image_path_probe
     preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224),
                      **(preprocessing or {})}
     spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER, preprocessing=preprocessing,
@@ -54,7 +54,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def run_geo3d(args: Sequence[str], timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`geo3d ...` in a real subprocess from the repo root."""
-    return subprocess.run(geo3d_cmd(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(geo3d_cmd(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=timeout,
                           env=subprocess_env(**(env_extra or {})))
 
 

@@ -5,7 +5,7 @@
                                  max_shard_size: model-0000i-of-0000n.safetensors + model.safetensors.index.json
     config.yaml                  the run's resolved config (model, data, train)
     vlm/config.json              the VLM architecture: load_policy builds it from here, never from the base dir
-    processor/ processor.json norm_stats.json   the processor pipeline (train/modeling/processor_pipeline.py)
+    processor/ processor.json norm_stats.json   the processor pipeline (policy/processor_pipeline.py)
     steps_<N>_pytorch_model.pt   only with train.checkpoint.starvla_pt=true (the seed's file, for StarVLA tools)
     checkpoint.json              step, provenance, weights layout; written last
     resume/                      optimizer, scheduler, RNG per process, trainer state (step, sampler, EMA
@@ -31,9 +31,9 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 from geo3d.features_store.fsutil import fsync_dir, fsync_tree
-from geo3d.train.weights_io import load_weights, save_weights, tied_aliases, weight_files
+from geo3d.policy.weights_io import load_weights, save_weights, tied_aliases, weight_files
 
 from geo3d.train.run_layout import CKPT_DIR, MARKER  # torch-free: geo3d submit reads them
 

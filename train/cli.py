@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from geo3d.cliutil import CONFIG_OPTION, OVERRIDES_ARG, handle_errors
-from geo3d.preemption import PREEMPTED_EXIT_CODE  # after a signal, once the resume checkpoint is written
+from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, handle_errors
+from geo3d.core.preemption import PREEMPTED_EXIT_CODE  # after a signal, once the resume checkpoint is written
 
 
 @handle_errors
@@ -53,7 +53,7 @@ def train(
         typer.echo(json.dumps({**report, "memory": memory.as_dict()}, indent=2))
         typer.echo("per-GPU training memory (estimate):\n" + memory.render(), err=True)
         return
-    from geo3d.storage_faults import resume_command, storage_guard
+    from geo3d.core.storage_faults import resume_command, storage_guard
     from geo3d.train.launch import run_training
     from geo3d.train.run_config import run_dir_of
     from geo3d.train.storage import fault_hooks

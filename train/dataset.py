@@ -3,7 +3,7 @@ geometry tokens from the features store, by the shared global frame index.
 
 The store is opened lazily in each DataLoader worker (never in the parent before fork). Samples stay raw;
 the collate (`TrainCollator`, in the workers) runs the policy's processor pipeline: tokenization, state and
-action normalization (train/modeling/processor_pipeline.py), the same pipeline inference uses.
+action normalization (policy/processor_pipeline.py), the same pipeline inference uses.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TrainCollator:
     index [B]."""
 
     def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline  # geo3d.train.modeling.processor_pipeline.PolicyPipeline
+        self.pipeline = pipeline  # geo3d.policy.processor_pipeline.PolicyPipeline
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = np.stack([s["images"] for s in samples])

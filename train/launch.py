@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 from geo3d.train import preflight as setup
 from geo3d.train.checkpoint import TrainerState
 from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
@@ -47,7 +47,7 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
     memory estimate (train/memory.py) — no memory used."""
     from geo3d.train.memory import estimate_memory
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
     from geo3d.train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
@@ -85,7 +85,7 @@ def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerSta
 
 def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     """Validate, build, (resume,) train. Raises Geo3dError for bad input before any training step."""
-    from geo3d.preemption import PreemptionFlag
+    from geo3d.core.preemption import PreemptionFlag
     flag = PreemptionFlag().install()
     try:
         return _run_training(cfg, resume, flag)
@@ -98,8 +98,8 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
     from geo3d.train.metrics import MetricsLogger
     from geo3d.train.checkpoint import restore_weights
-    from geo3d.train.modeling.policy import build_policy
-    from geo3d.train.modeling.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.policy import build_policy
+    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
     from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
     from geo3d.train.precision import keep_trainable_fp32
 

@@ -74,7 +74,7 @@ def _param_groups(cfg: DictConfig) -> tuple[dict[str, tuple[int, int, int]], Any
     """(module -> (params, trainable, bytes per param as stored), the VLM config), from a meta-device build."""
     import warnings
 
-    from geo3d.train.modeling.policy import build_policy
+    from geo3d.policy.policy import build_policy
     from geo3d.train.optim import apply_freeze
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "base dir not found: using the published architecture"

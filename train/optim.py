@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 
 # Every module group a policy can have; a variant may lack one (the `none` compressor has no compressor),
 # so config keys naming these are valid even when this model has no such module.

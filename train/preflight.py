@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.config import data_root_from, save_resolved
-from geo3d.errors import Geo3dError, StoreError
-from geo3d.provenance import provenance
+from geo3d.core.config import data_root_from, save_resolved
+from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.core.provenance import provenance
 from geo3d.train.checkpoint import latest_checkpoint, read_marker
 from geo3d.train.metrics import METRICS_FILE
 from geo3d.train.run_config import resume_differences, run_dir_of
@@ -26,7 +26,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 
 def compressor_type(cfg: DictConfig) -> str:
     """The configured compressor, refused early (before data or model) when the policy does not know it."""
-    from geo3d.train.modeling.configuration_policy import COMPRESSOR_TYPES
+    from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
     name = OmegaConf.select(cfg, "model.compressor.type", default=None)
     if name not in COMPRESSOR_TYPES:
         raise Geo3dError(f"unknown compressor {name!r}; use --compressor one of {list(COMPRESSOR_TYPES)}")
@@ -37,7 +37,7 @@ def preflight(cfg: DictConfig) -> None:
     """Config checks that need no data: model config valid, compressor known, optional tools installed."""
     import importlib.util
 
-    from geo3d.train.modeling.configuration_policy import PolicyConfig
+    from geo3d.policy.configuration_policy import PolicyConfig
     from geo3d.data.lerobot_layout import STATE_DIM
     compressor_type(cfg)
     head = PolicyConfig.from_cfg(cfg.model).action_head

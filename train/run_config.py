@@ -1,6 +1,6 @@
 """How `geo3d train` composes its config, and where a run lives.
 
-Through the one builder every verb uses (geo3d.cliutil.build_config): configs/data.yaml <
+Through the one builder every verb uses (geo3d.core.cliutil.build_config): configs/data.yaml <
 configs/model/<model_config>.yaml < configs/preset/<preset>.yaml < configs/train/default.yaml <
 configs/train/demo.yaml (the demo preset: only for `--suite demo` without any --config, and announced on
 stderr) < --config files < explicit flags < positional key=value overrides. `model_config` and `preset`
@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.cliutil import MODEL_CONFIG_KEY, build_config
-from geo3d.config import ConfigError, load_config
+from geo3d.core.cliutil import MODEL_CONFIG_KEY, build_config
+from geo3d.core.config import ConfigError, load_config
 
 DATA_DEFAULTS = "data.yaml"
 TRAIN_DEFAULTS = "train/default.yaml"
@@ -60,7 +60,7 @@ def compose_train_config(configs: Iterable[Path] | None = None, overrides: Itera
     cfg = build_config([DATA_DEFAULTS, *layers], None, overrides, {FLAG_KEYS[k]: v for k, v in flags.items()})
     if OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None) is None:
         raise ConfigError("no model_config set: give one (e.g. model_config=tiny) naming configs/model/<name>.yaml")
-    from geo3d.train.modeling.configuration_policy import full_model_section  # torch-free
+    from geo3d.policy.configuration_policy import full_model_section  # torch-free
 
     cfg.model = full_model_section(cfg.get("model", {}))  # the class's defaults + the YAML's differences
     return cfg

@@ -40,7 +40,7 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
 
 def fault_hooks(cfg: DictConfig) -> dict[str, Callable[[], Any]]:
     """storage_guard hooks for a training run."""
-    from geo3d.storage_faults import human_bytes
+    from geo3d.core.storage_faults import human_bytes
     from geo3d.train.run_config import run_dir_of
 
     run_dir = run_dir_of(cfg)

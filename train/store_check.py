@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from geo3d.errors import StoreError
+from geo3d.core.errors import StoreError
 
 
 def check_token_shape(spec: Any, geometry_cfg: Mapping[str, Any], store_path: str | Path) -> None:

@@ -16,11 +16,11 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from geo3d.errors import Geo3dError
+from geo3d.core.errors import Geo3dError
 from geo3d.train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
 from geo3d.train.dataset import move_batch
 from geo3d.train.metrics import MetricsLogger, StepTimer, module_grad_norms
-from geo3d.preemption import PreemptionFlag
+from geo3d.core.preemption import PreemptionFlag
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainingParts:
     sampler: Any
     state: TrainerState
     logger: MetricsLogger
-    pipeline: Any  # geo3d.train.modeling.processor_pipeline.PolicyPipeline, saved with every checkpoint
+    pipeline: Any  # geo3d.policy.processor_pipeline.PolicyPipeline, saved with every checkpoint
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
 
 

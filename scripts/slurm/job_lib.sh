@@ -35,7 +35,7 @@ run_forwarding() {
 
 # finish RC: requeue after a time-limit USR1 when the command saved its state (exit code in
 # REQUEUE_EXIT_CODES); otherwise exit with RC so --dependency=afterok sees the truth. A storage fault
-# (STORAGE_FAULT_EXIT_CODE, geo3d.storage_faults) is never requeued, even after a USR1.
+# (STORAGE_FAULT_EXIT_CODE, geo3d.core.storage_faults) is never requeued, even after a USR1.
 finish() {
   local rc=$1 code
   if [[ $rc == "${STORAGE_FAULT_EXIT_CODE:-74}" ]]; then  # full disk / quota / EIO / EROFS: a rerun fails the same way

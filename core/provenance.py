@@ -1,0 +1,48 @@
+"""How a run was made: recorded in every artifact geo3d writes (stores, checkpoints, reports)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from geo3d import __version__
+from geo3d.core.config import PACKAGE_ROOT
+
+
+def git_commit() -> str | None:
+    """The source commit (with `-dirty` when the tree has local changes), or None outside a checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(PACKAGE_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PACKAGE_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, Any]:
+    """A JSON-serialisable record of tool version, code commit, command line, host and library versions."""
+    libs = {}
+    for name in ("torch", "numpy", "zarr", "transformers", "accelerate", "av", "pyarrow"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            libs[name] = getattr(mod, "__version__", "?")
+    return {
+        "tool": "geo3d",
+        "tool_version": __version__,
+        "git_commit": git_commit(),
+        "argv": list(sys.argv),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "libraries": libs,
+        "created_utc": utc_now(),
+    }
