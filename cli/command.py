@@ -59,10 +59,6 @@ def build_app(verbs: Iterable[str] | None = None) -> typer.Typer:
             app.add_typer(fn, name=name, help=help_text)
         else:
             app.command(name, help=help_text)(fn)
-        if name == "verify-cache":
-            from geo3d.cli.verify_hooks import install_verify_hooks
-
-            install_verify_hooks()
     return app
 
 

@@ -44,8 +44,7 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
         finally:
             client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
-    from geo3d.policy.inference import read_marker
-    from geo3d.policy.inference import resolve_checkpoint
+    from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
     marker = read_marker(ckpt)

@@ -1,7 +1,7 @@
 """The one interface evaluation needs from a policy, and the two ways to get one (in-process or remote).
 
-Evaluation imports `geo3d.policy.inference` only (ARCHITECTURE.md), and only inside `load_local_policy`, so the
-server and eval loop can be exercised with any object that has `predict_action`.
+A local policy is `geo3d.policy.pretrained.Policy` (imported inside `load_local_policy`: torch + transformers are
+heavy), so the server and eval loop can be exercised with any object that has `predict_action`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from geo3d.data.lerobot_layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
 from geo3d.core.errors import Geo3dError
 
-# What a policy reports about itself (LoadedPolicy reads them from its checkpoint; RemotePolicy from the server).
+# What a policy reports about itself (a local Policy reads them from its checkpoint; RemotePolicy from the server).
 POLICY_INFO_KEYS = ("action_horizon", "action_dim", "state_dim", "image_size", "num_views", "compressor",
                     "checkpoint", "step")
 
@@ -33,7 +33,7 @@ def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: s
     from omegaconf import OmegaConf
 
     from geo3d.core.device import resolve_device
-    from geo3d.policy.inference import load_policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
+    from geo3d.policy.pretrained import Policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
 
     ckpt_dir = resolve_checkpoint(ckpt)
     device = resolve_device(device)
@@ -44,7 +44,7 @@ def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: s
 
         image_size = int(OmegaConf.load(ckpt_dir / "config.yaml").data.image_size)
         encoder = build_live_encoder(marker.get("store"), image_size, device, encoder_weights)
-    return load_policy(ckpt_dir, device=device, geometry_encoder=encoder)
+    return Policy.from_pretrained(ckpt_dir, device=device, geometry_encoder=encoder)
 
 
 def policy_info(policy: Any) -> dict[str, Any]:

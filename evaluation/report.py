@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from geo3d.core.errors import Geo3dError
-from geo3d.train.metrics_file import METRICS_FILE, read_metrics, window_means
+from geo3d.policy.run_dir import METRICS_FILE, read_metrics, window_means
 
 # Keys of train/metrics.py records: loss; grad_norm.compressor (null when the compressor got no gradient, e.g.
 # `none`); geom_attention_mass = [one value per DiT layer].

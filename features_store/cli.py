@@ -1,44 +1,25 @@
 """`geo3d verify-cache STORE`: exit 0 when clean, 1 when faults were found, 2 for usage errors.
 
-The store sits below both stages, so what verify needs from above it (open the dataset, rebuild the encoder,
-find the data root precompute recorded) arrives as `VerifyHooks`, injected by the `geo3d` CLI with
-`install_hooks` (cli/verify_hooks.py). Imports nothing heavy at module level (the CLI loads every verb).
+Composed from plain parts: the store (features_store.verify), the dataset it was made from (geo3d.data) and,
+for --recompute, the encoder its identity records (geo3d.encoders) — all layers below the store's verb.
+Heavy modules (zarr, torch) are imported inside the verb: `geo3d --help` loads every verb module.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
 from geo3d.core.cliutil import handle_errors
-from geo3d.core.errors import DataError, Geo3dError
-
-
-@dataclass(frozen=True)
-class VerifyHooks:
-    """What verify-cache needs from the layers above the store."""
-
-    open_dataset: Callable[[str, Optional[Path]], Any]  # (suite, data_root) -> a LiberoMixture-like dataset
-    make_recompute: Callable[[Any, Optional[Path]], Any]  # (spec, data_root) -> fn(frame indices) -> bf16 tokens
-    recorded_data_root: Callable[[Path], Optional[Path]]  # store -> the data root its precompute run used
-
-
-_HOOKS: list[VerifyHooks] = []
-
-
-def install_hooks(hooks: VerifyHooks) -> None:
-    """Called once by the CLI that registers this verb."""
-    _HOOKS[:] = [hooks]
-
-
-def _hooks() -> VerifyHooks:
-    if not _HOOKS:
-        raise Geo3dError("verify-cache was started without its dataset/encoder hooks; run it as `geo3d verify-cache`")
-    return _HOOKS[0]
+from geo3d.core.config import DATA_ROOT_ENV
+from geo3d.core.errors import DataError, Geo3dError, StoreError
+from geo3d.features_store.metadata import (SchemaTooNewError, read_metadata, recorded_data_root,
+                                           spec_from_metadata)
 
 
 @handle_errors
@@ -60,23 +41,21 @@ def verify_cache(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Prove a features store complete and true; name every bad frame."""
-    from geo3d.features_store.metadata import read_metadata
-    from geo3d.features_store.verify import verify_store
+    from geo3d.encoders.recompute import make_recompute_fn  # torch
+    from geo3d.features_store.verify import verify_store  # zarr
 
     if no_dataset and deep:
         raise Geo3dError("--deep compares against the dataset: drop --no-dataset or --deep")
     if not (store / "zarr.json").is_file():
         read_metadata(store)  # no store here: a usage error (exit 2) naming the path
     spec = _spec_or_none(store)
-    data_root = data_root or _env_data_root() or _hooks().recorded_data_root(store)
+    data_root = data_root or _env_data_root() or recorded_data_root(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
-    recompute_fn = _hooks().make_recompute(spec, data_root) if recompute and spec is not None else None
+    recompute_fn = make_recompute_fn(spec, str(data_root) if data_root else None) if recompute and spec is not None else None
     report = verify_store(store, mixture=mixture, deep=deep, recompute=recompute_fn, recompute_frames=recompute,
                           seed=seed, recompute_atol=recompute_atol, progress=progress)
     marked = _mark(store, report) if mark_damaged else []
     if as_json:
-        import json
-
         print(json.dumps({**report.to_dict(), "data_root": data_root and str(data_root), "marked_damaged": marked},
                          default=str))
     else:
@@ -92,9 +71,6 @@ def verify_cache(
 def _spec_or_none(store: Path) -> Any:
     """The spec, or None when the metadata is damaged (verify_store then reports it as a fault, exit 1).
     A store from a newer geo3d is a usage error (exit 2): upgrade."""
-    from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
-    from geo3d.core.errors import StoreError
-
     try:
         return spec_from_metadata(read_metadata(store))
     except SchemaTooNewError:
@@ -104,10 +80,6 @@ def _spec_or_none(store: Path) -> Any:
 
 
 def _env_data_root() -> Path | None:
-    import os
-
-    from geo3d.core.config import DATA_ROOT_ENV
-
     return Path(os.environ[DATA_ROOT_ENV]) if os.environ.get(DATA_ROOT_ENV) else None
 
 
@@ -116,8 +88,10 @@ def _open_mixture(spec: Any, data_root: Path | None) -> Any:
     if not suite:
         raise Geo3dError("the store records no dataset suite, so it cannot be checked against a dataset; "
                          "pass --no-dataset to check the store alone")
+    from geo3d.data.mixture import LiberoMixture  # pyarrow, av
+
     try:
-        return _hooks().open_dataset(suite, data_root)
+        return LiberoMixture(suite, data_root=data_root)
     except DataError as e:
         raise Geo3dError(f"cannot open the store's dataset (suite {suite!r}) to check it: {e}. Pass --data-root "
                          "DIR, or --no-dataset to check the store alone") from None

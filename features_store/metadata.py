@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from geo3d.features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
 from geo3d.core.errors import StoreError
 
@@ -63,3 +65,19 @@ def spec_from_metadata(meta: dict[str, Any]) -> StoreSpec:
         return StoreSpec.from_dict(meta["spec"])
     except (KeyError, TypeError) as e:
         raise StoreError(f"store metadata has a malformed spec ({e}); the store is damaged") from e
+
+
+PRECOMPUTE_LOG_DIR = "precompute_logs"  # inside the store: each precompute run's resolved config and shard log
+
+
+def recorded_data_root(store_path: Path) -> Path | None:
+    """The data root the store's frames came from: the newest resolved config in the store's precompute logs
+    that names an existing one (verify-cache's default when no --data-root is given)."""
+    for cfg_file in sorted((Path(store_path) / PRECOMPUTE_LOG_DIR).glob("*.config.yaml"), reverse=True):
+        try:
+            root = OmegaConf.select(OmegaConf.load(cfg_file), "data.data_root", default=None)
+        except Exception:  # an unreadable log is not a reason to fail verification
+            continue
+        if root and Path(root).is_dir():
+            return Path(root)
+    return None

@@ -100,7 +100,7 @@ class ActionHeadConfig:
 
 @dataclass
 class NormalizationConfig:
-    """How the processor pipeline normalizes (policy/processor_pipeline.py); methods in NORM_METHODS."""
+    """How the processor pipeline normalizes (policy/processor_policy.py); methods in NORM_METHODS."""
 
     action: str = "min_max"
     state: str = "mean_std"

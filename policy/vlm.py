@@ -17,6 +17,7 @@ from torch import nn
 
 from geo3d.core.errors import Geo3dError
 from geo3d.policy.configuration_policy import VLMConfig
+from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -73,6 +74,12 @@ class PatchProjection(nn.Module):
         return F.linear(x.flatten(1), self.weight.flatten(1))[:, :, None, None, None]
 
 
+def vlm_source_dir(cfg: VLMConfig) -> Path:
+    """The directory a new run's VLM (and its processor files) comes from: the tiny model's generated directory
+    (built offline once, cached) or the local Qwen2.5-VL directory named by model.vlm.source."""
+    return tiny_model_dir(cfg.tiny) if cfg.source == "tiny" else Path(cfg.source).expanduser()
+
+
 class QwenVLBackbone(nn.Module):
     """Wraps `Qwen2_5_VLForConditionalGeneration`; returns the hidden states the DiT layers read."""
 
@@ -101,10 +108,9 @@ class QwenVLBackbone(nn.Module):
     def _build(cls, cfg: VLMConfig, meta: bool) -> "QwenVLBackbone":
         dtype = DTYPES[cfg.dtype]
         if cfg.source == "tiny":
-            from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
-            model_dir = tiny_model_dir(cfg.tiny)
+            model_dir = vlm_source_dir(cfg)
             return cls(build_tiny_model(cfg.tiny, model_dir, dtype, cfg.attn_implementation, meta), model_dir)
-        return cls._build_local(Path(cfg.source).expanduser(), dtype, cfg.attn_implementation, meta)
+        return cls._build_local(vlm_source_dir(cfg), dtype, cfg.attn_implementation, meta)
 
     @classmethod
     def _build_local(cls, path: Path, dtype: torch.dtype, attn: str, meta: bool) -> "QwenVLBackbone":

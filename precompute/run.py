@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from geo3d.core.errors import Geo3dError
+from geo3d.features_store.metadata import PRECOMPUTE_LOG_DIR
 
-LOG_DIR = "precompute_logs"  # inside the store: resolved configs and per-worker shard logs
 
 
 @dataclass
@@ -42,21 +42,8 @@ def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
                      dataset=mixture.identity(), layout=StoreLayout.from_config(layout_cfg))
 
 
-def recorded_data_root(store_path: Path) -> Path | None:
-    """The data root the store's frames came from: the newest resolved config in the store's precompute logs
-    that names an existing one (verify-cache gets this function injected; the store does not know the logs)."""
-    for cfg_file in sorted((Path(store_path) / LOG_DIR).glob("*.config.yaml"), reverse=True):
-        try:
-            root = OmegaConf.select(OmegaConf.load(cfg_file), "data.data_root", default=None)
-        except Exception:  # an unreadable log is not a reason to fail verification
-            continue
-        if root and Path(root).is_dir():
-            return Path(root)
-    return None
-
-
 def _log_paths(store_path: Path) -> tuple[Path, Path]:
-    d = store_path / LOG_DIR
+    d = store_path / PRECOMPUTE_LOG_DIR
     d.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}"
     return d / f"{stem}.config.yaml", d / f"{stem}.shards.jsonl"

@@ -66,12 +66,12 @@ def _collate_for(cfg):
     from geo3d.data.norm_stats import compute_norm_stats
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import TrainCollator
-    from geo3d.policy.policy import build_policy
-    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.modeling_policy import build_policy
+    from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
 
     stats = compute_norm_stats(setup.open_mixture(cfg))
     spec = NormalizationSpec.from_cfg(cfg.model.normalization)
-    return TrainCollator(PolicyPipeline(build_policy(cfg.model).processor, stats, spec))
+    return TrainCollator(PolicyProcessor(build_policy(cfg.model).processor, stats, spec))
 
 
 def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float]]:

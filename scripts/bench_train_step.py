@@ -9,7 +9,7 @@ demo_data with a matching store of random tokens. Per step, interleaved over --s
 Three variants run on the same batches from the same initial weights, in rotating order: fp32 with the VLM's
 patch embedding as transformers' Conv3d (the step before the cut), fp32 with it as a matmul
 (`model.vlm.patch_embed=matmul`, the default), and bf16 CPU autocast; trainable parameters fp32 as in training
-(train/precision.py). Which precision `auto` picks here is printed.
+(policy/precision.py). Which precision `auto` picks here is printed.
 
     python scripts/bench_train_step.py [--steps 12] [--compressor qformer]
 """
@@ -38,10 +38,10 @@ from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 def _parts(compressor: str, store: Path, patch_embed: str):
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
     from geo3d.train.optim import build_optimizer
-    from geo3d.train.precision import keep_trainable_fp32
-    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.precision import keep_trainable_fp32
+    from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
     from geo3d.train.run_config import compose_train_config
     from geo3d.data.norm_stats import compute_norm_stats
 
@@ -53,7 +53,7 @@ def _parts(compressor: str, store: Path, patch_embed: str):
     policy = build_policy(cfg.model)
     keep_trainable_fp32(policy, "bf16")
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
-    pipeline = PolicyPipeline(policy.processor, compute_norm_stats(mixture),
+    pipeline = PolicyProcessor(policy.processor, compute_norm_stats(mixture),
                               NormalizationSpec.from_cfg(cfg.model.normalization))
     dataset = GeoTrainDataset(mixture, str(store))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--compressor", default="qformer")
     args = ap.parse_args()
-    from geo3d.train.precision import accelerate_precision
+    from geo3d.policy.precision import accelerate_precision
 
     with tempfile.TemporaryDirectory() as d:
         from geo3d.data.mixture import LiberoMixture

@@ -23,9 +23,9 @@ from eval_fixtures import ENV, SHARED_RUNS, ServeProcess, trained_runs
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.core.config import PACKAGE_ROOT
 from geo3d.core.errors import Geo3dError
-from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints, write_inference_files
-from geo3d.policy.inference import load_policy
 from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints
 
 pytestmark = SHARED_RUNS
 
@@ -55,19 +55,60 @@ def test_copied_checkpoint_dir_alone_serves_and_predicts(runs, tmp_path):
     assert not empty_cache.exists() or not any(empty_cache.iterdir())
 
 
-def test_pipeline_normalizes_state_and_round_trips_actions(runs):
-    policy = load_policy(runs["pool"])
-    pipe = policy.pipeline
+def test_processor_normalizes_state_and_round_trips_actions(runs):
+    policy = Policy.from_pretrained(runs["pool"])
+    pipe = policy.processor
     stats = pipe.stats
     assert pipe.spec.state == "mean_std" and pipe.spec.action == "min_max"
-    assert pipe.tokenizer.template.startswith("Your task is {instruction}.")  # the pool run is preset fork: the
-    assert pipe.tokenizer.template == PolicyConfig.from_cfg(policy.cfg).vlm.prompt_template  # served = trained
+    assert pipe.vlm_inputs.template.startswith("Your task is {instruction}.")  # the pool run is preset fork: the
+    assert pipe.vlm_inputs.template == PolicyConfig.from_cfg(policy.config).vlm.prompt_template  # served = trained
     state = np.asarray(stats["state"]["mean"], np.float32) + np.asarray(stats["state"]["std"], np.float32)
     images = np.zeros((1, 2, 56, 56, 3), np.uint8)
     batch = pipe.preprocess(images, ["open the top drawer"], state[None])
     np.testing.assert_allclose(batch["state"].numpy(), 1.0, atol=1e-5)  # (mean + std - mean) / std
     raw = np.asarray(stats["action"]["max"], np.float32)[None]
     np.testing.assert_allclose(pipe.postprocess(pipe.normalize_actions(raw)), raw, atol=1e-5)
+
+
+LOAD_ALONE = """
+import sys, numpy as np, torch
+from geo3d.policy.pretrained import Policy
+policy = Policy.from_pretrained(sys.argv[1])
+images = np.zeros((2, 56, 56, 3), np.uint8)
+actions = policy.predict_action(images, "open the drawer", np.zeros(8, np.float32), geometry=torch.zeros(2, 16, 128))
+stages = sorted(m for m in sys.modules if m.split(".")[:2] in (["geo3d", "train"], ["geo3d", "precompute"],
+                                                               ["geo3d", "features_store"], ["geo3d", "evaluation"]))
+print(actions.shape, policy.step, stages)
+"""
+
+
+def test_policy_loads_and_acts_in_a_process_that_imports_no_stage(runs, tmp_path):
+    """The policy is one object below both stages: a fresh process loads a run's checkpoint directory and acts
+    without importing the trainer, stage 1, the store or evaluation."""
+    r = subprocess.run([sys.executable, "-c", LOAD_ALONE, str(runs["pool"])], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shape, _, rest = r.stdout.strip().partition(") ")
+    assert shape == "(8, 7" and rest.split(" ", 1)[1] == "[]", r.stdout
+
+
+def test_save_pretrained_round_trips_a_policy(runs, tmp_path):
+    policy = Policy.from_pretrained(runs["pool"])
+    policy.save_pretrained(tmp_path / "copy", step=policy.step, extra={"image_orientation": policy_marker(runs)})
+    again = Policy.from_pretrained(tmp_path / "copy")
+    a, b = policy.model.state_dict(), again.model.state_dict()
+    assert again.step == policy.step and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    images = np.random.default_rng(1).integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)
+    geometry = torch.randn(2, 16, 128, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    x = policy.predict_action(images, "open the drawer", np.ones(8, np.float32), geometry=geometry)
+    torch.manual_seed(0)
+    y = again.predict_action(images, "open the drawer", np.ones(8, np.float32), geometry=geometry)
+    np.testing.assert_array_equal(x, y)
+
+
+def policy_marker(runs) -> dict:
+    return json.loads((latest_checkpoint(runs["pool"]) / MARKER).read_text())["image_orientation"]
 
 
 def _reduced_3b(tmp_path):
@@ -92,7 +133,7 @@ def _reduced_3b(tmp_path):
 
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path, runs):
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
 
     cfg = _reduced_3b(tmp_path)
     policy = build_policy(cfg.model, vlm_config_dir=tmp_path / "vlm_src")
@@ -100,12 +141,11 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     with torch.no_grad():
         for p in policy.parameters():
             p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).to(p.dtype))
-    tiny_pipeline = load_policy(runs["pool"]).pipeline  # no 151k-token tokenizer offline: the tiny one stands in
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    record = write_inference_files(ckpt, policy.state_dict(), policy, tiny_pipeline, cfg, 7)
+    tiny_processor = Policy.from_pretrained(runs["pool"]).processor  # no 151k-token tokenizer offline: the tiny one
+    ckpt = tmp_path / "ckpt"  # stands in
     from geo3d.data.orientation import orientation_probe
-    (ckpt / MARKER).write_text(json.dumps({"step": 7, "image_orientation": orientation_probe(), **record}))
+    record = Policy(policy, tiny_processor, cfg).save_pretrained(
+        ckpt, 7, max_shard_size="300MB", extra={"image_orientation": orientation_probe()})
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert len(record["weights"]) > 1 and set(index["weight_map"].values()) == set(record["weights"])
     assert record["tied"] == {"vlm.model.lm_head.weight": "vlm.model.model.language_model.embed_tokens.weight"}
@@ -113,16 +153,17 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
     saved_vlm = json.loads((ckpt / "vlm" / "config.json").read_text())
     assert saved_vlm["text_config"]["hidden_size"] == 2048 and saved_vlm["text_config"]["vocab_size"] == 151936
 
-    loaded = load_policy(ckpt)
-    a, b = policy.state_dict(), loaded.policy.state_dict()
+    loaded = Policy.from_pretrained(ckpt)
+    assert loaded.step == 7 and json.loads((ckpt / MARKER).read_text()) == json.loads(json.dumps(record))
+    a, b = policy.state_dict(), loaded.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    tied = loaded.policy.vlm.model
+    tied = loaded.model.vlm.model
     assert tied.lm_head.weight.data_ptr() == tied.model.language_model.embed_tokens.weight.data_ptr()
-    assert loaded.policy.vlm.model.dtype == torch.bfloat16
+    assert loaded.model.vlm.model.dtype == torch.bfloat16
 
     os.remove(ckpt / record["weights"][-1])
     with pytest.raises(Geo3dError, match="missing weight shard"):
-        load_policy(ckpt)
+        Policy.from_pretrained(ckpt)
 
 
 def test_old_format_checkpoint_is_refused_with_a_clear_message(runs, tmp_path):
@@ -133,7 +174,7 @@ def test_old_format_checkpoint_is_refused_with_a_clear_message(runs, tmp_path):
     marker["weights"] = "steps_2_pytorch_model.pt"
     (ckpt / MARKER).write_text(json.dumps(marker))
     with pytest.raises(Geo3dError, match="old-format geo3d checkpoint"):
-        load_policy(ckpt)
+        Policy.from_pretrained(ckpt)
 
 
 KILL_SCRIPT = """
@@ -172,7 +213,7 @@ def test_kill_9_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     assert any("WRITING" in x for x in lines), "".join(lines)[-3000:]
     assert (out / "checkpoints" / ".steps_4.partial").is_dir()  # killed inside the save
     assert [s for s, _ in list_checkpoints(out)] == [2]
-    policy = load_policy(out)
+    policy = Policy.from_pretrained(out)
     assert policy.step == 2
     sample_images = np.zeros((2, 64, 64, 3), np.uint8)
     geometry = torch.zeros(2, 16, 32)

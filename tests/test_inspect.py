@@ -51,7 +51,7 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     vlm_png = np.stack([_png(tmp_path, f"vlm_{v}") for v in VIEWS])
     geo_png = np.stack([_png(tmp_path, f"geometry_{v}") for v in VIEWS])
     # what the VLM got: pixel_values rebuilt from the PNGs by the policy's own processor equal the sample's
-    tokenizer = p.pipeline.tokenizer
+    tokenizer = p.processor.vlm_inputs
     want = tokenizer(item["images"][None], [item["instruction"]])
     got = tokenizer(vlm_png[None], [item["instruction"]])
     assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])

@@ -63,7 +63,7 @@ def test_user_files_in_the_working_directory_do_not_shadow_geo3d(tmp_path):
     for name in SHADOWS:
         (tmp_path / f"{name}.py").write_text(f"raise SystemExit('user file {name}.py was imported')\n")
     env = dict(os.environ)
-    code = ("import geo3d.policy.inference, geo3d.train.cli, geo3d.precompute.run, geo3d.features_store.verify, "
+    code = ("import geo3d.policy.pretrained, geo3d.train.cli, geo3d.precompute.run, geo3d.features_store.verify, "
             "geo3d.evaluation.server, geo3d.cli; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

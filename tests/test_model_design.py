@@ -117,17 +117,20 @@ def test_state_off_drops_the_token_and_freezes_the_unused_encoder():
 
 
 def test_prompt_template_wraps_the_instruction_like_the_fork(tmp_path_factory):
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.processor_policy import PolicyProcessor
 
-    policy = build_policy(compose_train_config(overrides=["model_config=tiny", "preset=fork"]).model)
-    assert policy.processor.template == FORK_COT
-    text = policy.processor.prompt("pick up the black bowl", num_views=2)
+    stats = {f: {k: [0.0] * 8 if k in ("min", "mean") else [1.0] * 8 for k in ("min", "max", "mean", "std")}
+             for f in ("action", "state")}
+    fork = PolicyProcessor.for_config(compose_train_config(overrides=["model_config=tiny", "preset=fork"]).model,
+                                      stats).vlm_inputs
+    assert fork.template == FORK_COT
+    text = fork.prompt("pick up the black bowl", num_views=2)
     assert "Your task is pick up the black bowl. To identify the key objects for your task." in text
     assert text.count("<|image_pad|>") == 2 and text.index("<|vision_end|>") < text.index("Your task is")
-    raw = build_policy(compose_train_config(overrides=["model_config=tiny"]).model).processor
+    raw = PolicyProcessor.for_config(compose_train_config(overrides=["model_config=tiny"]).model, stats).vlm_inputs
     assert "Your task" not in raw.prompt("pick up the black bowl", 2) and raw.template == "{instruction}"
     images = np.zeros((1, 2, 56, 56, 3), dtype=np.uint8)
-    assert policy.processor(images, ["x"])["input_ids"].shape[1] > raw(images, ["x"])["input_ids"].shape[1]
+    assert fork(images, ["x"])["input_ids"].shape[1] > raw(images, ["x"])["input_ids"].shape[1]
 
 
 def test_fork_head_counts_977_75m_exactly_on_the_meta_device():
@@ -184,14 +187,14 @@ def test_dit_gradient_checkpointing_recomputes_blocks_with_equal_gradients():
 
 def test_vlm_gradient_checkpointing_recomputes_decoder_layers_with_equal_gradients():
     from geo3d.policy.vlm import QwenVLBackbone
-    from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
+    from geo3d.policy.processor_policy import VLMInputs
 
     grads, calls = {}, {}
     for on in (False, True):
         vlm = QwenVLBackbone.build(tiny(f"model.vlm.gradient_checkpointing={on}").vlm).train()
         layers = vlm.model.model.language_model.layers
         counter = _count_calls(layer.mlp for layer in layers)  # inside the checkpointed forward
-        proc = PolicyProcessor(load_hf_processor(str(vlm.model_dir)))
+        proc = VLMInputs.from_dir(vlm.model_dir)
         inputs = proc(np.full((1, 2, 56, 56, 3), 100, dtype=np.uint8), ["open the drawer"])
         sum(h.square().mean() for h in vlm(inputs, 2)).backward()
         grads[on], calls[on] = [p.grad.clone() for p in layers.parameters()], counter[0]

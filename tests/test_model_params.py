@@ -60,7 +60,7 @@ def test_vlm_arch_matches_the_seed_count(tmp_path):
 
 
 def test_full_policy_meta_build_param_counts(tmp_path):
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
 
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent")
@@ -72,4 +72,3 @@ def test_full_policy_meta_build_param_counts(tmp_path):
     assert set(counts) == {"vlm", "compressor", "action_head", "total"}
     assert counts["compressor"]["total"] == 16 * (1536 * 2048 + 2048)
     assert counts["total"]["total"] == sum(counts[k]["total"] for k in ("vlm", "compressor", "action_head"))
-    assert policy.processor is None  # no checkpoint dir here: nothing to tokenize with

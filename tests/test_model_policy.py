@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from geo3d.core.config import CONFIG_DIR
 from geo3d.core.errors import Geo3dError
 from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
-from geo3d.policy.policy import GeoVLAPolicy, build_policy
+from geo3d.policy.modeling_policy import GeoVLAPolicy, build_policy
+from geo3d.policy.processor_policy import VLMInputs
 
 B = 2
 
@@ -27,7 +28,8 @@ def make_batch(policy: GeoVLAPolicy, seed: int = 0, size: int = 56) -> dict:
     """Processor output for B image pairs + instructions, plus geometry/state/actions (one row padded)."""
     g = np.random.default_rng(seed)
     images = g.integers(0, 256, (B, 2, size, size, 3), dtype=np.uint8)
-    batch = policy.processor(images, ["pick up the black bowl", "open the top drawer of the cabinet"])
+    batch = VLMInputs.from_dir(policy.vlm.model_dir)(images, ["pick up the black bowl",
+                                                             "open the top drawer of the cabinet"])
     t = torch.Generator().manual_seed(seed)
     geo = policy.cfg.geometry
     pad = torch.zeros(B, 8, dtype=torch.bool)
@@ -125,8 +127,9 @@ def test_cached_context_equals_recomputed_context():
     flat.load_state_dict(policy.state_dict())
     rep = {k: v for k, v in make_batch(flat).items()}
     images = np.repeat(np.random.default_rng(0).integers(0, 256, (B, 2, 56, 56, 3), dtype=np.uint8), 3, axis=0)
-    rep.update(flat.processor(images, [s for s in ["pick up the black bowl",
-                                                   "open the top drawer of the cabinet"] for _ in range(3)]))
+    rep.update(VLMInputs.from_dir(flat.vlm.model_dir)(images, [s for s in ["pick up the black bowl",
+                                                                           "open the top drawer of the cabinet"]
+                                                               for _ in range(3)]))
     for key in ("geometry", "state", "actions", "action_pad"):
         rep[key] = batch[key].repeat_interleave(3, 0)
     torch.manual_seed(123)
@@ -178,7 +181,7 @@ def test_local_checkpoint_dir_loads_offline_like_the_3b(tmp_path):
     tiny = build_policy(tiny_cfg("pool"))
     ckpt = tmp_path / "qwen_local"
     tiny.vlm.model.save_pretrained(ckpt)
-    tiny.processor.hf.save_pretrained(ckpt)
+    VLMInputs.from_dir(tiny.vlm.model_dir).hf.save_pretrained(ckpt)
     cfg = tiny_cfg("pool")
     cfg.model.vlm.source = str(ckpt)
     loaded = build_policy(cfg)

@@ -13,13 +13,13 @@ import pytest
 
 from geo3d.core.config import PACKAGE_ROOT
 from geo3d.policy.configuration_policy import TinyVLMConfig
-from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
+from geo3d.policy.processor_policy import VLMInputs
 from geo3d.policy.tiny_qwen import build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_vlm_dir) -> PolicyProcessor:
-    return PolicyProcessor(load_hf_processor(str(tiny_vlm_dir)))
+def processor(tiny_vlm_dir) -> VLMInputs:
+    return VLMInputs.from_dir(tiny_vlm_dir)
 
 
 def images(b: int = 2, v: int = 2, size: int = 224, seed: int = 0) -> np.ndarray:
@@ -71,12 +71,12 @@ def test_offline_save_and_load_round_trip(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, torch
         from geo3d.policy.configuration_policy import TinyVLMConfig
-        from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
+        from geo3d.policy.processor_policy import VLMInputs
         from geo3d.policy.tiny_qwen import tiny_model_dir
         src = tiny_model_dir(TinyVLMConfig(), {str(tmp_path / 'cache')!r})
-        first = PolicyProcessor(load_hf_processor(str(src)))
+        first = VLMInputs.from_dir(src)
         first.hf.save_pretrained({str(tmp_path / 'saved')!r})
-        second = PolicyProcessor(load_hf_processor({str(tmp_path / 'saved')!r}))
+        second = VLMInputs.from_dir({str(tmp_path / 'saved')!r})
         imgs = np.random.default_rng(0).integers(0, 256, (2, 2, 56, 56, 3), dtype=np.uint8)
         texts = ["open the top drawer", "put the mug on the plate"]
         a, b = first(imgs, texts), second(imgs, texts)

@@ -43,7 +43,8 @@ def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precomput
 
 
 def test_old_checkpoints_are_refused(tmp_path):
-    from geo3d.train.checkpoint import FORMAT, MARKER, read_marker
+    from geo3d.policy.pretrained import FORMAT, read_marker
+    from geo3d.policy.run_dir import MARKER
 
     for name, marker in (("made_before_the_record", {"format": FORMAT, "step": 2, "store": None}),
                          ("old_probe", {"format": FORMAT, "step": 2, "image_orientation": {"orientation": "rot180"}})):

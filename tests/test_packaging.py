@@ -53,7 +53,7 @@ def test_wheel_install_runs_from_a_directory_with_shadowing_files(wheel, tmp_pat
         (work / f"{name}.py").write_text("raise SystemExit('shadowed')\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = ("import geo3d, geo3d.core.config as c, geo3d.data.suites as s, geo3d.cli.slurm.render as r, "
-            "geo3d.policy.inference; print(geo3d.__file__, c.CONFIG_DIR, s.DEMO_DATA_ROOT, r.TEMPLATE_DIR)")
+            "geo3d.policy.pretrained; print(geo3d.__file__, c.CONFIG_DIR, s.DEMO_DATA_ROOT, r.TEMPLATE_DIR)")
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     paths = out.stdout.split()

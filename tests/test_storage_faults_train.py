@@ -10,7 +10,7 @@ import pytest
 
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from storage_fixtures import geo3d, small_fs
-from geo3d.train.checkpoint import list_checkpoints
+from geo3d.policy.run_dir import list_checkpoints
 from geo3d.train.metrics import read_metrics
 from train_fixtures import make_train_data, train_args
 

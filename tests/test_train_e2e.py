@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from geo3d.train.metrics import read_metrics
-from geo3d.train.metrics_file import window_means
+from geo3d.policy.run_dir import window_means
 from train_fixtures import make_train_data, run_geo3d, train_args
 
 pytestmark = pytest.mark.slow  # real geo3d train subprocesses
@@ -71,9 +71,9 @@ def _predict_from_checkpoint_dir(ckpt, data, store, compressor):
     from geo3d.features_store import FeatureReader
     from geo3d.data.mixture import LiberoMixture
     from geo3d.data.norm_stats import load_norm_stats
-    from geo3d.policy.inference import load_policy
+    from geo3d.policy.pretrained import Policy
 
-    policy = load_policy(ckpt)
+    policy = Policy.from_pretrained(ckpt)
     assert policy.step == 60 and policy.compressor == compressor
     sample = LiberoMixture("libero_spatial", data, image_size=64)[2]
     geometry = None if compressor == "none" else FeatureReader(store)[2]

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from geo3d.core.config import CONFIG_DIR
 from geo3d.core.errors import Geo3dError
-from geo3d.train.precision import accelerate_precision, inference_autocast, keep_trainable_fp32
+from geo3d.policy.precision import accelerate_precision, inference_autocast, keep_trainable_fp32
 
 LR = 1e-5
 
@@ -19,7 +19,7 @@ def _tiny_cache(tmp_path_factory, monkeypatch):
 
 
 def _policy(vlm_dtype: str):
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
     OmegaConf.update(cfg, "model.vlm.dtype", vlm_dtype, force_add=True)  # on top of the YAML
     OmegaConf.update(cfg, "model.compressor.type", "mean", force_add=True)

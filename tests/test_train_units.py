@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from geo3d.core.errors import Geo3dError, StoreError
-from geo3d.train.checkpoint import MARKER, latest_checkpoint, list_checkpoints
+from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints
 from geo3d.train.metrics import MetricsLogger, module_grad_norms, read_metrics
 from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler, cosine_factor
 from geo3d.train.run_config import compose_train_config, resume_differences, run_dir_of

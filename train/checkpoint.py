@@ -1,13 +1,10 @@
-"""Checkpoints in the ecosystem's format: self-contained for inference, plus the resume state beside it.
+"""Training checkpoints: the policy directory (policy/pretrained.py, self-contained for serve/eval) plus the
+resume state beside it.
 
 <run>/checkpoints/steps_<N>/
-    model.safetensors            the policy weights (EMA weights when EMA is on); above train.checkpoint.
-                                 max_shard_size: model-0000i-of-0000n.safetensors + model.safetensors.index.json
-    config.yaml                  the run's resolved config (model, data, train)
-    vlm/config.json              the VLM architecture: load_policy builds it from here, never from the base dir
-    processor/ processor.json norm_stats.json   the processor pipeline (policy/processor_pipeline.py)
+    ...                          the policy directory `Policy.save_pretrained` writes (weights = the EMA average
+                                 when EMA is on), checkpoint.json last
     steps_<N>_pytorch_model.pt   only with train.checkpoint.starvla_pt=true (the seed's file, for StarVLA tools)
-    checkpoint.json              step, provenance, weights layout; written last
     resume/                      optimizer, scheduler, RNG per process, trainer state (step, sampler, EMA
                                  decay). No second copy of the weights: resuming reads model.safetensors; with EMA
                                  on, resume/raw_weights.safetensors holds the raw (non-averaged) trainable weights
@@ -20,54 +17,28 @@ Old checkpoints (steps_<N>_pytorch_model.pt without model.safetensors) are refus
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
 
 from geo3d.core.errors import Geo3dError
 from geo3d.features_store.fsutil import fsync_dir, fsync_tree
-from geo3d.policy.weights_io import load_weights, save_weights, tied_aliases, weight_files
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.run_dir import checkpoint_dir, list_checkpoints
+from geo3d.policy.weights_io import load_weights, tied_aliases
 
-from geo3d.train.run_layout import CKPT_DIR, MARKER  # torch-free: geo3d submit reads them
-
-FORMAT = "geo3d-safetensors-1"
-VLM_DIR = "vlm"
 RESUME_DIR = "resume"
 RAW_WEIGHTS = "raw_weights.safetensors"
 EMA_FP32 = "ema_fp32.safetensors"
-_STEP_DIR = re.compile(r"^steps_(\d+)$")
 
 
 def weights_name(step: int) -> str:
     return f"steps_{step}_pytorch_model.pt"
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CKPT_DIR / f"steps_{step}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run (renamed into place and carrying their marker), oldest first."""
-    root = Path(run_dir) / CKPT_DIR
-    found = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and (d / MARKER).is_file():
-                found.append((int(m.group(1)), d))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
 
 
 class TrainerState:
@@ -98,23 +69,8 @@ class TrainerState:
             self.ema.decay = float(state["ema"]["decay"])
 
 
-def write_inference_files(directory: Path, weights: dict[str, torch.Tensor], policy: Any, pipeline: Any,
-                          cfg: DictConfig, step: int) -> dict[str, Any]:
-    """Everything load_policy needs, into `directory`; returns the weights record for checkpoint.json."""
-    ck = cfg.train.checkpoint
-    tied = save_weights(weights, directory, str(ck.max_shard_size))
-    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    policy.vlm.save_config(directory / VLM_DIR)
-    pipeline.save_pretrained(directory)
-    record: dict[str, Any] = {"format": FORMAT, "weights": [f.name for f in weight_files(directory)], "tied": tied}
-    if ck.starvla_pt:
-        torch.save(weights, directory / weights_name(step))
-        record["starvla_pt"] = weights_name(step)
-    return record
-
-
 def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerState, run_dir: Path,
-                    cfg: DictConfig, pipeline: Any, meta: Mapping[str, Any]) -> Path:
+                    policy: Policy, meta: Mapping[str, Any]) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     final = checkpoint_dir(run_dir, state.step)
     partial = final.parent / f".{final.name}.partial"
@@ -134,9 +90,12 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerStat
         if state.ema is not None:
             weights = state.ema.weights_into(weights)
             _save_ema_resume(partial / RESUME_DIR, raw, weights, state.ema)
-        record = write_inference_files(partial, weights, accelerator.unwrap_model(model), pipeline, cfg, state.step)
-        marker = {"step": state.step, **record, "ema_weights": state.ema is not None, **meta}
-        (partial / MARKER).write_text(json.dumps(marker, indent=2, default=str))
+        ck = policy.config.train.checkpoint
+        extra: dict[str, Any] = {"ema_weights": state.ema is not None, **meta}
+        if ck.starvla_pt:
+            torch.save(weights, partial / weights_name(state.step))
+            extra["starvla_pt"] = weights_name(state.step)
+        policy.save_pretrained(partial, state.step, weights, str(ck.max_shard_size), extra)
         fsync_tree(partial)
         if final.exists():  # only a dir without a marker can be here (a complete one would have been resumed
             # from, and the loop saves each step once): not a checkpoint, so replacing it loses nothing
@@ -150,7 +109,6 @@ def save_checkpoint(accelerator: Any, model: torch.nn.Module, state: TrainerStat
 def _save_ema_resume(resume: Path, raw: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor], ema: Any) -> None:
     """With EMA the published weights are the averages: keep the raw trainable weights, and the fp32 shadow of
     any entry the published file stores at lower precision."""
-    from safetensors.torch import save_file
     names = [n for n in ema.shadow if n in raw]
     save_file({n: raw[n].detach().cpu().contiguous() for n in names}, str(resume / RAW_WEIGHTS))
     low = {n: ema.shadow[n].detach().cpu().contiguous() for n in names if averaged[n].dtype != torch.float32}
@@ -161,7 +119,6 @@ def _save_ema_resume(resume: Path, raw: dict[str, torch.Tensor], averaged: dict[
 def restore_weights(accelerator: Any, model: torch.nn.Module, state: TrainerState, ckpt: Path) -> None:
     """Resume: the model's (raw) weights and the EMA shadow from the checkpoint's files, then accelerate's
     state (optimizer, scheduler, RNG, trainer state) from resume/ with its model loading skipped."""
-    from safetensors.torch import load_file
     unwrapped = accelerator.unwrap_model(model)
     weights = load_weights(ckpt)
     resume = ckpt / RESUME_DIR
@@ -182,25 +139,11 @@ def restore_weights(accelerator: Any, model: torch.nn.Module, state: TrainerStat
         accelerator.load_state(str(resume))
     finally:
         handle.remove()
+
+
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> None:
     """Keep the newest `keep_last` checkpoints (None or 0 keeps all, the seed's behaviour)."""
     if not keep_last:
         return
     for _, d in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def read_marker(ckpt_dir: str | Path) -> dict[str, Any]:
-    """checkpoint.json of a complete checkpoint in the current format (an old one is refused, saying why)."""
-    path = Path(ckpt_dir) / MARKER
-    if not path.is_file():
-        raise Geo3dError(f"{ckpt_dir} is not a complete geo3d checkpoint (no {MARKER}); pass a "
-                         f"checkpoints/steps_<N> directory or a run directory that has one")
-    marker = json.loads(path.read_text())
-    if marker.get("format") != FORMAT:
-        raise Geo3dError(f"{ckpt_dir} is an old-format geo3d checkpoint ({marker.get('weights')}, no "
-                         f"model.safetensors / processor pipeline); this geo3d reads {FORMAT} only. Retrain, or "
-                         f"check out the geo3d version that wrote it (see train/README.md 'Old checkpoints')")
-    from geo3d.data.orientation import refuse_old_checkpoint
-    refuse_old_checkpoint(marker, ckpt_dir)
-    return marker

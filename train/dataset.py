@@ -2,8 +2,8 @@
 geometry tokens from the features store, by the shared global frame index.
 
 The store is opened lazily in each DataLoader worker (never in the parent before fork). Samples stay raw;
-the collate (`TrainCollator`, in the workers) runs the policy's processor pipeline: tokenization, state and
-action normalization (policy/processor_pipeline.py), the same pipeline inference uses.
+the collate (`TrainCollator`, in the workers) runs the policy's processor (`PolicyProcessor`): tokenization, state and
+action normalization (policy/processor_policy.py), the same processor inference uses.
 """
 
 from __future__ import annotations
@@ -54,18 +54,18 @@ class GeoTrainDataset(Dataset):
 
 
 class TrainCollator:
-    """Stacks samples into the policy's batch through the pipeline: VLM inputs + normalized state [B,8] +
+    """Stacks samples into the policy's batch through the policy's processor: VLM inputs + normalized state [B,8] +
     normalized actions [B,8,7] + geometry [B,V*T,D] (None when the run has no geometry) + action_pad [B,8] +
     index [B]."""
 
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline  # geo3d.policy.processor_pipeline.PolicyPipeline
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor  # geo3d.policy.processor_policy.PolicyProcessor
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = np.stack([s["images"] for s in samples])
-        batch = self.pipeline.preprocess(images, [s["instruction"] for s in samples],
+        batch = self.processor.preprocess(images, [s["instruction"] for s in samples],
                                          np.stack([s["state"] for s in samples]))
-        actions = self.pipeline.normalize_actions(np.stack([s["actions"] for s in samples]))
+        actions = self.processor.normalize_actions(np.stack([s["actions"] for s in samples]))
         batch["actions"] = torch.from_numpy(actions)
         batch["action_pad"] = torch.from_numpy(np.stack([s["action_pad"] for s in samples]))
         batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)

@@ -18,7 +18,7 @@ from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
 
 def make_accelerator(cfg: DictConfig) -> Any:
     from accelerate import Accelerator
-    from geo3d.train.precision import accelerate_precision
+    from geo3d.policy.precision import accelerate_precision
     precision = accelerate_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
     acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
@@ -47,7 +47,7 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
     memory estimate (train/memory.py) — no memory used."""
     from geo3d.train.memory import estimate_memory
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
     from geo3d.train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
@@ -98,10 +98,11 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
     from geo3d.train.metrics import MetricsLogger
     from geo3d.train.checkpoint import restore_weights
-    from geo3d.policy.policy import build_policy
-    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.modeling_policy import build_policy
+    from geo3d.policy.pretrained import Policy
+    from geo3d.policy.processor_policy import PolicyProcessor
     from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
-    from geo3d.train.precision import keep_trainable_fp32
+    from geo3d.policy.precision import keep_trainable_fp32
 
     setup.preflight(cfg)
     store = setup.check_store_path(cfg)
@@ -136,11 +137,11 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
-    pipeline = PolicyPipeline(policy.processor, norm_stats, NormalizationSpec.from_cfg(cfg.model.normalization))
-    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(pipeline), state, acc)
+    processor = PolicyProcessor.for_config(cfg.model, norm_stats)
+    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(processor), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
-                          pipeline=pipeline, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+                          policy=Policy(policy, processor, cfg), checkpoint_meta=setup.checkpoint_meta(cfg, spec))
     result = train_loop(parts, flag, resumed_from=ckpt)
     result.is_main = acc.is_main_process
     return result

@@ -4,7 +4,7 @@ configured batch and sequence length, under DDP and DeepSpeed ZeRO-2 for 1, 4 an
 `estimate_memory(cfg)` has no side effects (the model is built on the meta device: no memory, no weights read)
 so `geo3d train --dry-run` and `geo3d doctor` share it. It is an estimate, not a measurement: no GPU here.
 Precision model (what the code does):
-  DDP     accelerate + torch AdamW: every trainable parameter fp32 (train/precision.py's master weights),
+  DDP     accelerate + torch AdamW: every trainable parameter fp32 (policy/precision.py's master weights),
           frozen ones in model.vlm.dtype (the head and compressor are fp32 anyway); fp32 gradients and both
           fp32 Adam moments per trainable parameter; compute under bf16 autocast; nothing sharded; with >1 GPU
           torch DDP's gradient buckets hold a second gradient copy.
@@ -74,14 +74,14 @@ def _param_groups(cfg: DictConfig) -> tuple[dict[str, tuple[int, int, int]], Any
     """(module -> (params, trainable, bytes per param as stored), the VLM config), from a meta-device build."""
     import warnings
 
-    from geo3d.policy.policy import build_policy
+    from geo3d.policy.modeling_policy import build_policy
     from geo3d.train.optim import apply_freeze
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "base dir not found: using the published architecture"
         policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
     out = {}
-    for name, module in policy.module_groups().items():  # trainable: fp32 master weights (train/precision.py)
+    for name, module in policy.module_groups().items():  # trainable: fp32 master weights (policy/precision.py)
         params = list(module.parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
         size = 4 if trainable or not params else params[0].element_size()

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from geo3d.train.metrics_file import METRICS_FILE, read_metrics  # noqa: F401  (re-exported)
+from geo3d.policy.run_dir import METRICS_FILE, read_metrics  # noqa: F401  (re-exported)
 
 
 def module_grad_norms(groups: Mapping[str, nn.Module]) -> dict[str, float | None]:

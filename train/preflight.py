@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.core.config import data_root_from, save_resolved
 from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.core.provenance import provenance
-from geo3d.train.checkpoint import latest_checkpoint, read_marker
+from geo3d.policy.pretrained import read_marker
+from geo3d.policy.run_dir import latest_checkpoint
 from geo3d.train.metrics import METRICS_FILE
 from geo3d.train.run_config import resume_differences, run_dir_of
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from geo3d.features_store.space import du_bytes
-from geo3d.train.checkpoint import CKPT_DIR, latest_checkpoint
+from geo3d.policy.run_dir import CKPT_DIR, latest_checkpoint
 from geo3d.train.estimates import checkpoint_bytes_from_counts, param_counts
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from geo3d.core.errors import Geo3dError
+from geo3d.policy.pretrained import Policy
 from geo3d.train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
 from geo3d.train.dataset import move_batch
 from geo3d.train.metrics import MetricsLogger, StepTimer, module_grad_norms
@@ -37,7 +38,7 @@ class TrainingParts:
     sampler: Any
     state: TrainerState
     logger: MetricsLogger
-    pipeline: Any  # geo3d.policy.processor_pipeline.PolicyPipeline, saved with every checkpoint
+    policy: Policy  # the unwrapped network + its processor + the run's config: what every checkpoint saves
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,8 +131,8 @@ def _preemption_requested(parts: TrainingParts, flag: PreemptionFlag) -> bool:
 
 
 def _save(parts: TrainingParts) -> Path:
-    path = save_checkpoint(parts.accelerator, parts.model, parts.state, parts.run_dir, parts.cfg,
-                           parts.pipeline, parts.checkpoint_meta)
+    path = save_checkpoint(parts.accelerator, parts.model, parts.state, parts.run_dir, parts.policy,
+                           parts.checkpoint_meta)
     if parts.accelerator.is_main_process:
         prune_checkpoints(parts.run_dir, parts.cfg.train.keep_last)
     return path

@@ -100,7 +100,8 @@ def check_run_disk(plan: Any) -> Iterator[Finding]:
 
 
 def check_checkpoint(plan: Any) -> Iterator[Finding]:
-    from geo3d.train.checkpoint import latest_checkpoint, read_marker
+    from geo3d.policy.pretrained import read_marker
+    from geo3d.policy.run_dir import latest_checkpoint
 
     if not plan.ckpt:
         yield Finding("checkpoint", NA, "no --ckpt given (needed only by eval/serve)")

@@ -1,4 +1,4 @@
-"""Build the real input paths (the policy's processor pipeline, the geometry encoder), run one sample through
+"""Build the real input paths (the policy's processor, the geometry encoder), run one sample through
 them and write what each model receives: PNGs read back from the input tensors + inspect.json."""
 
 from __future__ import annotations
@@ -24,20 +24,9 @@ class InputPaths:
     """What turns a sample into model inputs, built by the code training / eval use."""
 
     cfg: DictConfig
-    pipeline: Any  # geo3d.policy.processor_pipeline.PolicyPipeline (tokenizer + state/action normalization)
+    processor: Any  # geo3d.policy.processor_policy.PolicyProcessor (tokenizer + state/action normalization)
     encoder: Any  # precompute GeometryEncoder
     checkpoint: str | None
-
-
-def processor_for(model_cfg: Any) -> Any:
-    """The processor `build_policy` gives the policy (a meta build: no weights are read)."""
-    from geo3d.policy.policy import build_policy
-
-    processor = build_policy(model_cfg, meta=True).processor
-    if processor is None:
-        raise Geo3dError(f"model.vlm.source={model_cfg.vlm.source} has no processor files (config.json, tokenizer): "
-                         "point it at a full Qwen2.5-VL checkpoint dir")
-    return processor
 
 
 def encoder_for(cfg: DictConfig, marker: dict[str, Any] | None, weights: str | None) -> Any:
@@ -81,13 +70,13 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     from geo3d.core.provenance import provenance
     from geo3d.encoders.views import frames_to_model_input, norm_mean_std
 
-    pipe = paths.pipeline
+    pipe = paths.processor
     vlm = pipe.preprocess(sample.images[None], [sample.instruction], sample.state[None])  # as TrainCollator calls it
     enc = paths.encoder
     geo_frames = frames_to_model_input(sample.geometry_frames, enc.image_size, sample.geometry_orientation)
     geo_views = enc.model_inputs(torch.from_numpy(geo_frames[None]))
     files = {}
-    image_processor = pipe.tokenizer.hf.image_processor
+    image_processor = pipe.vlm_inputs.hf.image_processor
     for v, img in enumerate(vlm_images(vlm, image_processor)):
         files[f"vlm_{VIEWS[v]}"] = _png(out / f"vlm_{VIEWS[v]}.png", img)
     for v, img in enumerate(encoder_images(geo_views, norm_mean_std(enc.data_norm_type))):
@@ -97,7 +86,7 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
     result = {
         **sample.where, "checkpoint": paths.checkpoint, "files": files,
         "instruction": sample.instruction,
-        "prompt": prompt_text(pipe.tokenizer, ids), "prompt_token_ids": ids.tolist(),
+        "prompt": prompt_text(pipe.vlm_inputs, ids), "prompt_token_ids": ids.tolist(),
         "state": _floats(sample.state), "state_normalized": _floats(vlm["state"][0]),
         "normalization": {"action": pipe.spec.action, "state": pipe.spec.state},
         "actions_raw": _floats(sample.actions), "actions_normalized": _floats(normalized),
@@ -116,25 +105,23 @@ def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, An
 
 
 def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | None) -> InputPaths:
-    """With a checkpoint: its own processor pipeline and recorded encoder. Without: the pipeline `geo3d train`
-    builds (the model's processor, norm stats computed over the config's data mixture) and the precompute
+    """With a checkpoint: its own processor and recorded encoder. Without: the processor `geo3d train` builds
+    (the model's processor files, norm stats computed over the config's data mixture) and the precompute
     encoder config."""
-    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.processor_policy import PolicyProcessor
 
-    marker, pipeline = None, None
+    marker = None
     if ckpt:
-        from geo3d.train.checkpoint import read_marker
-        from geo3d.policy.inference import resolve_checkpoint
+        from geo3d.policy.pretrained import read_marker, resolve_checkpoint
         ck = resolve_checkpoint(ckpt)
         marker, ckpt = read_marker(ck), str(ck)
-        pipeline = PolicyPipeline.from_pretrained(ck)
+        processor = PolicyProcessor.from_pretrained(ck)
     else:
         from geo3d.data.norm_stats import compute_norm_stats
-        pipeline = PolicyPipeline(processor_for(cfg.model), compute_norm_stats(mixture),
-                                  NormalizationSpec.from_cfg(cfg.model.normalization))
-    return InputPaths(cfg, pipeline, encoder_for(cfg, marker, weights), ckpt)
+        processor = PolicyProcessor.for_config(cfg.model, compute_norm_stats(mixture))
+    return InputPaths(cfg, processor, encoder_for(cfg, marker, weights), ckpt)
 
 
 def checkpoint_config(ckpt: str) -> DictConfig:
-    from geo3d.policy.inference import resolve_checkpoint
+    from geo3d.policy.pretrained import resolve_checkpoint
     return OmegaConf.load(resolve_checkpoint(ckpt) / "config.yaml")

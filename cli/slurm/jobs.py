@@ -18,7 +18,7 @@ from geo3d.core.config import CONFIG_DIR, data_root_from
 from geo3d.core.errors import Geo3dError
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
 from geo3d.cli.slurm.render import render
-from geo3d.train.run_layout import CHECKPOINT_GLOB
+from geo3d.policy.run_dir import CHECKPOINT_GLOB
 
 LOG_DIR = "logs"
 

@@ -32,13 +32,12 @@ class PolicyOutput:
 
 class GeoVLAPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, vlm: QwenVLBackbone, compressor: GeometryCompressor | None,
-                 action_head: FlowMatchingHead, processor: Any | None):
+                 action_head: FlowMatchingHead):
         super().__init__()
         self.cfg = cfg
         self.vlm = vlm
         self.compressor = compressor
         self.action_head = action_head
-        self.processor = processor  # PolicyProcessor (None for a meta build without the checkpoint dir)
 
     # -- introspection used by the trainer -------------------------------------------------------------
     def module_groups(self) -> dict[str, nn.Module]:
@@ -125,11 +124,9 @@ def _eval_mode(module: nn.Module):
 
 def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool = False,
                  vlm_config_dir: Path | None = None) -> GeoVLAPolicy:
-    """Build the policy from the `model:` config. meta=True: shapes only (no memory, no weights read).
-    vlm_config_dir: a checkpoint's saved VLM architecture (weights uninitialized, loaded by the caller;
-    the processor then comes from the checkpoint's pipeline)."""
-    from geo3d.policy.processor_policy import PolicyProcessor, load_hf_processor
-
+    """Build the network from the `model:` config. meta=True: shapes only (no memory, no weights read).
+    vlm_config_dir: a checkpoint's saved VLM architecture (weights uninitialized, loaded by the caller).
+    The processor is not part of the network: `PolicyProcessor` (policy/processor_policy.py)."""
     cfg = PolicyConfig.from_cfg(model_cfg)
     if vlm_config_dir is not None:
         vlm = QwenVLBackbone.from_saved_config(vlm_config_dir, cfg.vlm, meta=meta)
@@ -142,8 +139,5 @@ def build_policy(model_cfg: Any, device: str | torch.device = "cpu", meta: bool 
     with torch.device("meta") if meta else contextlib.nullcontext():
         compressor = build_compressor(cfg, vlm.hidden_size)
         head = FlowMatchingHead(cfg.action_head)
-    processor = None
-    if vlm.model_dir is not None:
-        processor = PolicyProcessor(load_hf_processor(str(vlm.model_dir)), cfg.vlm.prompt_template)
-    policy = GeoVLAPolicy(cfg, vlm, compressor, head, processor)
+    policy = GeoVLAPolicy(cfg, vlm, compressor, head)
     return policy if meta else policy.to(device)
