@@ -8,8 +8,8 @@ rendered by the LIBERO simulator; a small synthetic one if it is absent), a feat
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from geo3d.core.config import PACKAGE_ROOT
+from helpers import Result, geo3d_cmd, spawn_geo3d, subprocess_env
 
 # Every module that uses trained_runs() carries this mark: under `make test`'s two pytest-xdist workers they run
 # on one worker, so the runs below are trained once per session (tmp_path_factory's base dir is per worker).
@@ -28,19 +29,15 @@ SHARED_RUNS = pytest.mark.xdist_group("eval_runs")
 IMAGE, TOKENS = 56, 16          # small images (multiple of 14 for the encoder) and a 4x4 token grid
 COMPRESSORS = ("qformer", "pool")
 PRESETS = {"qformer": "geo3d", "pool": "fork"}  # the pool run uses the fork's design (configs/preset/fork.yaml)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = subprocess_env()
+geo3d = geo3d_cmd
 
 
-def geo3d(*args: str) -> list[str]:
-    return [sys.executable, "-m", "geo3d.cli", *args]
+def run(args: list[str], timeout: float = 300) -> Result:
+    return spawn_geo3d(args, timeout=timeout)
 
 
-def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(geo3d(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
-    assert proc.returncode == 0, f"geo3d {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    return proc
-
-
+@functools.lru_cache(maxsize=None)
 def sim_available() -> str | None:
     """None when the LIBERO simulator imports here, else the reason it does not."""
     code = ("from geo3d.core import sim; sim.configure('osmesa'); from libero.libero import benchmark; "

@@ -11,8 +11,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 INJECT = str(REPO / "tests" / "fault_inject.py")
 
 
@@ -41,7 +41,7 @@ def small_fs(parent: Path, size: str) -> Iterator[SmallFs | None]:
 def geo3d(args: list[str], inject: tuple[str, str, int] | None = None, timeout: float = 300
           ) -> subprocess.CompletedProcess:
     """`geo3d ARGS` as a real subprocess; with `inject=(ERRNO, target, after)` through tests/fault_inject.py."""
-    from train_fixtures import subprocess_env
+    from helpers import subprocess_env
 
     pre = [INJECT, inject[0], inject[1], str(inject[2]), "--"] if inject else ["-m", "geo3d.cli"]
     return subprocess.run([sys.executable, *pre, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,

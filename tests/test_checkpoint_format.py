@@ -27,7 +27,7 @@ from geo3d.policy.configuration_policy import PolicyConfig
 from geo3d.policy.pretrained import Policy
 from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints
 
-pytestmark = SHARED_RUNS
+pytestmark = [pytest.mark.slow, SHARED_RUNS]  # trains real runs first (eval_fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,6 @@ def runs(tmp_path_factory):
     return trained_runs(tmp_path_factory.getbasetemp() / "eval_runs")
 
 
-@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_copied_checkpoint_dir_alone_serves_and_predicts(runs, tmp_path):
     ckpt = tmp_path / "elsewhere" / "my_checkpoint"
     shutil.copytree(latest_checkpoint(runs["qformer"]), ckpt)
@@ -131,7 +130,6 @@ def _reduced_3b(tmp_path):
     return cfg
 
 
-@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path, runs):
     from geo3d.policy.modeling_policy import build_policy
 
@@ -193,7 +191,6 @@ app()
 """
 
 
-@pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_kill_9_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     from train_fixtures import make_train_data, train_args
 

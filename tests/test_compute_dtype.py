@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from geo3d.core.compute_dtype import cpu_flags, cpu_has_native_bf16, resolve_com
 from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.encoders.tiny import TinyEncoder
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(width=32, depth=2, heads=2, out_dim=24, seed=0, image_size=56, tokens_per_view=4)
 
 
@@ -33,6 +31,7 @@ def test_native_bf16_needs_the_cpu_flag():
     assert resolve_compute_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16(cpu_flags()) else "float32")
 
 
+@pytest.mark.slow  # a real process: oneDNN reads its ISA cap at start-up
 def test_auto_is_float32_when_onednn_may_not_use_bf16_units():
     """A real process with oneDNN capped at AVX2 (bf16 emulated there, ~36x slower matmuls) resolves to fp32."""
     code = "from geo3d.core.compute_dtype import resolve_compute_dtype as r; print(r('auto', 'cpu'))"

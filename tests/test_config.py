@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
 from geo3d.core.cliutil import build_config
 from geo3d.core.config import ConfigError, data_root_from, load_config, save_resolved
+from helpers import run_geo3d
 
 
 def test_merge_order_files_flags_overrides(tmp_path):
@@ -51,6 +50,6 @@ def test_save_resolved_roundtrip(tmp_path):
 
 
 def test_cli_lists_every_verb():
-    out = subprocess.run([sys.executable, "-m", "geo3d.cli", "--help"], capture_output=True, text=True, check=True)
+    out = run_geo3d(["--help"])
     for verb in ("precompute", "verify-cache", "train", "serve", "eval", "report", "demo", "submit"):
         assert verb in out.stdout

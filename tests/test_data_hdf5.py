@@ -185,7 +185,8 @@ def test_train_runs_on_hdf5_data(tmp_path):
     import json
 
     from data_fixtures import make_synthetic_libero
-    from train_fixtures import IMAGE, DIM, TOKENS, make_matching_store, run_geo3d, train_args
+    from helpers import spawn_geo3d
+    from train_fixtures import IMAGE, DIM, TOKENS, make_matching_store, train_args
 
     lr_root = make_synthetic_libero(tmp_path / "lr", suites=("libero_spatial",), episodes_per_suite=2, length=10,
                                     size=IMAGE)
@@ -193,7 +194,7 @@ def test_train_runs_on_hdf5_data(tmp_path):
     mixture = LiberoMixture("libero_spatial", h5_root, image_size=IMAGE)
     store = make_matching_store(mixture, tmp_path / "store", views=2, tokens=TOKENS, dim=DIM, shard_frames=8)
     out = tmp_path / "run"
-    proc = run_geo3d(train_args(h5_root, store, out, "mean", 2, "train.num_workers=2"))
+    proc = spawn_geo3d(train_args(h5_root, store, out, "mean", 2, "train.num_workers=2"), expect=None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads((out / "norm_stats.json").read_text())
     want = compute_norm_stats(LiberoMixture("libero_spatial", lr_root))

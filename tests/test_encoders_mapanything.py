@@ -20,8 +20,8 @@ import torch
 
 from geo3d.core.compute_dtype import resolve_compute_dtype
 from geo3d.core.errors import Geo3dError
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 FAKE_MODELS = textwrap.dedent('''
     import json, os
@@ -135,6 +135,7 @@ def _one_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # real processes: the stand-in packages are put on PYTHONPATH before start-up
 def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
     store = str(tmp_path / "s")
     # bad weights path

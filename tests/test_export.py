@@ -4,8 +4,6 @@ per-frame index and metadata; incomplete stores, existing outputs and bad select
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec
 from geo3d.features_store.export import INDEX_FIELDS, read_export
-from geo3d.core.config import PACKAGE_ROOT
+from helpers import Result, run_geo3d
 
 ENCODER = {"name": "export-test", "fingerprint": "export-0", "config": {"seed": 1}}
 DATASETS = [{"name": "libero_spatial_no_noops_1.0.0_lerobot", "num_frames": 30},
@@ -49,11 +47,8 @@ def _make_store(path: Path, commit_all: bool = True) -> tuple[Path, torch.Tensor
     return path, tokens
 
 
-def _export(store: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "export", str(store), "--no-progress", *args],
-                          cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == expect, proc.stderr[-2000:]
-    return proc
+def _export(store: Path, *args: str, expect: int = 0) -> Result:
+    return run_geo3d(["export", str(store), "--no-progress", *args], expect=expect)
 
 
 @pytest.fixture(scope="module")

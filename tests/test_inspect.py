@@ -5,8 +5,6 @@ goes through eval's path (compared with the stored demo frame of the same init s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from geo3d.core.config import PACKAGE_ROOT
+from helpers import run_geo3d, spawn_geo3d
 
 VIEWS = ("agentview", "wrist")
 
 
-def _inspect(out: Path, *args: str, timeout: float = 600) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(out), *args], cwd=PACKAGE_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _inspect(out: Path, *args: str, process: bool = False) -> dict:
+    """`geo3d inspect` in-process, or as a real process for the simulator (its GL backend is chosen at start-up)."""
+    (spawn_geo3d if process else run_geo3d)(["inspect", "--out", str(out), *args])
     return json.loads((out / "inspect.json").read_text())
 
 
@@ -84,8 +81,7 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
 def test_bad_input_is_one_clear_error_and_nothing_is_written(tmp_path):
     for args, needle in ((["--suite", "demo"], "exactly one of --frame"),
                          (["--suite", "demo", "--frame", "999999"], "out of range")):
-        proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "inspect", "--out", str(tmp_path / "o"), *args],
-                              cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=300)
+        proc = run_geo3d(["inspect", "--out", str(tmp_path / "o"), *args], expect=2)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "o" / "inspect.json").exists()
 
@@ -100,7 +96,8 @@ def test_sim_frame_goes_through_evals_path_and_matches_the_stored_demo_frame(tmp
         pytest.skip(reason)
     p, mixture = paths
     res = _inspect(tmp_path / "sim", "--suite", "libero_spatial", "--sim-task", "0", "--init-state", "0",
-                   "eval.settle_steps=10", "eval.render_size=256", "eval.seed=0")  # as the demo was rendered
+                   "eval.settle_steps=10", "eval.render_size=256", "eval.seed=0",  # as the demo was rendered
+                   process=True)
     assert res["source"] == "sim" and res["orientation"]["source"] == "raw_render" and res["actions_raw"] is None
     item = mixture[0]
     assert res["instruction"] == item["instruction"]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-REPO = Path(__file__).resolve().parents[1]
 LINT = REPO / "scripts" / "lint_imports.py"
 
 
@@ -57,6 +58,7 @@ def test_a_store_module_importing_a_stage_breaks_the_contract(tmp_path):
 SHADOWS = ("train", "precompute", "features_store", "evaluation", "cli", "data", "config")
 
 
+@pytest.mark.slow  # real processes: sys.path at start-up is what is tested
 def test_user_files_in_the_working_directory_do_not_shadow_geo3d(tmp_path):
     """A user's train.py (etc.) beside their own scripts: every geo3d module still imports, python -m geo3d.cli
     still runs (cwd is sys.path[0] there), and geo3d demo's child processes run with -P."""
@@ -72,12 +74,16 @@ def test_user_files_in_the_working_directory_do_not_shadow_geo3d(tmp_path):
     assert r.returncode == 0 and "--compressor" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # a real `geo3d` child process
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P needs 3.11")
-def test_demo_children_do_not_put_the_working_directory_on_sys_path():
-    from geo3d.cli import demo
+def test_a_demo_step_runs_from_a_directory_whose_files_would_shadow_geo3d(tmp_path, monkeypatch):
+    """`geo3d demo` starts each step as `python -P -m geo3d.cli ...`: a user's geo3d.py in the working directory
+    (which plain `python -m` would import instead of the package) does not reach the child."""
+    from geo3d.cli.demo import _run_step
 
-    src = Path(demo.__file__).read_text()
-    assert '"-P"' in src  # the flag is passed to every step's interpreter
-    r = subprocess.run([sys.executable, "-P", "-c", "import sys; print(repr(sys.path[0]))"], capture_output=True,
-                       text=True, cwd="/")
-    assert r.stdout.strip() not in ("''", "'/'")
+    (tmp_path / "geo3d.py").write_text("raise SystemExit('the user file geo3d.py was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    _run_step("help", ["train", "--help"], tmp_path)
+    assert "--compressor" in (tmp_path / "help.log").read_text()
+    r = subprocess.run([sys.executable, "-m", "geo3d.cli", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode != 0 and "the user file geo3d.py was imported" in r.stderr  # what -P prevents

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from geo3d.core.config import CONFIG_DIR, PACKAGE_ROOT, ConfigError
 from geo3d.policy.action_head import FlowMatchingHead
@@ -221,12 +220,9 @@ def test_presets_set_the_fork_design_and_default_to_geo3d():
 
 
 def test_ablation_dry_run_prints_the_fork_sizes():
-    import subprocess
-    import sys
+    from helpers import run_geo3d
 
-    r = subprocess.run([sys.executable, "-m", "geo3d.cli", "train", "--config", "configs/train/ablation_qformer.yaml",
-                        "--dry-run"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_geo3d(["train", "--config", "configs/train/ablation_qformer.yaml", "--dry-run"], cwd=PACKAGE_ROOT)
     report = json.loads(r.stdout)
     assert report["preset"] == "fork"
     assert report["params_millions"]["action_head"] == 977.75 and report["params_millions"]["compressor"] == 19.97

@@ -65,6 +65,7 @@ def test_tokenizer_training_is_deterministic():
     assert a.decode(a(text).input_ids) == text
 
 
+@pytest.mark.slow  # a fresh process with HF_HUB_OFFLINE=1 set before transformers is imported
 def test_offline_save_and_load_round_trip(tmp_path):
     """A fresh process with HF_HUB_OFFLINE=1 builds the tiny dir, saves and reloads the processor, and gets the
     same model inputs (the cluster loads the 3B the same way: local_files_only, no hub)."""

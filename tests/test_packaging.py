@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 sys.path.insert(0, str(REPO / "scripts"))
 from lint_imports import source_modules  # noqa: E402  (the one list of modules a wheel must hold)
 

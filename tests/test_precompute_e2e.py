@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from data_fixtures import make_synthetic_libero
+from helpers import REPO
 
 pytestmark = pytest.mark.slow  # real precompute subprocesses, kill -9 and resume
 
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "4", "data.image_size=56", "encoder.tokens_per_view=4", "encoder.tiny.width=32",
          "encoder.tiny.heads=2", "encoder.tiny.out_dim=16", "store.shard_frames=8", "precompute.decode_workers=0"]
 NUM_SHARDS = 33  # 2 suites x (45 + 30 + 55) frames = 260 frames / 8

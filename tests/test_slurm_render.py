@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-GEO3D = str(Path(sys.executable).parent / "geo3d")
+from helpers import Result, run_geo3d
+
 BASE = ["--store", "/data/s.zarr", "--suite", "demo", "--encoder", "tiny"]
 
 
-def submit(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([GEO3D, "submit", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+def submit(*args: str, env: dict | None = None, cwd: Path | None = None) -> Result:
+    return run_geo3d(["submit", *args], expect=None, env=env, cwd=cwd)
 
 
 def split_scripts(out: str) -> dict[str, str]:
@@ -140,7 +141,7 @@ def test_bad_input_is_a_clear_error(args, message, tmp_path):
 
 
 def test_without_sbatch_nothing_is_submitted_and_the_error_says_why(tmp_path):
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    env = {"PATH": str(Path(sys.executable).parent)}
     r = submit("precompute", *BASE, f"slurm.submit_dir={tmp_path}", env=env)
     assert r.returncode == 2 and "sbatch not found" in r.stderr, r.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_synthetic_libero
-from geo3d.core.config import PACKAGE_ROOT
+
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from slurm_cluster import SlurmCluster, cannot_run_reason
 from storage_fixtures import small_fs

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # real `geo3d precompute` processes (decode workers, fault injection) on real filesystems
+
 from data_fixtures import make_synthetic_libero
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from storage_fixtures import geo3d, small_fs
@@ -49,7 +51,7 @@ def _assert_same(a: Path, b: Path) -> None:
 def _assert_fault_message(err: str, what: str, store: Path) -> None:
     assert "Traceback" not in err, err[-3000:]
     for part in (f"precompute: storage fault: {what}", f"where: {store}", "free space:", "still needs ~",
-                 "already safe:", "shards committed", f"resume with: geo3d precompute --suite libero_spatial"):
+                 "already safe:", "shards committed", "resume with: geo3d precompute --suite libero_spatial"):
         assert part in err, (part, err[-3000:])
 
 

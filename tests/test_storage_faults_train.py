@@ -96,7 +96,7 @@ def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     import sys
 
     from storage_fixtures import INJECT, REPO
-    from train_fixtures import subprocess_env
+    from helpers import subprocess_env
     data, store, ref = setup
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, INJECT, "HANG", "torch", ".steps_6.partial", "--",
@@ -135,6 +135,7 @@ def test_read_only_store_serves_training(setup, tmp_path):
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
+@pytest.mark.slow  # trains a real run first, then a real `geo3d eval` process
 def test_eval_results_onto_read_only_filesystem_is_a_storage_fault(setup, tmp_path):
     """`geo3d eval` writing its results dir on a read-only filesystem: exit 74 before any episode runs."""
     import subprocess

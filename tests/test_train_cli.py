@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from geo3d.core.config import PACKAGE_ROOT
-from train_fixtures import make_train_data, run_geo3d, train_args
+from helpers import spawn_geo3d
+from train_fixtures import make_train_data, train_args
 
 pytestmark = pytest.mark.slow  # real geo3d train subprocesses
 
@@ -33,7 +34,7 @@ def test_store_from_another_suite_is_refused_saying_what_differs(data_store, tmp
     out = tmp_path / "run"
     args = train_args(data, store, out)
     args[args.index("libero_spatial")] = "libero_object"
-    _refused(run_geo3d(args), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset on disk '
+    _refused(spawn_geo3d(args, expect=None), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset on disk '
                                                                      'has "libero_object"')
 
 
@@ -41,16 +42,16 @@ def test_token_shape_mismatch_unknown_compressor_and_missing_store_are_refused(d
     data, store = data_store
     out = tmp_path / "run"
     shape = [a for a in train_args(data, store, out) if not a.startswith("model.geometry.tokens_per_view")]
-    _refused(run_geo3d(shape), out, "[2, 196, 32]", "model.geometry")
-    _refused(run_geo3d(train_args(data, store, out, "transformer")), out, "unknown model.compressor.type 'transformer'",
+    _refused(spawn_geo3d(shape, expect=None), out, "[2, 196, 32]", "model.geometry")
+    _refused(spawn_geo3d(train_args(data, store, out, "transformer"), expect=None), out, "unknown model.compressor.type 'transformer'",
              "qformer")
-    _refused(run_geo3d(train_args(data, tmp_path / "nope.zarr", out)), out, "features store not found",
+    _refused(spawn_geo3d(train_args(data, tmp_path / "nope.zarr", out), expect=None), out, "features store not found",
              "geo3d precompute")
-    _refused(run_geo3d(train_args(data, None, out, "pool")), out, "needs cached geometry tokens", "--store")
+    _refused(spawn_geo3d(train_args(data, None, out, "pool"), expect=None), out, "needs cached geometry tokens", "--store")
 
 
 def test_dry_run_prints_parameter_counts_per_module_as_json():
-    r = run_geo3d(["train", "--config", "configs/train/ablation_per_layer.yaml", "--dry-run"])
+    r = spawn_geo3d(["train", "--config", "configs/train/ablation_per_layer.yaml", "--dry-run"], expect=None)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout)
     params = report["params"]
@@ -59,7 +60,7 @@ def test_dry_run_prints_parameter_counts_per_module_as_json():
     assert round(params["compressor"]["total"] / 1e6, 2) == 50.36  # the seed's per_layer size
     frozen_state_encoder = 7 * 1024 + 1024 + 1024 * 2048 + 2048  # preset fork: built, never fed (no state)
     assert params["total"]["trainable"] == params["total"]["total"] - frozen_state_encoder
-    r = run_geo3d(["train", "--suite", "demo", "--compressor", "qformer", "--dry-run", "train.freeze=[vlm]"])
+    r = spawn_geo3d(["train", "--suite", "demo", "--compressor", "qformer", "--dry-run", "train.freeze=[vlm]"], expect=None)
     counts = json.loads(r.stdout)["params"]
     assert counts["vlm"]["trainable"] == 0 and counts["compressor"]["trainable"] > 0
 

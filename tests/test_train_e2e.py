@@ -11,7 +11,8 @@ import yaml
 
 from geo3d.train.metrics import read_metrics
 from geo3d.policy.run_dir import window_means
-from train_fixtures import make_train_data, run_geo3d, train_args
+from helpers import spawn_geo3d
+from train_fixtures import make_train_data, train_args
 
 pytestmark = pytest.mark.slow  # real geo3d train subprocesses
 
@@ -30,8 +31,8 @@ def data_store(tmp_path_factory):
 def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, tmp_path, compressor):
     data, store = data_store
     out = tmp_path / "run"
-    r = run_geo3d(train_args(data, None if compressor == "none" else store, out, compressor, STEPS,
-                             "train.per_device_batch_size=8", "train.save_interval=30"))
+    r = spawn_geo3d(train_args(data, None if compressor == "none" else store, out, compressor, STEPS,
+                             "train.per_device_batch_size=8", "train.save_interval=30"), expect=None)
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_metrics(out)
     assert [rec["step"] for rec in records] == list(range(1, STEPS + 1))

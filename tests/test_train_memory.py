@@ -9,7 +9,7 @@ import pytest
 
 from geo3d.train.memory import GB, estimate_memory
 from geo3d.train.run_config import compose_train_config
-from train_fixtures import run_geo3d
+from helpers import run_geo3d
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
 
 from geo3d.train.metrics import METRICS_FILE, read_metrics
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
-from train_fixtures import geo3d_cmd, make_train_data, run_geo3d, train_args
+from helpers import popen_geo3d, spawn_geo3d
+from train_fixtures import make_train_data, train_args
 
 pytestmark = pytest.mark.slow  # kills and resumes real training subprocesses
 
@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data, store = make_train_data(root)
     ref = root / "uninterrupted"
-    r = run_geo3d(_args(data, store, ref))
+    r = spawn_geo3d(_args(data, store, ref), expect=None)
     assert r.returncode == 0, r.stderr[-3000:]
     return data, store, [rec["loss"] for rec in read_metrics(ref)], ref
 
@@ -48,11 +48,7 @@ def _assert_same_final_weights(a, b):
 
 def _start_and_signal_at(args, out, step, sig):
     """Start `geo3d train`, wait until metrics.jsonl has `step`, send `sig`; returns the exit code."""
-    import os
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    from geo3d.core.config import PACKAGE_ROOT
-    proc = subprocess.Popen(geo3d_cmd(*args), cwd=PACKAGE_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = popen_geo3d(args)
     deadline = time.monotonic() + 300
     path = out / METRICS_FILE
     while time.monotonic() < deadline and proc.poll() is None:
@@ -71,7 +67,7 @@ def test_sigkill_then_resume_reproduces_losses_exactly(setup, tmp_path):
     code, err = _start_and_signal_at(_args(data, store, out), out, 15, signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-2000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == ["steps_10"]
-    r = run_geo3d(_args(data, store, out) + ["--resume"])
+    r = spawn_geo3d(_args(data, store, out) + ["--resume"], expect=None)
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_metrics(out)
     assert [rec["step"] for rec in records] == list(range(1, STEPS + 1))  # steps 11..15 re-run, not duplicated
@@ -89,7 +85,7 @@ def test_sigterm_saves_exits_75_and_resume_reproduces_losses_exactly(setup, tmp_
     stopped_at = max(int(n.split("_")[1]) for n in saved)
     assert 4 <= stopped_at < STEPS and f"steps_{stopped_at}" in saved
     assert len(read_metrics(out)) == stopped_at
-    r = run_geo3d(_args(data, store, out) + ["--resume"])
+    r = spawn_geo3d(_args(data, store, out) + ["--resume"], expect=None)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [rec["loss"] for rec in read_metrics(out)] == reference
     _assert_same_final_weights(out, ref_dir)
@@ -98,12 +94,12 @@ def test_sigterm_saves_exits_75_and_resume_reproduces_losses_exactly(setup, tmp_
 def test_resume_refuses_a_changed_config_and_a_fresh_start_refuses_an_existing_run(setup, tmp_path):
     data, store, _, _ = setup
     out = tmp_path / "run"
-    assert run_geo3d(train_args(data, store, out, "qformer", 2, "train.save_interval=1")).returncode == 0
-    r = run_geo3d(train_args(data, store, out, "qformer", 4, "train.save_interval=1", "train.lr.vlm=0.1",
-                             "--resume"))
+    assert spawn_geo3d(train_args(data, store, out, "qformer", 2, "train.save_interval=1"), expect=None).returncode == 0
+    r = spawn_geo3d(train_args(data, store, out, "qformer", 4, "train.save_interval=1", "train.lr.vlm=0.1",
+                             "--resume"), expect=None)
     assert r.returncode == 2 and "train.lr.vlm" in r.stderr and "Traceback" not in r.stderr
-    r = run_geo3d(train_args(data, store, out, "qformer", 4))
+    r = spawn_geo3d(train_args(data, store, out, "qformer", 4), expect=None)
     assert r.returncode == 2 and "already holds a run" in r.stderr
-    r = run_geo3d(train_args(data, store, out, "qformer", 4, "--resume"))  # extending max_steps is allowed
+    r = spawn_geo3d(train_args(data, store, out, "qformer", 4, "--resume"), expect=None)  # extending max_steps is allowed
     assert r.returncode == 0, r.stderr[-2000:]
     assert [rec["step"] for rec in read_metrics(out)] == [1, 2, 3, 4]

@@ -3,8 +3,6 @@ composition, resume config diff, checkpoint listing, metrics truncation, store/d
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np

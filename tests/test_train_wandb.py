@@ -4,12 +4,12 @@ logged equals metrics.jsonl record for record, and the run's config is the resol
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from train_fixtures import make_train_data, run_geo3d, train_args
+from helpers import spawn_geo3d
+from train_fixtures import make_train_data, train_args
 
 wandb = pytest.importorskip("wandb", reason="wandb is an optional extra: pip install 'geo3d[wandb]'")
 from wandb_records import config as run_config  # noqa: E402
@@ -28,12 +28,13 @@ def _flat(record: dict, prefix: str = "") -> dict:
     return out
 
 
+@pytest.mark.slow  # a real `geo3d train` process (and wandb's own service process)
 def test_offline_wandb_run_mirrors_metrics_jsonl(tmp_path):
     data, store = make_train_data(tmp_path)
     out = tmp_path / "run"
-    proc = run_geo3d(train_args(data, store, out, "mean", 4, "train.log_interval=1", "train.wandb.enabled=true",
+    proc = spawn_geo3d(train_args(data, store, out, "mean", 4, "train.log_interval=1", "train.wandb.enabled=true",
                                 "train.wandb.mode=offline", "train.num_workers=0"),
-                     env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"})
+                     env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}, expect=None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, list(out.rglob("*"))

@@ -18,8 +18,8 @@ from geo3d.data.episode_arrays import EpisodeArrays
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.data.lerobot_writer import write_lerobot_dataset
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SUITE = "libero_spatial"
 LENGTHS = (10, 14)
 

@@ -3,17 +3,12 @@ with the store's real writer API and the data layer's real content ids; tokens a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
-from geo3d.core.config import PACKAGE_ROOT
 
 ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {"seed": 0}}
 
@@ -41,21 +36,6 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
                  "frame_index": mixture.frame_index[sl], "content_id": content[sl]}
         store.write_shard(i, all_tokens[sl], index)
     return Path(path)
-
-
-def geo3d_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "geo3d.cli", *args]
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a `geo3d` test subprocess: threads pinned so CPU results are reproducible."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
-
-
-def run_geo3d(args: Sequence[str], timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """`geo3d ...` in a real subprocess from the repo root."""
-    return subprocess.run(geo3d_cmd(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(**(env_extra or {})))
 
 
 # Small geometry so synthetic stores stay tiny; the model config is told the same shape.
