@@ -54,10 +54,10 @@ def export_cmd(
 
 
 def _export_bytes(store: Path, suite: Optional[str], frames: Optional[str]) -> int:
-    """The selected frames' tokens + index (features_store/space.py)."""
+    """The selected frames' tokens + index (features_store/store_size.py)."""
     from geo3d.features_store.export import select_frames
     from geo3d.features_store.reader import FeatureReader
-    from geo3d.features_store.space import payload_bytes
+    from geo3d.features_store.store_size import payload_bytes
 
     reader = FeatureReader(store)
     n = len(select_frames(reader, suite, frames, True).frames)

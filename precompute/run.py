@@ -118,7 +118,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
     """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
     from geo3d.core.storage_faults import resume_command, storage_guard
-    from geo3d.precompute.space import fault_hooks
+    from geo3d.precompute.disk_space import fault_hooks
 
     spec = build_spec(encoder, mixture, cfg.store)
     with storage_guard("precompute", cfg.precompute.store, resume=resume_command(drop=("--overwrite",)),
@@ -136,7 +136,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     from geo3d.core.provenance import provenance
     from geo3d.precompute.pipeline import TokenBuffers, run_worker
     from geo3d.precompute.shard_planner import ShardPlanner
-    from geo3d.precompute.space import check_free_space
+    from geo3d.precompute.disk_space import check_free_space
     from geo3d.core.preemption import PreemptionFlag
     from geo3d.precompute.shard_writer import ShardWriter
 

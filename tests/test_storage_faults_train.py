@@ -49,7 +49,7 @@ def _assert_message(err: str, what: str, out: Path) -> None:
 
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_full_disk_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
-    from geo3d.features_store.space import du_bytes
+    from geo3d.features_store.store_size import du_bytes
     data, store, ref = setup
     one = du_bytes(ref / "checkpoints" / f"steps_{STEPS}")  # one tiny-policy checkpoint (~24 MB)
     with small_fs(tmp_path, f"{int(2.5 * one) >> 10}k") as fs:

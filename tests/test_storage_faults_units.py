@@ -86,7 +86,7 @@ def test_resume_command_drops_overwrite_and_adds_resume():
 
 def test_store_size_estimate_matches_a_real_store(tmp_path):
     """The estimate behind --require-space, the fault message and doctor, against bytes really allocated."""
-    from geo3d.features_store.space import du_bytes, remaining_bytes, spec_bytes
+    from geo3d.features_store.store_size import du_bytes, remaining_bytes, spec_bytes
     from geo3d.features_store.testing import make_synthetic_store
 
     store = make_synthetic_store(tmp_path / "s", frames=100, views=2, tokens=16, dim=256, shard_frames=16)

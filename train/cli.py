@@ -56,7 +56,7 @@ def train(
     from geo3d.core.storage_faults import resume_command, storage_guard
     from geo3d.train.launch import run_training
     from geo3d.train.run_config import run_dir_of
-    from geo3d.train.storage import fault_hooks
+    from geo3d.train.disk_space import fault_hooks
     with storage_guard("train", run_dir_of(cfg), resume=resume_command(add=("--resume",)), **fault_hooks(cfg)):
         result = run_training(cfg, resume)
     if not result.is_main:

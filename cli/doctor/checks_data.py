@@ -1,5 +1,5 @@
 """Data and disk: each suite's folder/layout version/frame count, free disk vs the store's size (the estimate
-of features_store/space.py), an existing store's completeness, and the checkpoint to evaluate."""
+of features_store/store_size.py), an existing store's completeness, and the checkpoint to evaluate."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def check_suites(plan: Any) -> Iterator[Finding]:
 def check_store(plan: Any) -> Iterator[Finding]:
     """An existing store: committed shards vs all (cheap: a directory listing) and free disk for the rest;
     no store yet: free disk vs the size the config's store will have."""
-    from geo3d.features_store.space import estimate_bytes, remaining_bytes, spec_bytes
+    from geo3d.features_store.store_size import estimate_bytes, remaining_bytes, spec_bytes
 
     if not plan.store:
         yield missing("store", plan.needs_store, "no --store given", "pass --store PATH")
@@ -76,13 +76,13 @@ def check_store(plan: Any) -> Iterator[Finding]:
     ok = free is None or free >= need
     yield Finding("store disk space", OK if ok else (FAIL if plan.needs_precompute else WARN),
                   f"{human_bytes(free)} free at {where}; the store still needs ~{human_bytes(need)} "
-                  f"(features_store/space.py estimate; a quota may be lower: `quota -s` / `lfs quota`)",
+                  f"(features_store/store_size.py estimate; a quota may be lower: `quota -s` / `lfs quota`)",
                   "free space, use store.compressor=zstd (~0.78x), or choose another --store")
 
 
 def check_run_disk(plan: Any) -> Iterator[Finding]:
-    """Free disk at the training run directory vs the checkpoints the run will keep (train/estimates.py)."""
-    from geo3d.train.estimates import checkpoint_bytes_from_counts
+    """Free disk at the training run directory vs the checkpoints the run will keep (train/disk_space.py)."""
+    from geo3d.train.disk_space import checkpoint_bytes_from_counts
     from geo3d.train.run_config import run_dir_of
 
     t = plan.train_cfg.train

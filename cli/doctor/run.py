@@ -104,7 +104,7 @@ class Plan:
     def param_counts(self) -> dict[str, dict[str, int]]:
         """The training run's parameter counts (meta device; computed once)."""
         if self._counts is None:
-            from geo3d.train.estimates import param_counts
+            from geo3d.train.disk_space import param_counts
             self._counts = _quiet(param_counts, self.train_cfg)
         return self._counts
 

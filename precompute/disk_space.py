@@ -1,6 +1,6 @@
 """Precompute and disk space: the free-space check at start and the storage-fault hooks of a precompute run.
 
-The size estimate itself lives in geo3d.features_store.space (one formula, also used by `geo3d doctor`).
+The size estimate itself lives in geo3d.features_store.store_size (one formula, also used by `geo3d doctor`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from geo3d.features_store.space import remaining_bytes, spec_bytes
+from geo3d.features_store.store_size import remaining_bytes, spec_bytes
 from geo3d.core.errors import StoreError
 from geo3d.core.storage_faults import free_bytes, human_bytes
 
