@@ -123,7 +123,10 @@ class TinyGeometryModel(nn.Module):
 
     @torch.no_grad()
     def _seeded_init(self, seed: int, device: torch.device) -> None:
-        """Every parameter from one seeded generator in registration order: same seed -> same bytes."""
+        """Every parameter from one seeded generator in registration order: same seed -> same bytes. On the meta
+        device (shapes only: FLOP counts, parameter counts) there is nothing to fill."""
+        if device.type == "meta":
+            return
         gen = torch.Generator(device=device).manual_seed(seed)
         for name, p in self.named_parameters():
             if "norm" in name and name.endswith("weight"):

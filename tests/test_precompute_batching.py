@@ -129,3 +129,19 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
         lease.release()
     calls, again = _precompute(data_root, store, "precompute.batch_size=20")
     assert again.store_complete and sum(calls) == FRAMES - 8 * len(committed) + (4 if 32 in committed else 0)
+
+
+def test_in_process_decoding_of_two_datasets_never_mixes_them(data_root, tmp_path):
+    """decode_episode caches one dataset index per (suite, data root, image size): a second dataset decoded in
+    the same process (bench, library use, in-process runs) used to be read through the first one's index."""
+    from geo3d.data.mixture import LiberoMixture
+    from geo3d.precompute.decode import DataSource, decode_episode
+
+    other = make_synthetic_libero(tmp_path / "other", suites=("libero_spatial", "libero_object"),
+                                  episodes_per_suite=4, lengths=[7, 9, 11, 13], size=64, seed=3)
+    for root in (data_root, other, data_root):
+        mix = LiberoMixture("demo", root, image_size=56)
+        spans = mix.episodes()
+        got = decode_episode(DataSource("demo", str(root), 56), spans[-1].dataset_id, spans[-1].episode_index)
+        _, first_id = next(iter(mix.iter_episode(spans[-1].dataset_id, spans[-1].episode_index)))
+        assert len(got.frames) == spans[-1].length and int(got.content_ids[0]) == int(first_id)

@@ -61,3 +61,18 @@ def test_cli_refuses_a_negative_or_nan_atol(tmp_path):
                                "--no-dataset", "--recompute", "2", "--recompute-atol", bad],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "--recompute-atol must be a number >= 0" in proc.stderr, proc.stderr
+
+
+def test_a_store_attaches_from_another_device_type(tmp_path):
+    """The recorded runtime is informational: resuming on another device (or torch) is allowed."""
+    from geo3d.features_store import FeatureStore
+    from geo3d.features_store.testing import TINY_ENCODER, synthetic_spec
+
+    made_on_gpu = {**TINY_ENCODER, RUNTIME_KEY: {"device_type": "cuda", "gpu": "H200"}}
+    FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec(encoder=made_on_gpu))
+    store = FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec(encoder={**TINY_ENCODER,
+                                                                                      RUNTIME_KEY: CPU}))
+    assert store.spec.encoder[RUNTIME_KEY]["device_type"] == "cuda"  # the creator's record is kept
+    FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec())  # a writer from before runtimes
+    with pytest.raises(Exception, match="different configuration"):
+        FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec(encoder={**TINY_ENCODER, "fingerprint": "x"}))
