@@ -145,3 +145,13 @@ def test_in_process_decoding_of_two_datasets_never_mixes_them(data_root, tmp_pat
         got = decode_episode(DataSource("demo", str(root), 56), spans[-1].dataset_id, spans[-1].episode_index)
         _, first_id = next(iter(mix.iter_episode(spans[-1].dataset_id, spans[-1].episode_index)))
         assert len(got.frames) == spans[-1].length and int(got.content_ids[0]) == int(first_id)
+
+
+def test_resuming_a_store_made_on_another_device_type_says_so(capsys):
+    from geo3d.precompute.run import _note_other_device
+
+    _note_other_device({"name": "tiny", "runtime": {"device_type": "cuda"}}, {"device_type": "cpu"})
+    assert "created on cuda, this worker encodes on cpu" in capsys.readouterr().err
+    _note_other_device({"name": "tiny"}, {"device_type": "cpu"})  # a store from before runtimes: nothing to say
+    _note_other_device({"name": "tiny", "runtime": {"device_type": "cpu"}}, {"device_type": "cpu"})
+    assert capsys.readouterr().err == ""
