@@ -160,7 +160,6 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
 
 def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
                spec: Any) -> RunResult:
-    import torch
     from tqdm import tqdm
 
     from geo3d.features_store import FeatureStore
