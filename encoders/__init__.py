@@ -36,7 +36,7 @@ def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str) -> 
         t = enc_cfg.tiny
         return TinyEncoder(width=int(t.width), depth=int(t.depth), heads=int(t.heads), out_dim=int(t.out_dim),
                            seed=int(t.seed), image_size=image_size, tokens_per_view=tokens, device=device,
-                           dtype=str(t.dtype))
+                           dtype=str(t.dtype), init=str(t.init))
     if name == "mapanything":
         from geo3d.encoders.mapanything import MapAnythingEncoder
 

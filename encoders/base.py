@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from geo3d.core.compute_dtype import resolve_compute_dtype
+from geo3d.core.runtime import RUNTIME_KEY, kernel_runtime
 from geo3d.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
                                        pool_view_features, preprocessing_record)
 
@@ -35,6 +36,14 @@ class GeometryEncoder(ABC):
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """What makes this encoder's tokens what they are (name, config, weight fingerprint)."""
+
+    def runtime(self) -> dict[str, Any]:
+        """Device type and kernel-relevant versions behind this encoder's bits (geo3d.core.runtime)."""
+        return kernel_runtime(self.device)
+
+    def store_identity(self) -> dict[str, Any]:
+        """`identity()` plus the informational runtime: what a store records (attach compares without it)."""
+        return {**self.identity(), RUNTIME_KEY: self.runtime()}
 
     def versions(self) -> dict[str, str | None]:
         """Versions of the code behind the model (recorded in each shard's commit marker)."""

@@ -13,6 +13,8 @@ import torch
 
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
+from geo3d.core.runtime import without_runtime
+from geo3d.encoders.tiny import UNHASHED_PREFIX
 
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
 
@@ -27,8 +29,13 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
     from geo3d.core.device import resolve_device
 
     refuse_old_store(preprocessing, "behind these tokens")
+    if str(encoder.get("fingerprint", "")).startswith(UNHASHED_PREFIX):
+        raise StoreError("these tokens were made by the benchmark stand-in with unhashed random weights "
+                         f"(encoder.tiny.init={encoder.get('config', {}).get('init')}): nobody can rebuild that "
+                         "encoder, so they cannot be recomputed, verified against it or used for live geometry; "
+                         "make the store with a real encoder (or encoder.tiny.init=seeded)")
     built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
-    for what, mine, theirs in (("encoder identity", built.identity(), encoder),
+    for what, mine, theirs in (("encoder identity", built.identity(), without_runtime(encoder)),
                                ("preprocessing", built.preprocessing(), preprocessing)):
         if plain_json(mine) != plain_json(theirs):
             raise StoreError(f"the rebuilt encoder's {what} differs from the recorded one "
@@ -65,7 +72,8 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     """fn(global frame indices) -> bf16 [k,V,T,D] on CPU, encoded exactly as `geo3d precompute` does.
 
     Refuses when the rebuilt encoder's identity or preprocessing differs from the store's record.
-    `fn.device` tells the verifier where the encoder ran (bit-exact comparisons only make sense CPU vs CPU).
+    `fn.device` / `fn.runtime` tell the verifier where and with which kernels the encoder ran, so it can decide
+    whether a bit-exact comparison is meaningful (geo3d.features_store.tolerance).
     """
     from geo3d.data.mixture import LiberoMixture
     from geo3d.encoders.views import frames_to_model_input
@@ -83,5 +91,6 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
         return torch.cat(out) if out else torch.empty((0, *spec.frame_shape), dtype=torch.bfloat16)
 
     recompute.device = str(encoder.device)  # type: ignore[attr-defined]
+    recompute.runtime = encoder.runtime()  # type: ignore[attr-defined]
     return recompute
 

@@ -1,4 +1,10 @@
-"""`tiny`: the seeded, deterministic CPU stand-in for MapAnything used by the demo and CI."""
+"""`tiny`: the seeded, deterministic CPU stand-in for MapAnything used by the demo and CI.
+
+`init=device_random` turns it into a FLOP-faithful full-size stand-in for GPU benchmarks (width 1536, depth 20,
+heads 24, out_dim 1536: ~1.13B parameters, ~1.2 TFLOP per 2-view 224^2 frame, like MapAnything): weights are
+drawn on the target device and never hashed, and the identity says so (`fingerprint: unhashed:...`), so a store
+made with it can never pass for a real one (recompute, eval and verify refuse to rebuild it).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,12 @@ from typing import Any
 
 import torch
 
+from geo3d.core.errors import Geo3dError
 from geo3d.encoders.base import GeometryEncoder, state_dict_sha256
 from geo3d.encoders.tiny_model import TinyGeometryModel
+
+TINY_INITS = ("seeded", "device_random")
+UNHASHED_PREFIX = "unhashed:"  # fingerprint of weights nobody can rebuild bit for bit
 
 
 class TinyEncoder(GeometryEncoder):
@@ -17,10 +27,18 @@ class TinyEncoder(GeometryEncoder):
     data_norm_type = "dinov2"  # the stand-in takes MapAnything's inputs
 
     def __init__(self, *, width: int, depth: int, heads: int, out_dim: int, seed: int, image_size: int,
-                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto"):
+                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto",
+                 init: str = "seeded"):
+        if init not in TINY_INITS:
+            raise Geo3dError(f"encoder.tiny.init must be one of {', '.join(TINY_INITS)}, got {init!r}")
         self.config = dict(width=width, depth=depth, heads=heads, out_dim=out_dim, seed=seed)
-        model = TinyGeometryModel(width, depth, heads, out_dim, seed)
-        self._weights_sha256 = state_dict_sha256(model)  # computed on CPU before any device move
+        if init == "seeded":  # identity unchanged from before `init` existed: old stores still attach
+            model = TinyGeometryModel(width, depth, heads, out_dim, seed)
+            self._fingerprint = f"sha256:{state_dict_sha256(model)}"  # computed on CPU before any device move
+        else:
+            self.config["init"] = init
+            model = TinyGeometryModel(width, depth, heads, out_dim, seed, init_device=device)
+            self._fingerprint = f"{UNHASHED_PREFIX}random weights drawn on {torch.device(device).type}, not hashed"
         super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=out_dim,
                          device=device, dtype=dtype)
 
@@ -28,5 +46,5 @@ class TinyEncoder(GeometryEncoder):
         return self.model(views)
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": f"sha256:{self._weights_sha256}",
+        return {"name": self.name, "fingerprint": self._fingerprint,
                 "config": {**self.config, "layer": "info_sharing final (after norm)"}, "compute_dtype": self.dtype}

@@ -7,6 +7,7 @@ final LayerNorm -> per-view feature grids [B, D, h, w]. Deterministic: weights c
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -102,20 +103,31 @@ class TinyInfoSharing(nn.Module):
 class TinyGeometryModel(nn.Module):
     """encoder -> fusion norm -> info sharing, the MapAnything structure up to the per-view features."""
 
-    def __init__(self, width: int, depth: int, heads: int, out_dim: int, seed: int):
+    def __init__(self, width: int, depth: int, heads: int, out_dim: int, seed: int,
+                 init_device: torch.device | str | None = None):
+        """`init_device` None: seeded on the CPU (same seed -> same bytes anywhere). A device: the parameters are
+        allocated there without torch's default init and drawn from that device's generator (a 1.1B stand-in in
+        well under a second on a GPU, instead of ~30 s of CPU init + hashing); its bytes are not reproducible
+        across device types, so such weights are never hashed (geo3d.encoders.tiny, init=device_random)."""
         super().__init__()
         if width % heads or out_dim % heads:
             raise Geo3dError(f"encoder.tiny: width {width} and out_dim {out_dim} must be multiples of heads {heads}")
-        self.encoder = TinyViT(width, depth, heads)
-        self.fusion_norm_layer = nn.LayerNorm(width, eps=1e-6)
-        self.scale_token = nn.Parameter(torch.zeros(width))
-        self.info_sharing = TinyInfoSharing(width, out_dim, depth, heads)
-        self._seeded_init(seed)
+        with torch.device("meta") if init_device is not None else contextlib.nullcontext():
+            self.encoder = TinyViT(width, depth, heads)
+            self.fusion_norm_layer = nn.LayerNorm(width, eps=1e-6)
+            self.scale_token = nn.Parameter(torch.zeros(width))
+            self.info_sharing = TinyInfoSharing(width, out_dim, depth, heads)
+        if init_device is not None:
+            self.to_empty(device=init_device)
+        self._seeded_init(seed, torch.device(init_device or "cpu"))
 
     @torch.no_grad()
-    def _seeded_init(self, seed: int) -> None:
-        """Every parameter from one seeded generator in registration order: same seed -> same bytes."""
-        gen = torch.Generator().manual_seed(seed)
+    def _seeded_init(self, seed: int, device: torch.device) -> None:
+        """Every parameter from one seeded generator in registration order: same seed -> same bytes. On the meta
+        device (shapes only: FLOP counts, parameter counts) there is nothing to fill."""
+        if device.type == "meta":
+            return
+        gen = torch.Generator(device=device).manual_seed(seed)
         for name, p in self.named_parameters():
             if "norm" in name and name.endswith("weight"):
                 p.fill_(1.0)
@@ -124,7 +136,7 @@ class TinyGeometryModel(nn.Module):
             else:
                 fan_in = p[0].numel() if p.dim() > 1 else p.numel()
                 std = 0.02 if p.dim() <= 1 or name.startswith(("encoder.pos", "encoder.cls")) else 1 / math.sqrt(fan_in)
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
+                p.copy_(torch.randn(p.shape, generator=gen, device=device) * std)
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """V normalized images [B,3,H,W] -> V per-view feature grids [B,out_dim,h,w]."""

@@ -6,6 +6,7 @@ code that turns LIBERO frames into model inputs and model outputs into stored to
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -68,14 +69,21 @@ def norm_mean_std(data_norm_type: str) -> tuple[tuple[float, ...], tuple[float, 
     return NORM_TYPES[data_norm_type]
 
 
+@functools.lru_cache(maxsize=64)
+def norm_tensors(data_norm_type: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1,1,3,1,1] on `device`, built once per (type, device, dtype): a tensor built from Python
+    floats on every batch is a host->device copy and a stream sync per batch on CUDA."""
+    mean_v, std_v = norm_mean_std(data_norm_type)
+    with torch.inference_mode(False):  # normal tensors even when first built under encode()'s inference mode
+        return tuple(torch.tensor(v, dtype=dtype).view(1, 1, 3, 1, 1).to(device) for v in (mean_v, std_v))
+
+
 def normalize_views(images: torch.Tensor, device: torch.device | str, data_norm_type: str) -> list[torch.Tensor]:
     """uint8 [B,V,S,S,3] -> V tensors [B,3,S,S] float32, normalized as the model's `data_norm_type` says."""
     if images.dim() != 5 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 images [B,V,S,S,3], got {tuple(images.shape)}")
-    mean_v, std_v = norm_mean_std(data_norm_type)
     x = images.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255.0)
-    mean = torch.tensor(mean_v, device=x.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(std_v, device=x.device).view(1, 1, 3, 1, 1)
+    mean, std = norm_tensors(data_norm_type, x.device, x.dtype)
     x = (x - mean) / std
     return [x[:, v].contiguous() for v in range(x.shape[1])]
 

@@ -31,8 +31,11 @@ def verify_cache(
     deep: bool = typer.Option(False, "--deep", help="Also re-decode every source frame and compare content ids."),
     recompute: int = typer.Option(0, "--recompute", metavar="K", min=0,
                                   help="Re-run the encoder on K random frames and compare with the store."),
-    recompute_atol: Optional[float] = typer.Option(None, "--recompute-atol", help="Off-CPU recompute: max abs "
-                                                   "difference tolerated (default: report it, never fail)."),
+    recompute_atol: Optional[float] = typer.Option(None, "--recompute-atol", help="Where bit-exact is not "
+                                                   "meaningful (another device type or kernel runtime): max abs "
+                                                   "difference tolerated per frame (default: "
+                                                   "DEFAULT_RECOMPUTE_ATOL in features_store/tolerance.py; the "
+                                                   "report states the rule used and why; 'inf' = report only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     mark_damaged: bool = typer.Option(False, "--mark-damaged", help="Un-commit shards with bad data so the next "
                                       "`geo3d precompute` redoes exactly those."),
@@ -44,6 +47,8 @@ def verify_cache(
     from geo3d.encoders.recompute import make_recompute_fn  # torch
     from geo3d.features_store.verify import verify_store  # zarr
 
+    if recompute_atol is not None and not recompute_atol >= 0:  # also refuses nan
+        raise Geo3dError(f"--recompute-atol must be a number >= 0 (or inf), got {recompute_atol}")
     if no_dataset and deep:
         raise Geo3dError("--deep compares against the dataset: drop --no-dataset or --deep")
     if not (store / "zarr.json").is_file():

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
+from geo3d.core.runtime import without_runtime
 
 SCHEMA_VERSION = 1
 DTYPE = "bfloat16"  # the real dtype of the tokens
@@ -114,6 +115,16 @@ def _jsonable(value: Any, what: str) -> Any:
         return plain_json(value)
     except TypeError as e:
         raise StoreError(f"store spec: {what} must be JSON-serialisable (plain dict/list/str/number): {e}") from e
+
+
+def attach_view(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec dict as attaching compares it: without the encoder's informational `runtime` (the device and
+    kernel versions of the worker that created the store; each shard's marker records its own), so a store
+    may be resumed on another device type or torch. Stores written before runtimes existed compare as before."""
+    out = dict(spec)
+    if isinstance(out.get("encoder"), Mapping):
+        out["encoder"] = without_runtime(out["encoder"])
+    return out
 
 
 def diff_specs(stored: Mapping[str, Any], requested: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -34,7 +34,7 @@ from geo3d.features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
 from geo3d.features_store.lease import ShardLease, lock_scope_problem, try_lock
 from geo3d.features_store.metadata import build_metadata, read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import direct_io, write_shard_file
-from geo3d.features_store.spec import META_KEY, StoreSpec, diff_specs
+from geo3d.features_store.spec import META_KEY, StoreSpec, attach_view, diff_specs
 from geo3d.core.errors import StoreError
 
 
@@ -71,7 +71,7 @@ class FeatureStore:
         if problem:
             warnings.warn(f"features store {path}: {problem}", stacklevel=2)
         store = cls(path)
-        diffs = diff_specs(store.spec.to_dict(), spec.to_dict())
+        diffs = diff_specs(attach_view(store.spec.to_dict()), attach_view(spec.to_dict()))
         if diffs:
             raise StoreError(f"store {path} was built with a different configuration; refusing to attach:\n  "
                              + "\n  ".join(diffs)

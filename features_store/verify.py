@@ -5,7 +5,8 @@ Levels (each reported with its measured cost per 10k frames):
            present and decodable, per-frame checksums, NaN/Inf, index digests, index arrays self-consistent
   dataset  (mixture given) frame counts, dataset identity, (dataset, episode, frame) of every frame
   deep     re-decode every source frame and compare content identities (catches a changed dataset)
-  recompute  re-run the encoder on K random frames: bit-exact when both sides ran on CPU, else max |diff|
+  recompute  re-run the encoder on K random frames: bit-exact where meaningful, else max |diff| <= atol
+           (the rule and its reason: features_store/tolerance.py; the report states which applied)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from geo3d.features_store.token_codec import FILL_BITS, bits_to_bf16, frame_chec
 from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
 from geo3d.features_store.spec import StoreSpec
 from geo3d.features_store.store import FeatureStore, open_arrays
+from geo3d.features_store.tolerance import comparison_rule
 from geo3d.features_store.verify_report import VerifyReport
 from geo3d.core.errors import StoreError
 
@@ -319,23 +321,27 @@ def _check_recompute(store: FeatureStore, arrays: dict[str, Any], committed: lis
     same = (fresh.view(torch.int16) == stored.view(torch.int16)).flatten(1).all(dim=1).numpy()
     diff = (fresh.float() - stored.float()).abs().nan_to_num(float("inf")).flatten(1).amax(dim=1).numpy()
     device = str(getattr(recompute, "device", "cpu"))
-    writers = sorted({str((store.read_marker(int(f) // spec.shard_frames) or {}).get("writer", {})
-                          .get("device", "unknown")) for f in frames})
-    exact_required = device.startswith("cpu") and all(d.startswith("cpu") for d in writers)
+    writers = [dict((store.read_marker(i) or {}).get("writer") or {}) for i in sorted({int(f) // spec.shard_frames
+                                                                                       for f in frames})]
+    rule = comparison_rule(device, getattr(recompute, "runtime", None), writers, atol)
     report.recompute = {"frames_checked": len(frames), "frames": frames.tolist(), "device": device,
-                        "store_devices": writers, "bit_exact": bool(same.all()), "exact_required": exact_required,
-                        "max_abs_diff": float(diff.max()), "atol": atol}
+                        "runtime": getattr(recompute, "runtime", None),
+                        "store_devices": sorted({str(w.get("device", "unknown")) for w in writers}),
+                        "bit_exact": bool(same.all()), "exact_required": rule.exact,
+                        "max_abs_diff": float(diff.max()), "atol": None if rule.exact else rule.atol,
+                        "comparison": rule.describe()}
     wrong = frames[~same]
     shards_of = lambda fs: {int(f) // spec.shard_frames for f in fs}  # noqa: E731
-    if exact_required and len(wrong):
-        report.add("recompute", f"re-encoding on CPU is not bit-exact for {len(wrong)} of {len(frames)} frames "
-                   f"(max abs diff {float(diff.max()):.3g}): stored tokens differ from the encoder's output",
-                   wrong, shards_of(wrong))
+    if rule.exact and len(wrong):
+        report.add("recompute", f"re-encoding is not bit-exact for {len(wrong)} of {len(frames)} frames "
+                   f"(max abs diff {float(diff.max()):.3g}; {rule.why}): stored tokens differ from the encoder's "
+                   "output", wrong, shards_of(wrong))
     elif len(wrong):
-        report.notes.append(f"recompute on {device} vs store written on {writers}: {len(wrong)} frame(s) not "
-                            f"bit-exact, max abs diff {float(diff.max()):.3g} (expected across devices)")
-        over = frames[diff > atol] if atol is not None else frames[:0]
+        over = frames[diff > rule.atol]
+        report.notes.append(f"recompute on {device} vs store written on {report.recompute['store_devices']}: "
+                            f"{len(wrong)} frame(s) not bit-exact, max abs diff {float(diff.max()):.3g}, "
+                            f"{len(over)} over atol {rule.atol:g} (expected across kernels: {rule.why})")
         if len(over):
-            report.add("recompute", f"{len(over)} frame(s) differ from a fresh encode by more than atol={atol}",
-                       over, shards_of(over))
+            report.add("recompute", f"{len(over)} frame(s) differ from a fresh encode by more than atol="
+                       f"{rule.atol:g} ({rule.why})", over, shards_of(over))
     return len(frames)

@@ -70,7 +70,8 @@ class VerifyReport:
         if self.recompute:
             r = self.recompute
             lines.append(f"  recompute: {r['frames_checked']} frames on {r['device']}, "
-                         f"bit-exact={r['bit_exact']}, max abs diff {r['max_abs_diff']:.3g}")
+                         f"bit-exact={r['bit_exact']}, max abs diff {r['max_abs_diff']:.3g}; compared "
+                         f"{r.get('comparison', 'bit-exact' if r.get('exact_required') else 'with atol')}")
         lines += [f"  note: {n}" for n in self.notes]
         if self.ok:
             lines.append("result: CLEAN")

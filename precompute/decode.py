@@ -24,7 +24,9 @@ import numpy as np
 
 from geo3d.core.errors import DataError
 
-_WORKER_MIXTURE: Any = None  # one LiberoMixture per decode process (or per in-process thread pool)
+# One LiberoMixture per (suite, data root, image size) in each process: decode processes build theirs once;
+# in-process decoding (threads) keys by the source, so two runs on other data in one process never mix them.
+_MIXTURES: dict[tuple[str, str | None, int], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,15 @@ class DecodedEpisode:
 
 def _init_worker(source: DataSource, ignore_signals: bool) -> None:
     """Per-process setup. Decode processes ignore SIGTERM/SIGINT/SIGUSR1: the parent handles preemption."""
-    global _WORKER_MIXTURE
     if ignore_signals:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     from geo3d.data.mixture import LiberoMixture
 
-    _WORKER_MIXTURE = LiberoMixture(source.suite, source.data_root, image_size=source.image_size)
+    key = (source.suite, source.data_root, source.image_size)
+    if key not in _MIXTURES:
+        _MIXTURES[key] = LiberoMixture(source.suite, source.data_root, image_size=source.image_size)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -68,16 +71,17 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _ready() -> bool:
-    return _WORKER_MIXTURE is not None
+    return bool(_MIXTURES)
 
 
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
     """Decode one episode in order; frames go through the one image path (to_model_images)."""
     from geo3d.encoders.views import frames_to_model_input
 
-    if _WORKER_MIXTURE is None:
+    key = (source.suite, source.data_root, source.image_size)
+    if key not in _MIXTURES:
         _init_worker(source, ignore_signals=False)
-    mix = _WORKER_MIXTURE
+    mix = _MIXTURES[key]
     span = mix.span(dataset_id, episode_index)
     frames: np.ndarray | None = None
     ids = np.empty(span.length, dtype=np.uint64)

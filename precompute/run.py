@@ -38,7 +38,7 @@ def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
 
     layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
     return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view, dim=encoder.dim,
-                     encoder=encoder.identity(), preprocessing=encoder.preprocessing(),
+                     encoder=encoder.store_identity(), preprocessing=encoder.preprocessing(),
                      dataset=mixture.identity(), layout=StoreLayout.from_config(layout_cfg))
 
 
@@ -68,6 +68,24 @@ def _cpu_threads(p: Any) -> int:
     """On a CPU device: oversubscribed OpenMP threads (decode processes, other jobs) slow the encoder ~10x, so
     by default each decode process gets a CPU; with decode_workers=0 the encoder uses every CPU."""
     return int(p.cpu_threads or max(1, usable_cpus() - int(p.decode_workers)))
+
+
+def full_batches(setting: Any, device: str) -> bool:
+    """precompute.full_batches: auto = on CUDA (its kernels are chosen per batch shape), else as given."""
+    if str(setting) == "auto":
+        return str(device).startswith("cuda")
+    if isinstance(setting, bool):
+        return setting
+    raise Geo3dError(f"precompute.full_batches must be auto, true or false, got {setting!r}")
+
+
+def _note_other_device(recorded: Any, mine: dict[str, Any]) -> None:
+    """Resuming a store made on another device type is allowed, but its tokens will mix two kernel sets."""
+    theirs = (recorded.get("runtime") or {}).get("device_type")
+    if theirs and theirs != mine["device_type"]:
+        print(f"precompute: note: this store was created on {theirs}, this worker encodes on "
+              f"{mine['device_type']}: tokens of the two device types differ by bf16 rounding (precompute/README.md, "
+              "\"Token precision\"); each shard's marker records the device that wrote it", file=sys.stderr, flush=True)
 
 
 def _refuse_old_orientation(store_path: Path, overwrite: bool) -> None:
@@ -100,6 +118,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         raise Geo3dError(f"--overwrite with {slot.world} workers would let each worker delete the others' work: "
                          "delete the old store (or run one worker with --overwrite) first, then start the workers")
     device = resolve_device(str(p.device), slot.local_rank)
+    full_batches(p.full_batches, device)  # a bad setting fails here, before any slow work
     if device == "cpu":
         torch.set_num_threads(_cpu_threads(p))
     image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
@@ -128,7 +147,6 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, fe
 
 def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
                spec: Any) -> RunResult:
-    import torch
     from tqdm import tqdm
 
     from geo3d.features_store import FeatureStore
@@ -155,10 +173,16 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
           f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
           file=sys.stderr, flush=True)
-    threads = max(1, int(p.writer_threads))
+    _note_other_device(store.spec.encoder, encoder.runtime())
+    threads, batch = max(1, int(p.writer_threads)), int(p.batch_size)
+    # token buffers: the shards one batch can touch (ceil(batch / shard) + a partly encoded one + a short last
+    # shard), one queued for the writer, one per writer thread
+    in_flight = -(-batch // spec.shard_frames) + 2
     buffers = TokenBuffers((spec.shard_frames, *spec.frame_shape), pinned=str(device).startswith("cuda"),
-                           count=threads + 2)  # one being encoded, one queued, one per writer thread
-    writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
+                           count=in_flight + 1 + threads)
+    full = full_batches(p.full_batches, device)
+    writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions(),
+                   "runtime": encoder.runtime(), "batch_size": batch, "full_batches": full}
     writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
     preempt = PreemptionFlag(("SIGTERM", "SIGUSR1", "SIGINT"), "precompute stops at the next safe point (the current "
@@ -167,7 +191,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
         stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world), feeder, writer, buffers,
-                           int(p.batch_size), preempt, float(p.preempt_grace_s), bar)
+                           batch, preempt, float(p.preempt_grace_s), bar, full)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
         writer.abandon()

@@ -38,10 +38,13 @@ class ShardWriter:
         for t in self.threads:
             t.start()
 
-    def submit(self, lease: Any, tokens: Any, index: dict[str, np.ndarray], encode_s: float) -> None:
-        """Queue a shard (blocks while the queue is full); re-raises a failure of an earlier write."""
+    def submit(self, lease: Any, tokens: Any, index: dict[str, np.ndarray], encode_s: float,
+               ready: Callable[[], None] | None = None) -> None:
+        """Queue a shard (blocks while the queue is full); re-raises a failure of an earlier write.
+        `ready` (e.g. a CUDA event's synchronize) is called before the tokens are read: they may still be
+        arriving from the device."""
         self.raise_if_failed()
-        self.queue.put((lease, tokens, index, encode_s))
+        self.queue.put((lease, tokens, index, encode_s, ready))
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
@@ -49,8 +52,10 @@ class ShardWriter:
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
-            lease, tokens, index, encode_s = item
+            lease, tokens, index, encode_s, ready = item
             try:
+                if ready is not None:
+                    ready()
                 if self.error is None:
                     self._write(lease, tokens, index, encode_s)
             except BaseException as e:  # surfaced to the main thread on its next submit/close

@@ -1,20 +1,24 @@
 """Precompute benchmark: end-to-end `geo3d precompute` frames/s vs encoder-only frames/s on the same frames,
-measured side by side in one run (alternating rounds), on this machine. Goal: ratio >= 0.9.
+measured side by side in one run (alternating rounds), on this machine and one device: CUDA when present (both
+sides), else the CPU (`--device` to choose). Goal: ratio >= 0.9.
 
-end-to-end  = steady state (after the first shard; startup is also printed) of the real worker (`geo3d.precompute.run.run_precompute`): background decode of the AV1 videos, upright +
-              resize, batching, encode, background checksum/write/commit into a fresh store.
-encoder-only = the same encoder, same batches (per store shard), same torch thread count, over the same frames
-              already decoded into memory (decode time excluded).
+end-to-end  = steady state (after the first shard; startup is also printed) of the real worker
+              (`geo3d.precompute.run.run_precompute`): background decode of the AV1 videos, upright + resize,
+              batches filled across shards, encode, background checksum/write/commit into a fresh store.
+encoder-only = the same encoder on the same device, same batch size (across shards, as the worker does), same
+              torch thread count, over the same frames already decoded into memory (decode time excluded).
 null-encoder = the real worker with an encoder that returns zero tokens instantly (skip: `--no-null`): the decode + write
-              ceiling of this machine, in frames/s and per core, and from it the cores a GPU node needs per H100.
-The ratio says how much of the encoder's speed the pipeline keeps. On a 2-core CPU, decode and the CPU encoder
-share the same cores, so a decode-heavy configuration cannot reach 1.0 here; on a GPU node the encoder runs on
-the GPU and decode on spare cores. Configurations:
+              ceiling of this machine, in frames/s and per core.
+decode rate  = decode + upright + resize frames per CPU-second (one core, load-independent). Decode workers an
+              encoder needs = its encoder-only frames/s / this rate (printed per configuration).
+On a 2-core CPU, decode and the CPU encoder share the same cores, so a decode-heavy configuration cannot reach 1.0
+here; on a GPU node the encoder runs on the GPU and decode on spare cores. Configurations:
   demo      : the demo's tiny encoder (configs/precompute.yaml), decode-bound on this CPU
   compute   : a wider tiny encoder, so the encoder dominates as MapAnything does on a GPU
 
     python scripts/bench_precompute.py [--episodes 2] [--length 100] [--rounds 2] [--only demo|compute]
-                                       [--demo-data] [--no-null] [key=value overrides for both sides]
+                                       [--demo-data] [--no-null] [--device auto|cpu|cuda]
+                                       [key=value overrides for both sides]
 """
 
 from __future__ import annotations
@@ -42,35 +46,35 @@ CONFIGS = {
 }
 
 
-def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[float, float]:
+def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path, device: str) -> tuple[float, float]:
     """(steady-state frames/s after the first shard, overall frames/s including startup)."""
     from geo3d.precompute.run import run_precompute
 
     cfg = build_config(("data", "store", "precompute"), None, [
-        "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *cfg_overrides])
+        "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", f"precompute.device={device}",
+        *cfg_overrides])
     r = run_precompute(cfg)
     return r.steady_fps or 0.0, r.frames / r.seconds
 
 
-def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) -> float:
+def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray, device: str) -> float:
+    """The worker's encoder, batches and device, without decode or writes: frames/s."""
     from geo3d.encoders import build_encoder
-    from geo3d.features_store import StoreLayout
     from geo3d.precompute.pipeline import encode_frames
+    from geo3d.precompute.run import _cpu_threads, full_batches
 
-    cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *cfg_overrides])
-    enc = build_encoder(cfg.encoder, int(cfg.data.image_size), "cpu")
-    shard = StoreLayout.from_config(cfg.store).shard_frames
-    batch = int(cfg.precompute.batch_size)
-    out = torch.empty((shard, 2, enc.tokens_per_view, enc.dim), dtype=torch.bfloat16)
-    encode_frames(enc, frames[:batch], out, batch)  # warm-up
+    cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}",
+                                                               f"precompute.device={device}", *cfg_overrides])
+    if device == "cpu":
+        torch.set_num_threads(_cpu_threads(cfg.precompute))  # the worker's setting
+    enc = build_encoder(cfg.encoder, int(cfg.data.image_size), device)
+    batch, full = int(cfg.precompute.batch_size), full_batches(cfg.precompute.full_batches, device)
+    out = torch.empty((len(frames), 2, enc.tokens_per_view, enc.dim), dtype=torch.bfloat16,
+                      pin_memory=device.startswith("cuda"))
+    encode_frames(enc, frames[:batch], out[:batch], batch, full)  # warm-up
     t0 = time.perf_counter()
-    for a in range(0, len(frames), shard):
-        chunk = frames[a:a + shard]
-        encode_frames(enc, chunk, out[:len(chunk)], batch)
+    encode_frames(enc, frames, out, batch, full)
     return len(frames) / (time.perf_counter() - t0)
-
-
-H100_MAPANYTHING_FPS = (250, 410)  # two-view frames/s of MapAnything at 224^2 on one H100 (issue 13)
 
 
 class NullEncoder:
@@ -84,6 +88,12 @@ class NullEncoder:
     def identity(self):
         return {**self._real.identity(), "name": "null-bench"}
 
+    def runtime(self):
+        return self._real.runtime()
+
+    def store_identity(self):
+        return {**self.identity(), "runtime": self.runtime()}
+
     def preprocessing(self):
         return self._real.preprocessing()
 
@@ -94,8 +104,9 @@ class NullEncoder:
         return torch.zeros((images.shape[0], images.shape[1], self.tokens_per_view, self.dim), dtype=torch.bfloat16)
 
 
-def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], decode_per_cpu_s: float) -> None:
-    """End-to-end precompute with NullEncoder; prints frames/s, per core, and cores per H100."""
+def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], decode_per_cpu_s: float,
+                 device: str) -> None:
+    """End-to-end precompute with NullEncoder: the decode + write ceiling, frames/s and per core."""
     import os
     from unittest import mock
 
@@ -105,13 +116,11 @@ def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], 
     runs = []
     with mock.patch.object(encoders, "build_encoder", lambda *a, **k: NullEncoder(real_build(*a, **k))):
         for r in range(rounds):
-            runs.append(end_to_end(overrides, data_root, tmp / f"store-null-{r}")[0])
+            runs.append(end_to_end(overrides, data_root, tmp / f"store-null-{r}", device)[0])
     fps, cores = statistics.median(runs), len(os.sched_getaffinity(0))
-    lo, hi = (int(-(-x // decode_per_cpu_s)) for x in H100_MAPANYTHING_FPS)
     print(f"[null] decode + write ceiling {fps:.1f} frames/s wall on {cores} shared cores (rounds "
           f"{[round(x, 1) for x in runs]}); decode + upright + resize alone {decode_per_cpu_s:.1f} frames per "
-          f"CPU-second (one core, load-independent) -> one H100 running MapAnything at {H100_MAPANYTHING_FPS[0]}-"
-          f"{H100_MAPANYTHING_FPS[1]} frames/s needs {lo}-{hi} decode cores", flush=True)
+          f"CPU-second (one core, load-independent)", flush=True)
 
 
 def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
@@ -119,7 +128,7 @@ def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
     from geo3d.precompute.decode import DataSource, decode_episode
 
     mix = LiberoMixture("demo", data_root, image_size=image_size)
-    src = DataSource("demo", str(data_root), image_size)
+    src = DataSource("demo", str(data_root), image_size, decoder_threads=1)  # as one decode worker runs
     return np.concatenate([decode_episode(src, s.dataset_id, s.episode_index).frames for s in mix.episodes()])
 
 
@@ -132,8 +141,14 @@ def main() -> None:
     ap.add_argument("--demo-data", action="store_true", help="use the shipped demo_data/ (real LIBERO renders)")
     ap.add_argument("--only", choices=sorted(CONFIGS))
     ap.add_argument("--no-null", action="store_true", help="skip the decode + write ceiling (null encoder) run")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]: both sides")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
+    from geo3d.core.compute_dtype import describe_cpu
+    from geo3d.core.device import resolve_device
+
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else describe_cpu()
     with tempfile.TemporaryDirectory(prefix="bench_precompute_") as tmp:
         data_root = REPO / "demo_data" if args.demo_data else make_synthetic_libero(
             Path(tmp) / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=args.episodes,
@@ -142,26 +157,27 @@ def main() -> None:
         frames = decoded_frames(data_root, 224)
         decode_per_cpu_s = len(frames) / (time.process_time() - c0)
         what = "demo_data/" if args.demo_data else f"synthetic {args.size}px"
-        print(f"bench_precompute: {len(frames)} frames ({what} AV1, 2 views), torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads available", flush=True)
+        print(f"bench_precompute: {len(frames)} frames ({what} AV1, 2 views), device {device} ({where}), torch "
+              f"{torch.__version__}, {torch.get_num_threads()} threads available", flush=True)
         if not args.no_null:
-            null_ceiling(data_root, Path(tmp), args.rounds, list(args.overrides), decode_per_cpu_s)
+            null_ceiling(data_root, Path(tmp), args.rounds, list(args.overrides), decode_per_cpu_s, device)
         for name, overrides in CONFIGS.items():
             if args.only and name != args.only:
                 continue
             overrides = [*overrides, *args.overrides]
             e2e, e2e_all, enc = [], [], []
             for r in range(args.rounds):  # alternate, so machine load affects both sides alike
-                steady, overall = end_to_end(overrides, data_root, Path(tmp) / f"store-{name}-{r}")
+                steady, overall = end_to_end(overrides, data_root, Path(tmp) / f"store-{name}-{r}", device)
                 e2e.append(steady)
                 e2e_all.append(overall)
-                enc.append(encoder_only(overrides, data_root, frames))  # same torch thread count as the run
+                enc.append(encoder_only(overrides, data_root, frames, device))
             ratio = statistics.median(e2e) / statistics.median(enc)
-            print(f"[{name}] end-to-end {statistics.median(e2e):.1f} frames/s | encoder-only "
+            print(f"[{name}] on {device}: end-to-end {statistics.median(e2e):.1f} frames/s | encoder-only "
                   f"{statistics.median(enc):.1f} frames/s | ratio {ratio:.2f} (goal >= 0.9) | "
                   f"rounds e2e={[round(x, 1) for x in e2e]} enc={[round(x, 1) for x in enc]} | incl. startup "
-                  f"{statistics.median(e2e_all):.1f} frames/s | "
-                  f"torch threads {torch.get_num_threads()}", flush=True)
+                  f"{statistics.median(e2e_all):.1f} frames/s | torch threads {torch.get_num_threads()} | decode "
+                  f"workers to keep up with this encoder: {statistics.median(enc) / decode_per_cpu_s:.2f} "
+                  f"(encoder-only / {decode_per_cpu_s:.0f} decode frames per CPU-second)", flush=True)
 
 
 if __name__ == "__main__":

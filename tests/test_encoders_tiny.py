@@ -72,3 +72,57 @@ def test_rebuilt_from_the_recorded_identity_gives_the_same_tokens():
     tampered = {**enc.identity(), "fingerprint": "sha256:0"}
     with pytest.raises(StoreError, match="encoder identity differs"):
         encoder_from_record(tampered, enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")
+
+
+def test_device_random_init_is_unhashed_and_never_rebuilt(monkeypatch):
+    """The full-size benchmark stand-in: no seeded CPU init, no sha256; its identity says so and recompute /
+    eval refuse to rebuild it."""
+    import geo3d.encoders.tiny as tiny
+    from geo3d.core.errors import StoreError
+    from geo3d.encoders.recompute import encoder_from_record
+
+    monkeypatch.setattr(tiny, "state_dict_sha256", lambda m: pytest.fail("the stand-in's weights were hashed"))
+    enc = TinyEncoder(**SMALL, init="device_random")
+    ident = enc.identity()
+    assert ident["fingerprint"].startswith("unhashed:") and ident["config"]["init"] == "device_random"
+    out = enc.encode(_images(2))
+    assert out.shape == (2, 2, 4, 24) and torch.isfinite(out.float()).all() and out.float().std() > 0.1
+    with pytest.raises(StoreError, match="unhashed random weights.*cannot be recomputed"):
+        encoder_from_record(enc.store_identity(), enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")
+    with pytest.raises(Geo3dError, match="encoder.tiny.init must be one of seeded, device_random"):
+        TinyEncoder(**SMALL, init="zeros")
+
+
+def test_seeded_identity_is_unchanged_and_the_store_identity_adds_the_runtime():
+    enc = TinyEncoder(**SMALL)
+    assert set(enc.identity()) == {"name", "fingerprint", "config", "compute_dtype"}  # old stores still attach
+    assert "init" not in enc.identity()["config"]
+    rec = enc.store_identity()
+    assert rec["runtime"]["device_type"] == "cpu" and {k: v for k, v in rec.items() if k != "runtime"} == enc.identity()
+    other = {**rec, "runtime": {**rec["runtime"], "device_type": "cuda", "gpu": "H200"}}
+    from geo3d.encoders.recompute import encoder_from_record  # the runtime is informational: rebuilt anyway
+
+    assert encoder_from_record(other, enc.preprocessing(), SMALL["tokens_per_view"], device="cpu").identity() \
+        == enc.identity()
+
+
+def test_full_size_stand_in_has_mapanything_scale():
+    """width 1536, depth 20, heads 24 (configs/standin_full.yaml): ~1.13B parameters (counted on the meta device)."""
+    from omegaconf import OmegaConf
+
+    from geo3d.core.config import CONFIG_DIR
+    from geo3d.encoders.tiny_model import TinyGeometryModel
+
+    t = OmegaConf.load(CONFIG_DIR / "standin_full.yaml").encoder.tiny
+    assert t.init == "device_random"
+    with torch.device("meta"), mock_seeded_init():
+        model = TinyGeometryModel(t.width, t.depth, t.heads, t.out_dim, seed=0)
+    assert 1.10e9 < sum(p.numel() for p in model.parameters()) < 1.16e9
+
+
+def mock_seeded_init():
+    from unittest import mock
+
+    from geo3d.encoders.tiny_model import TinyGeometryModel
+
+    return mock.patch.object(TinyGeometryModel, "_seeded_init", lambda self, seed, device: None)

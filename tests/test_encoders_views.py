@@ -90,3 +90,26 @@ def test_a_changed_image_path_changes_the_record(monkeypatch):
     monkeypatch.setattr(T, "to_upright", lambda img, orientation: T.turn_180(img))  # the old, wrong path
     after = preprocessing_record(56, 4, "bfloat16", "dinov2")
     assert after["image_path_probe"]["orientation"] == "rot180" and after != before
+
+
+def test_normalization_tensors_are_built_once_per_device_and_dtype():
+    """No per-batch torch.tensor(mean/std, device=...): on CUDA that is a host->device copy + sync per batch."""
+    from unittest import mock
+
+    import geo3d.encoders.views as views
+
+    img = torch.randint(0, 256, (2, 2, 14, 14, 3), dtype=torch.uint8)
+    first = normalize_views(img, "cpu", "dinov2")
+    with mock.patch.object(views.torch, "tensor", side_effect=AssertionError("built again")):
+        again = normalize_views(img, "cpu", "dinov2")
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    cpu = torch.device("cpu")
+    a, b = views.norm_tensors("dinov2", cpu, torch.float32), views.norm_tensors("dinov2", cpu, torch.float32)
+    assert a[0] is b[0] and a[1] is b[1]
+    assert views.norm_tensors("dinov2", cpu, torch.float64)[0].dtype == torch.float64  # one entry per dtype
+    with torch.inference_mode():
+        fresh = views.norm_tensors("dust3r", cpu, torch.float32)
+    assert not fresh[0].is_inference()  # usable outside inference mode too
+    expect = (img.permute(0, 1, 4, 2, 3).float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+    assert torch.equal(first[0], expect[:, 0]) and torch.equal(first[1], expect[:, 1])  # same bits as before

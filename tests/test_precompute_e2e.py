@@ -186,3 +186,17 @@ def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, re
     from geo3d.features_store import FeatureStore
 
     assert FeatureStore.open(store).spec.encoder["config"]["seed"] == 1
+
+
+def test_batches_across_shards_kill9_then_resume_with_another_batch_size_is_bit_identical(data_root, reference,
+                                                                                        tmp_path):
+    """Batches of 20 frames span three 8-frame shards; a kill -9 leaves no half shard; the resume (batches of 12,
+    padded to full size) completes a store bit-identical to the reference's 4-frame batches."""
+    store = tmp_path / "store.zarr"
+    proc = _start_and_kill_after(_cmd(data_root, store, "--batch-size", "20"), store, 5)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    kept = _commits(store)
+    _run(_cmd(data_root, store, "--batch-size", "12", "precompute.full_batches=true"))
+    assert all(_commits(store)[k] == v for k, v in kept.items()), "resume rewrote a committed shard"
+    _assert_same_store(store, reference)
