@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from helpers import REPO
 
 
 def tiny_model_flops(width: int, depth: int, heads: int, out_dim: int, image: int, views: int = 2) -> int:
@@ -26,6 +27,7 @@ def tiny_model_flops(width: int, depth: int, heads: int, out_dim: int, image: in
     return vit + embed + sharing
 
 
+@pytest.mark.slow  # a real process (~15 s): the script as a user runs it
 def test_tiny_mode_runs_every_path_and_writes_its_json(tmp_path):
     out = tmp_path / "gpu_precompute.json"
     proc = subprocess.run([sys.executable, "scripts/gpu_precompute.py", "--tiny", "--compile", "--out", str(out)],

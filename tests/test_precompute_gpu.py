@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from data_fixtures import make_synthetic_libero
+from helpers import REPO
 from test_encoders_mapanything_real import IMAGE, TOKENS, _demo_frames, small_weights  # noqa: F401 (fixture)
 from test_precompute_e2e import _commits, _contents, _start_and_kill_after
 
@@ -25,7 +26,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is "
                                  "false here); run `pytest -m gpu` on a GPU node")]
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.image_size=56", "encoder.tokens_per_view=4", "encoder.tiny.width=32", "encoder.tiny.heads=2",
          "encoder.tiny.out_dim=16", "store.shard_frames=8", "precompute.decode_workers=1"]
 LENGTHS = [200, 150, 250]  # 2 suites x 600 = 1200 frames, 150 shards: long enough to kill a CUDA run mid-way
