@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 GB = 1024**3
 GPU_COUNTS = (1, 4, 8)
@@ -114,12 +115,26 @@ def _param_groups(cfg: DictConfig) -> tuple[dict[str, dict[str, int]], Any]:
     for name, module in policy.module_groups().items():
         params = list(module.parameters())
         stored = sum(p.numel() * (4 if p.requires_grad else p.element_size()) for p in params)
-        matmul = sum(p.numel() for m in module.modules() if type(m).__name__ in MATMUL_MODULES
-                     for p in m.parameters(recurse=False) if p.requires_grad)
         out[name] = {"total": sum(p.numel() for p in params),
                      "trainable": sum(p.numel() for p in params if p.requires_grad),
-                     "stored_bytes": stored, "autocast_params": matmul}
+                     "stored_bytes": stored, "autocast_params": autocast_params(module)}
     return out, policy.vlm.model.config
+
+
+def autocast_params(module: nn.Module) -> int:
+    """Trainable parameters that autocast copies to bf16: those of matmul modules, except a weight shared with
+    an embedding (the 3B's tied lm_head: the policy never runs the LM head, an embedding lookup casts nothing)."""
+    tied = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    seen: set[int] = set()
+    count = 0
+    for m in module.modules():
+        if type(m).__name__ not in MATMUL_MODULES:
+            continue
+        for p in m.parameters(recurse=False):
+            if p.requires_grad and id(p) not in tied and id(p) not in seen:
+                seen.add(id(p))
+                count += p.numel()
+    return count
 
 
 def text_tokens(cfg: DictConfig) -> int:
