@@ -94,6 +94,7 @@ def plan(args: argparse.Namespace, device: str, work: Path) -> list[tuple[str, C
     import gpu_check_steps as st
     full = not args.tiny
     state: dict[str, Any] = {}
+    wanted = ["env", *args.only.split(",")] if args.only else list(SECTIONS)  # env always: it names the machine
 
     def model_dir() -> Path:
         if "model" not in state:
@@ -107,9 +108,16 @@ def plan(args: argparse.Namespace, device: str, work: Path) -> list[tuple[str, C
 
     def steps() -> Any:
         batches, warm, n = ((4, 16), 2, 5) if full else ((2, 4), 1, 2)
-        rows = [r for c in ("qformer", "none")
-                for r in st.measure_compressor(model_dir(), full, c, device, peak(), batches, warm, n)]
-        return {"model": state["model_kind"], "preset": "fork", "rows": rows}
+        rows, _ = st.measure_compressor(model_dir(), full, "qformer", device, peak(), batches, warm, n)
+        more, state["vision"] = st.measure_compressor(model_dir(), full, "none", device, peak(), batches, warm, n,
+                                                      vision_batch=batches[-1] if "vision" in wanted else None)
+        return {"model": state["model_kind"], "preset": "fork", "rows": rows + more}
+
+    def vision() -> Any:
+        if "vision" not in state:  # without the steps section: a policy of its own
+            _, state["vision"] = st.measure_compressor(model_dir(), full, "none", device, peak(), (1,), 0, 1,
+                                                       vision_batch=16 if full else 4)
+        return state["vision"]
 
     def store() -> tuple[Path, list[str]]:
         if "store" not in state:
@@ -128,10 +136,9 @@ def plan(args: argparse.Namespace, device: str, work: Path) -> list[tuple[str, C
         return {"in_process": e2e.serve_latency(run, device, calls), "geo3d_serve": e2e.serve_remote(run, device, calls)}
 
     sections = {"env": lambda: environment(device), "matmul": lambda: {**st.matmul_peak(device, full)},
-                "steps": steps, "vision": lambda: st.vision_tower(model_dir(), full, device, 16 if full else 4),
+                "steps": steps, "vision": vision,
                 "processor": lambda: e2e.image_processors(model_dir()), "feed": feed, "serve": serve,
                 "precompute": lambda: precompute_section(args.tiny)}
-    wanted = args.only.split(",") if args.only else list(SECTIONS)
     return [(name, sections[name]) for name in SECTIONS if name in wanted]
 
 

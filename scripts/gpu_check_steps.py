@@ -161,8 +161,10 @@ def time_steps(policy: Any, optimizer: Any, batch: dict[str, Any], device: str, 
 
 
 def measure_compressor(model_dir: Path, full: bool, compressor: str, device: str, peak_tflops: float,
-                       batches: tuple[int, ...], warmup: int, steps: int) -> list[dict[str, Any]]:
-    """Every (batch, checkpointing) row for one compressor, on one policy built once."""
+                       batches: tuple[int, ...], warmup: int, steps: int,
+                       vision_batch: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (batch, checkpointing) row for one compressor, on one policy built once (loading 3B weights
+    takes a while); with `vision_batch`, then the vision tower on the same policy."""
     cfg0 = step_config(model_dir, full, compressor, batches[0], False)
     torch.manual_seed(0)
     policy = build_policy(cfg0.model, device=device).train()
@@ -188,25 +190,25 @@ def measure_compressor(model_dir: Path, full: bool, compressor: str, device: str
                          "warmup": warmup, "optimizer": str(type(optimizer).__name__) + " " +
                          ("fused" if optimizer.defaults.get("fused") else "foreach")})
         del batch
+    optimizer.zero_grad(set_to_none=True)
+    vision = vision_tower(policy, cfg0, device, vision_batch) if vision_batch else []
     del policy, optimizer
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return rows
+    return rows, vision
 
 
-def vision_tower(model_dir: Path, full: bool, device: str, batch_size: int) -> list[dict[str, Any]]:
+def vision_tower(policy: Any, cfg: Any, device: str, batch_size: int) -> list[dict[str, Any]]:
     """Forward time of the vision tower alone, per attention implementation transformers can use here
     (its window attention makes one SDPA call per window): is it launch-bound?"""
     from transformers.utils import is_flash_attn_2_available
-    cfg = step_config(model_dir, full, "none", batch_size, False)
-    policy = build_policy(cfg.model, device=device).eval()
     batch, _ = make_batch(policy, cfg, batch_size, device)
     visual = policy.vlm.model.model.visual
     impls = ["sdpa"] + (["flash_attention_2"] if is_flash_attn_2_available() and device.startswith("cuda") else [])
     out = []
     for impl in impls:
         policy.vlm.model.set_attn_implementation(impl)
-        pixels = batch["pixel_values"].to(policy.vlm.model.dtype)
+        pixels = batch["pixel_values"].to(next(visual.parameters()).dtype)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
         times = []
         with torch.no_grad(), ctx:
@@ -218,5 +220,5 @@ def vision_tower(model_dir: Path, full: bool, device: str, batch_size: int) -> l
                 if i >= 3:
                     times.append(time.perf_counter() - t0)
         out.append({"attn_implementation": impl, "batch": batch_size, "ms_forward": 1e3 * statistics.median(times)})
-    del policy
+    policy.vlm.model.set_attn_implementation(str(cfg.model.vlm.attn_implementation))
     return out
