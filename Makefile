@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM    := $(VENV)/.sim-installed
 
-.PHONY: install demo demo-eval test test-fast lint-imports sim bench clean
+.PHONY: install demo demo-eval test test-fast test-gpu gpu-check lint-imports sim bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -35,6 +35,16 @@ test: install $(SIM)
 
 test-fast: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not sim and not slurm"
+
+# The gpu tier on a GPU node (one process: the tests share the GPU); every other tier hides the GPUs
+# (tests/conftest.py), so `make test` means the same CPU checks everywhere.
+test-gpu: install
+	$(PY) -m pytest -q -p no:xdist -m gpu
+
+# Stage 2 measured on this node's GPU in <= 8 min (scripts/gpu_check.py; tiny CPU smoke run without CUDA):
+# one table on stdout, every figure with its settings in gpu_check.json.
+gpu-check: install
+	$(PY) scripts/gpu_check.py --out gpu_check.json
 
 # The layer contracts (pyproject.toml [tool.importlinter]); tests/test_layers.py runs the same check.
 lint-imports: install

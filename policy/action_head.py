@@ -70,9 +70,13 @@ class FlowMatchingHead(nn.Module):
         return (t * self.cfg.timestep_buckets).long().clamp_(0, self.cfg.timestep_buckets - 1)
 
     def sample_t(self, n: int, device) -> torch.Tensor:
-        """Flow time t = (s_max - s)/s_max, s ~ Beta(alpha, beta) (torch's global RNG: seed it for repeats)."""
-        s = Beta(torch.tensor(self.cfg.beta_alpha), torch.tensor(self.cfg.beta_beta)).sample((n,))
-        return ((self.cfg.noise_s - s) / self.cfg.noise_s).to(device)
+        """Flow time t = (s_max - s)/s_max, s ~ Beta(alpha, beta), drawn on `device` from its generator (seed
+        it for repeats): no host sample and pageable copy per step on a GPU; on CPU the same draws as before.
+        The concentrations are filled on the device (torch.full), not copied there from host scalars."""
+        alpha = torch.full((), self.cfg.beta_alpha, device=device)
+        beta = torch.full((), self.cfg.beta_beta, device=device)
+        s = Beta(alpha, beta, validate_args=False).sample((n,))  # validation would sync: .all() on the device
+        return (self.cfg.noise_s - s) / self.cfg.noise_s
 
     def velocity(self, x_t, t, state, ctx, action_keep, geom_slice,
                  want_mass: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

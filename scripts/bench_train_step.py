@@ -9,9 +9,11 @@ demo_data with a matching store of random tokens. Per step, interleaved over --s
 Three variants run on the same batches from the same initial weights, in rotating order: fp32 with the VLM's
 patch embedding as transformers' Conv3d (the step before the cut), fp32 with it as a matmul
 (`model.vlm.patch_embed=matmul`, the default), and bf16 CPU autocast; trainable parameters fp32 as in training
-(policy/precision.py). Which precision `auto` picks here is printed.
+(policy/precision.py). Which precision `auto` picks here is printed. `--device auto` runs on CUDA when there is
+one (CUDA autocast, timings synchronised with the GPU, the batch copied to it), else on the CPU.
+The full-size GPU step (Qwen2.5-VL-3B, MFU, peak memory) is `make gpu-check` (scripts/gpu_check.py).
 
-    python scripts/bench_train_step.py [--steps 12] [--compressor qformer]
+    python scripts/bench_train_step.py [--steps 12] [--compressor qformer] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ from geo3d.core.compute_dtype import describe_cpu  # noqa: E402
 from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 
 
-def _parts(compressor: str, store: Path, patch_embed: str):
+def _parts(compressor: str, store: Path, patch_embed: str, device: str):
     from geo3d.train import preflight as setup
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
     from geo3d.policy.modeling_policy import build_policy
     from geo3d.train.optim import build_optimizer
     from geo3d.policy.precision import keep_trainable_fp32
-    from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
+    from geo3d.policy.processor_policy import PolicyProcessor
     from geo3d.train.run_config import compose_train_config
     from geo3d.data.norm_stats import compute_norm_stats
 
@@ -50,27 +52,34 @@ def _parts(compressor: str, store: Path, patch_embed: str):
                                 "store": str(store)})
     mixture = setup.open_mixture(cfg)
     torch.manual_seed(0)
-    policy = build_policy(cfg.model)
+    policy = build_policy(cfg.model, device=device)
     keep_trainable_fp32(policy, "bf16")
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
-    pipeline = PolicyProcessor(policy.processor, compute_norm_stats(mixture),
-                              NormalizationSpec.from_cfg(cfg.model.normalization))
+    processor = PolicyProcessor.for_config(cfg.model, compute_norm_stats(mixture))
     dataset = GeoTrainDataset(mixture, str(store))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
-                                         num_workers=0, collate_fn=TrainCollator(pipeline),
+                                         num_workers=0, collate_fn=TrainCollator(processor),
                                          generator=torch.Generator().manual_seed(0))
     return cfg, policy, optimizer, loader
 
 
-def _timed(fn) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: str) -> float:
+    _sync(device)
     t0 = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t0
 
 
-def step_split(policy, optimizer, batch, precision: str, max_grad_norm: float) -> dict[str, float]:
+def step_split(policy, optimizer, batch, precision: str, max_grad_norm: float, device: str) -> dict[str, float]:
     """One measured step: VLM alone fwd/bwd, then the full policy fwd/bwd, then the optimizer."""
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    kind = torch.device(device).type
+    ctx = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     n = policy.cfg.action_head.num_layers
 
     def vlm_only() -> None:
@@ -88,10 +97,10 @@ def step_split(policy, optimizer, batch, precision: str, max_grad_norm: float) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    vlm = _timed(vlm_only)
+    vlm = _timed(vlm_only, device)
     optimizer.zero_grad(set_to_none=True)
-    total = _timed(full)
-    return {"VLM fwd/bwd": vlm, "compressor + head": max(0.0, total - vlm), "optimizer": _timed(opt)}
+    total = _timed(full, device)
+    return {"VLM fwd/bwd": vlm, "compressor + head": max(0.0, total - vlm), "optimizer": _timed(opt, device)}
 
 
 # (label, model.vlm.patch_embed, compute precision): the first row is the step before this benchmark's cut
@@ -103,15 +112,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--compressor", default="qformer")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
     args = ap.parse_args()
+    from geo3d.core.device import resolve_device
+    from geo3d.train.dataset import move_batch
     from geo3d.policy.precision import accelerate_precision
+    device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as d:
         from geo3d.data.mixture import LiberoMixture
         mix = LiberoMixture("demo", DEMO_DATA_ROOT)
         store = make_matching_store(mix, Path(d) / "store.zarr", 2, 196, 128, shard_frames=64)
-        cfg, conv_policy, conv_opt, loader = _parts(args.compressor, store, "conv3d")
-        _, policy, optimizer, _ = _parts(args.compressor, store, "matmul")
+        cfg, conv_policy, conv_opt, loader = _parts(args.compressor, store, "conv3d", device)
+        _, policy, optimizer, _ = _parts(args.compressor, store, "matmul", device)
         policy.load_state_dict(conv_policy.state_dict())  # the same initial weights (and keys) for every variant
         models = {"conv3d": (conv_policy, conv_opt), "matmul": (policy, optimizer)}
         it = iter(loader)
@@ -119,16 +132,18 @@ def main() -> None:
         rows: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in VARIANTS}
         for step in range(args.steps):
             t0 = time.perf_counter()
-            batch = next(it)
+            batch = move_batch(next(it), torch.device(device))
+            _sync(device)
             data = time.perf_counter() - t0
             order = VARIANTS[step % len(VARIANTS):] + VARIANTS[:step % len(VARIANTS)]  # none always goes first
             for label, patch_embed, precision in order:  # the same batch for every variant, back to back
                 split = {"data wait": data, **step_split(*models[patch_embed], batch, precision,
-                                                         float(cfg.train.max_grad_norm))}
+                                                         float(cfg.train.max_grad_norm), device)}
                 for k, v in split.items():
                     rows[label].setdefault(k, []).append(v)
-    print(f"CPU: {describe_cpu()}; torch threads {torch.get_num_threads()}; train.mixed_precision auto -> "
-          f"{accelerate_precision('auto', 'cpu')}")
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else describe_cpu()
+    print(f"device {device}: {where}; torch threads {torch.get_num_threads()}; train.mixed_precision auto -> "
+          f"{accelerate_precision('auto', device)}")
     print(f"demo step ({args.compressor}, batch {cfg.train.per_device_batch_size}), median of {args.steps} steps:")
     totals = {}
     for label, split in rows.items():

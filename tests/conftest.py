@@ -3,7 +3,11 @@
 Tiers (markers, pyproject [tool.pytest.ini_options]): `make test` runs everything (CI); `make test-fast` runs
 `-m "not slow and not sim and not slurm"` (units and small real-file tests).
 slow = end-to-end subprocess runs (precompute/train/demo/wheel), sim = needs the LIBERO simulator,
-slurm = starts a real SLURM cluster. Both make targets run two pytest-xdist workers (`-n 2 --dist loadgroup`,
+slurm = starts a real SLURM cluster, gpu = needs CUDA (`make test-gpu`, `pytest -m gpu`).
+The CPU tiers mean the CPU (exact-loss resume, CPU bf16 rules): on a GPU host a session that does not select
+the gpu tier hides the GPUs (CUDA_VISIBLE_DEVICES="", set before anything initialises CUDA, so the test
+process and every `geo3d` subprocess it starts run on the CPU); a session run with `-m gpu` keeps them. The
+hidden value is kept in GEO3D_TEST_HIDDEN_GPUS (tests/slurm_cluster.py hands it back to its jobs). Both make targets run two pytest-xdist workers (`-n 2 --dist loadgroup`,
 `make test TEST_WORKERS=0` for one process); the scheduling groups are set below.
 
 The tiny Qwen2.5-VL dir (tokenizer + processor + config) is the expensive shared fixture: one GEO3D_CACHE per
@@ -36,10 +40,24 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+HIDDEN_GPUS = "GEO3D_TEST_HIDDEN_GPUS"
+UNSET = "<unset>"
+
+
+def selects_gpu_tier(markexpr: str) -> bool:
+    """`-m gpu` (or an expression that asks for gpu without negating it)."""
+    return "gpu" in markexpr and "not gpu" not in markexpr
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse, rather than run ungrouped: with pytest >= 9.2, xdist's `--dist loadgroup` silently ignores the
-    groups (pytest-dev/pytest-xdist#1386): the SLURM tests would start two clusters side by side."""
+    """Hide the GPUs from the CPU tiers (module docstring). Refuse, rather than run ungrouped: with pytest >= 9.2,
+    xdist's `--dist loadgroup` silently ignores the groups (pytest-dev/pytest-xdist#1386): the SLURM tests would
+    start two clusters side by side."""
     from packaging.version import Version
+
+    if not selects_gpu_tier(config.option.markexpr or "") and HIDDEN_GPUS not in os.environ:
+        os.environ[HIDDEN_GPUS] = os.environ.get("CUDA_VISIBLE_DEVICES", UNSET)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     if getattr(config.option, "dist", "no") == "loadgroup" and Version(pytest.__version__).release[:2] >= (9, 2):
         raise pytest.UsageError(f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup does not group tests "

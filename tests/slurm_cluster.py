@@ -73,6 +73,11 @@ class SlurmCluster:
         """The environment for SLURM clients (and anything they start) to talk to this cluster."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env["SLURM_CONF"] = str(self.conf)
+        hidden = env.pop("GEO3D_TEST_HIDDEN_GPUS", None)  # tests/conftest.py hid the GPUs: jobs get slurm's own
+        if hidden is not None:
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+            if hidden != "<unset>":
+                env["CUDA_VISIBLE_DEVICES"] = hidden
         return env
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

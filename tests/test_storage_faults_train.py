@@ -11,7 +11,7 @@ import pytest
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
 from storage_fixtures import geo3d, small_fs
 from geo3d.policy.run_dir import list_checkpoints
-from geo3d.train.metrics import read_metrics
+from geo3d.policy.run_dir import read_metrics
 from train_fixtures import make_train_data, train_args
 
 STEPS, SAVE_EVERY = 6, 2  # three checkpoints; the small filesystem holds two and a half

@@ -1,5 +1,6 @@
-"""`geo3d train` as users run it: bad input fails with a clear message before any training step, --dry-run
-prints parameter counts, and the training process never imports the geometry encoder."""
+"""`geo3d train` as users run it: bad input (and a DeepSpeed launch) fails with a clear message before any
+training step, train.save_final=false writes no checkpoint, --dry-run prints parameter counts, and the training
+process never imports the geometry encoder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.policy.run_dir import read_metrics
 from helpers import spawn_geo3d
 from train_fixtures import make_train_data, train_args
 
@@ -48,6 +50,23 @@ def test_token_shape_mismatch_unknown_compressor_and_missing_store_are_refused(d
     _refused(spawn_geo3d(train_args(data, tmp_path / "nope.zarr", out), expect=None), out, "features store not found",
              "geo3d precompute")
     _refused(spawn_geo3d(train_args(data, None, out, "pool"), expect=None), out, "needs cached geometry tokens", "--store")
+
+
+def test_deepspeed_is_refused_with_what_to_use_instead(data_store, tmp_path):
+    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED: never run, so refused."""
+    data, store = data_store
+    out = tmp_path / "run"
+    r = spawn_geo3d(train_args(data, store, out), env={"ACCELERATE_USE_DEEPSPEED": "true"}, expect=None)
+    _refused(r, out, "DeepSpeed is not supported yet", "configs/accelerate/single_gpu.yaml", "train.freeze=[vlm]")
+
+
+def test_save_final_false_trains_without_writing_a_checkpoint(data_store, tmp_path):
+    data, store = data_store
+    out = tmp_path / "run"
+    r = spawn_geo3d(train_args(data, store, out, "qformer", 3, "train.save_final=false"), expect=None)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [rec["step"] for rec in read_metrics(out)] == [1, 2, 3]
+    assert not any((out / "checkpoints").glob("steps_*")) and "checkpoint None" in r.stdout
 
 
 def test_dry_run_prints_parameter_counts_per_module_as_json():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from geo3d.train.metrics import read_metrics
+from geo3d.policy.run_dir import read_metrics
 from geo3d.policy.run_dir import window_means
 from helpers import spawn_geo3d
 from train_fixtures import make_train_data, train_args

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from geo3d.train.metrics import METRICS_FILE, read_metrics
+from geo3d.policy.run_dir import METRICS_FILE, read_metrics
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
 from helpers import popen_geo3d, spawn_geo3d
 from train_fixtures import make_train_data, train_args

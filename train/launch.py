@@ -5,6 +5,7 @@ Also the dry run: build the model on the meta device (no memory, no weights read
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,31 +17,31 @@ from geo3d.train.checkpoint import TrainerState
 from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
 
 
+DEEPSPEED_REFUSED = (
+    "DeepSpeed is not supported yet: geo3d's DeepSpeed path has never run on a GPU, and a reading of it finds no "
+    "autocast under DeepSpeed (a bf16 loss), no per-module grad norms and a second full weights copy in every "
+    "checkpoint. Launch with DDP instead (configs/accelerate/single_gpu.yaml, multi_gpu.yaml, multi_node.yaml); "
+    "to fit one GPU: train.freeze=[vlm] (configs/train/frozen_vlm.yaml), model.vlm.gradient_checkpointing=true, "
+    "a smaller train.per_device_batch_size, or a larger GPU (`geo3d train --dry-run` prints the memory estimate)")
+
+
+def refuse_deepspeed() -> None:
+    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED=true: refuse before any setup."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        raise Geo3dError(DEEPSPEED_REFUSED)
+
+
 def make_accelerator(cfg: DictConfig) -> Any:
     from accelerate import Accelerator
     from geo3d.policy.precision import accelerate_precision
+    refuse_deepspeed()
     precision = accelerate_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
     acc = Accelerator(gradient_accumulation_steps=int(cfg.train.grad_accum_steps), mixed_precision=precision,
                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
-    _check_deepspeed(acc, cfg)
+    if getattr(acc.state, "deepspeed_plugin", None) is not None:  # set some other way than the env
+        raise Geo3dError(DEEPSPEED_REFUSED)
     return acc
-
-
-def _check_deepspeed(acc: Any, cfg: DictConfig) -> None:
-    plugin = getattr(acc.state, "deepspeed_plugin", None)
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    want = {"gradient_accumulation_steps": int(cfg.train.grad_accum_steps),
-            "gradient_clipping": float(cfg.train.max_grad_norm)}
-    bad = {k: (ds.get(k), v) for k, v in want.items() if ds.get(k) not in (v, "auto")}
-    if bad:
-        raise Geo3dError(f"the DeepSpeed config disagrees with the train config (deepspeed, train): {bad}; make "
-                         f"configs/accelerate/deepspeed_zero2.yaml match train.grad_accum_steps/max_grad_norm")
-    # geo3d shards data itself (train/sampler.py) and never passes a DataLoader to prepare(), so DeepSpeed
-    # cannot infer its micro-batch size: give it the configured one.
-    ds["train_micro_batch_size_per_gpu"] = int(cfg.train.per_device_batch_size)
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
@@ -99,11 +100,11 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     from geo3d.train.metrics import MetricsLogger
     from geo3d.train.checkpoint import restore_weights
     from geo3d.policy.modeling_policy import build_policy
-    from geo3d.policy.pretrained import Policy
-    from geo3d.policy.processor_policy import PolicyProcessor
+    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
     from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
     from geo3d.policy.precision import keep_trainable_fp32
 
+    refuse_deepspeed()
     setup.preflight(cfg)
     store = setup.check_store_path(cfg)
     run_dir, ckpt = setup.prepare_run_dir(cfg, resume)
@@ -137,11 +138,11 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
-    processor = PolicyProcessor.for_config(cfg.model, norm_stats)
-    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(processor), state, acc)
+    pipeline = PolicyPipeline(policy.processor, norm_stats, NormalizationSpec.from_cfg(cfg.model.normalization))
+    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(pipeline), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
-                          policy=Policy(policy, processor, cfg), checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+                          pipeline=pipeline, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
     result = train_loop(parts, flag, resumed_from=ckpt)
     result.is_main = acc.is_main_process
     return result

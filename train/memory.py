@@ -1,38 +1,48 @@
-"""Per-GPU training memory on paper: weights, gradients, optimizer state by precision, and activations at the
-configured batch and sequence length, under DDP and DeepSpeed ZeRO-2 for 1, 4 and 8 GPUs.
+"""Per-GPU training memory on paper: what a DDP run holds at its peak, for 1, 4 and 8 GPUs.
 
 `estimate_memory(cfg)` has no side effects (the model is built on the meta device: no memory, no weights read)
-so `geo3d train --dry-run` and `geo3d doctor` share it. It is an estimate, not a measurement: no GPU here.
-Precision model (what the code does):
-  DDP     accelerate + torch AdamW: every trainable parameter fp32 (policy/precision.py's master weights),
-          frozen ones in model.vlm.dtype (the head and compressor are fp32 anyway); fp32 gradients and both
-          fp32 Adam moments per trainable parameter; compute under bf16 autocast; nothing sharded; with >1 GPU
-          torch DDP's gradient buckets hold a second gradient copy.
-  ZeRO-2  DeepSpeed bf16 (configs/accelerate/deepspeed_zero2.yaml): every parameter bf16, bf16 gradients and
-          the fp32 master copy + fp32 Adam moments (12 B per trainable parameter) partitioned over the GPUs
-          (gradients too: stage 2); the weights themselves are replicated.
-Activations (stored for backward, per GPU, one micro-batch): Korthikanti et al. 2022's 34*s*b*h bytes per
-transformer layer in 16-bit with fused attention (SDPA/flash: no s^2 term), for the vision tower (patch tokens)
-and the language model (visual + text tokens); the DiT head in fp32 (x2) over R*B sequences, its attention
-fused too (SDPA; the geometry-mass softmax of logging steps runs without gradients, nothing stored). A frozen
-VLM stores only the N hidden states the head reads; gradient checkpointing (model.vlm.gradient_checkpointing,
-model.action_head.gradient_checkpointing) keeps one input per layer / DiT block.
-Not counted: CUDA context (~0.5-1 GB), allocator fragmentation, NCCL/DeepSpeed buckets, temporaries.
+so `geo3d train --dry-run`, `geo3d doctor` and `make gpu-check` share it. It is an estimate; `make gpu-check`
+prints it next to `torch.cuda.max_memory_allocated` on a real GPU. What the code does, term by term:
+  weights      every trainable parameter fp32 (policy/precision.py's master weights), frozen ones as stored
+  grads        fp32, one per trainable parameter; with >1 GPU torch DDP's buckets hold a second copy
+  adam         AdamW's exp_avg + exp_avg_sq, fp32 (8 B per trainable parameter)
+  ema          the fp32 shadow copy of the trainable weights (train.ema.enabled)
+  autocast     bf16 copies of the fp32 trainable matmul weights (Linear, conv, attention projections) that
+               autocast makes in the forward: autograd saves them for the backward, so they live until then
+  activations  what autograd saves for the backward at the configured micro-batch (below)
+  optim temp   the optimizer step's scratch: foreach AdamW allocates sqrt(exp_avg_sq) for a whole parameter
+               group (4 B x the largest group), the fused kernel nothing, the per-tensor loop one tensor's worth
+  context      the CUDA context + cuBLAS workspace, an assumed constant (`make gpu-check` reads the real one)
+Peak = max(forward/backward, optimizer step) + context, where forward/backward = weights + grads + adam + ema +
+autocast + activations (exact from the second micro-step of an accumulating step on; with grad_accum_steps 1
+the gradients grow while activations are freed, so it is an upper bound) and optimizer step = weights + grads +
+adam + ema + optim temp.
+Activations (bytes saved for backward per layer, bf16 autocast, trainable fp32 weights so the residual stream is
+fp32): derived from what each op saves and checked against torch's saved-tensor hooks counted on CPU at the 3B
+widths (tests/test_train_memory.py): text decoder layer s*(8I + 30h + 4kv + 4 heads), vision block
+p*(8I_v + 32h_v), DiT block 52*n*L*d + its keys/values + the 4*b*S*d context casts (n = B*R rows, L head tokens,
+S context tokens), plus the per-sample tensors outside the layers (pixel casts, merger, final norms, compressor
+keys/values). Flash/SDPA attention: no s^2 term. A frozen VLM saves nothing but the context casts; gradient
+checkpointing keeps each layer's input plus one layer recomputed in the backward.
+Not counted: allocator fragmentation (reserved minus allocated), NCCL buffers, kernel workspaces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 GB = 1024**3
 GPU_COUNTS = (1, 4, 8)
-STRATEGIES = ("ddp", "zero2")
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PROMPT_TEXT_TOKENS = 48  # chat template + system turn + a LIBERO instruction (tokens; measured ~40-50)
+PROMPT_TEXT_TOKENS = 48  # chat template + system turn + a LIBERO instruction (real Qwen tokenizer; measured ~40-50)
+CHARS_PER_TOKEN = 4      # the prompt template's own words, beyond the instruction (the fork's CoT prompt: ~37 tokens)
 PATCH, MERGE = 14, 2     # Qwen2.5-VL vision patch size and the 2x2 token merge
+PATCH_INPUT = 3 * 2 * PATCH * PATCH  # one flattened patch: RGB x temporal patch 2 x 14 x 14
+CUDA_CONTEXT_GIB = 0.75  # assumption: torch's CUDA context (lazy module loading) + cuBLAS workspace on Hopper
+MATMUL_MODULES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "PatchProjection", "MultiheadAttention")
 
 
 @dataclass(frozen=True)
@@ -41,12 +51,26 @@ class MemoryRow:
     gpus: int
     weights_gb: float
     grads_gb: float
-    optimizer_gb: float
+    optimizer_gb: float  # the two Adam moments
+    ema_gb: float
+    autocast_gb: float
     activations_gb: float
+    optimizer_temp_gb: float
+    context_gb: float
+
+    @property
+    def state_gb(self) -> float:
+        """What lives through the whole step: weights, gradients, Adam moments, EMA."""
+        return self.weights_gb + self.grads_gb + self.optimizer_gb + self.ema_gb
+
+    @property
+    def allocated_gb(self) -> float:
+        """The peak torch allocates (what torch.cuda.max_memory_allocated measures): no CUDA context."""
+        return self.state_gb + max(self.autocast_gb + self.activations_gb, self.optimizer_temp_gb)
 
     @property
     def total_gb(self) -> float:
-        return self.weights_gb + self.grads_gb + self.optimizer_gb + self.activations_gb
+        return self.allocated_gb + self.context_gb
 
 
 @dataclass
@@ -54,24 +78,31 @@ class MemoryTable:
     rows: list[MemoryRow]
     assumptions: dict[str, Any] = field(default_factory=dict)
 
+    def row(self, gpus: int = 1) -> MemoryRow:
+        return next(r for r in self.rows if r.gpus == gpus)
+
     def as_dict(self) -> dict[str, Any]:
         return {"assumptions": self.assumptions,
-                "rows": [{**row.__dict__, "total_gb": round(row.total_gb, 2)} for row in self.rows]}
+                "rows": [{**asdict(r), "allocated_gb": round(r.allocated_gb, 2), "total_gb": round(r.total_gb, 2)}
+                         for r in self.rows]}
 
     def render(self) -> str:
-        head = (f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"
-                "  (GiB per GPU)")
-        lines = [head] + [f"{r.strategy:<8} {r.gpus:>4} {r.weights_gb:>8.1f} {r.grads_gb:>7.1f} {r.optimizer_gb:>7.1f} "
-                          f"{r.activations_gb:>7.1f} {r.total_gb:>7.1f}" for r in self.rows]
+        head = (f"{'strategy':<8} {'GPUs':>4} {'weights':>8} {'grads':>6} {'adam':>6} {'ema':>5} {'bf16cp':>6} "
+                f"{'activ':>6} {'optmp':>6} {'ctx':>4} {'peak':>6}  (GiB per GPU)")
+        lines = [head] + [f"{r.strategy:<8} {r.gpus:>4} {r.weights_gb:>8.1f} {r.grads_gb:>6.1f} {r.optimizer_gb:>6.1f} "
+                          f"{r.ema_gb:>5.1f} {r.autocast_gb:>6.1f} {r.activations_gb:>6.1f} "
+                          f"{r.optimizer_temp_gb:>6.1f} {r.context_gb:>4.1f} {r.total_gb:>6.1f}" for r in self.rows]
         a = self.assumptions
         lines.append(f"estimate at micro-batch {a['micro_batch']} x repeats {a['repeats']}, VLM sequence "
-                     f"{a['vlm_seq']} tokens ({a['visual_tokens']} visual), {a['vision_patches']} vision patches; "
-                     "excludes CUDA context, fragmentation, comm buckets (train/memory.py)")
+                     f"{a['vlm_seq']} tokens ({a['visual_tokens']} visual), {a['vision_patches']} vision patches, "
+                     f"AdamW {a['optimizer_implementation']}; peak = max(fwd/bwd, optimizer step) + CUDA context; "
+                     "excludes fragmentation and NCCL buffers (train/memory.py)")
         return "\n".join(lines)
 
 
-def _param_groups(cfg: DictConfig) -> tuple[dict[str, tuple[int, int, int]], Any]:
-    """(module -> (params, trainable, bytes per param as stored), the VLM config), from a meta-device build."""
+def _param_groups(cfg: DictConfig) -> tuple[dict[str, dict[str, int]], Any]:
+    """Per module group: params, trainable, bytes as stored, trainable matmul weights (autocast copies); and
+    the VLM config — from a meta-device build with the freeze list applied."""
     import warnings
 
     from geo3d.policy.modeling_policy import build_policy
@@ -81,58 +112,117 @@ def _param_groups(cfg: DictConfig) -> tuple[dict[str, tuple[int, int, int]], Any
         policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
     out = {}
-    for name, module in policy.module_groups().items():  # trainable: fp32 master weights (policy/precision.py)
+    for name, module in policy.module_groups().items():
         params = list(module.parameters())
-        trainable = sum(p.numel() for p in params if p.requires_grad)
-        size = 4 if trainable or not params else params[0].element_size()
-        out[name] = (sum(p.numel() for p in params), trainable, size)
+        stored = sum(p.numel() * (4 if p.requires_grad else p.element_size()) for p in params)
+        out[name] = {"total": sum(p.numel() for p in params),
+                     "trainable": sum(p.numel() for p in params if p.requires_grad),
+                     "stored_bytes": stored, "autocast_params": autocast_params(module)}
     return out, policy.vlm.model.config
 
 
-def _activation_bytes(cfg: DictConfig, vlm_config: Any, vlm_trainable: bool) -> tuple[float, dict[str, Any]]:
+def autocast_params(module: nn.Module) -> int:
+    """Trainable parameters that autocast copies to bf16: those of matmul modules, except a weight shared with
+    an embedding (the 3B's tied lm_head: the policy never runs the LM head, an embedding lookup casts nothing)."""
+    tied = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    seen: set[int] = set()
+    count = 0
+    for m in module.modules():
+        if type(m).__name__ not in MATMUL_MODULES:
+            continue
+        for p in m.parameters(recurse=False):
+            if p.requires_grad and id(p) not in tied and id(p) not in seen:
+                seen.add(id(p))
+                count += p.numel()
+    return count
+
+
+def text_tokens(cfg: DictConfig) -> int:
+    """Prompt tokens besides the images: the chat turn + instruction, plus the template's own words."""
+    template = str(OmegaConf.select(cfg, "model.vlm.prompt_template", default="{instruction}"))
+    extra = len(template.replace("{instruction}", "").strip())
+    return PROMPT_TEXT_TOKENS + round(extra / CHARS_PER_TOKEN)
+
+
+def _text_layer(s: int, t: Any) -> float:
+    kv = t.num_key_value_heads * (t.hidden_size // t.num_attention_heads)
+    return s * (8.0 * t.intermediate_size + 30.0 * t.hidden_size + 4.0 * kv + 4.0 * t.num_attention_heads)
+
+
+def _vision_layer(p: int, v: Any) -> float:
+    return p * (8.0 * v.intermediate_size + 32.0 * v.hidden_size)
+
+
+def _dit_block(b: int, n: int, tokens: int, ctx: int, d: int, joint: bool) -> float:
+    keys = 4.0 * n * (ctx + tokens) * d if joint else 4.0 * b * ctx * d  # k, v bf16 as SDPA saves them
+    return 52.0 * n * tokens * d + keys + 4.0 * b * ctx * d  # + the to_k/to_v input casts of the context
+
+
+def activation_bytes(cfg: DictConfig, vlm_config: Any, vlm_trainable: bool,
+                     seq_text: int | None = None) -> tuple[float, dict[str, Any]]:
+    """Bytes autograd saves for one micro-batch (module docstring); `seq_text` overrides the prompt estimate."""
     m, b = cfg.model, int(cfg.train.per_device_batch_size)
     views, size = int(m.geometry.views), int(cfg.data.image_size)
     patches = views * (size // PATCH) ** 2
     visual = patches // MERGE**2
-    seq = visual + PROMPT_TEXT_TOKENS
-    text, vis = vlm_config.text_config, vlm_config.vision_config
-    h = m.action_head
-    n_layers, rb, d = int(h.num_layers), int(h.repeats) * b, int(h.hidden)
-    ctx = seq + (0 if m.compressor.type == "none" else int(m.compressor.num_tokens))
-    head_tokens = int(OmegaConf.select(h, "use_state", default=True)) + int(h.num_future_tokens) + int(h.horizon)
-    checkpointing = bool(OmegaConf.select(cfg, "model.vlm.gradient_checkpointing", default=False))
-    head_checkpointing = bool(OmegaConf.select(h, "gradient_checkpointing", default=False))
+    seq = visual + (text_tokens(cfg) if seq_text is None else int(seq_text))
+    t, v, h = vlm_config.text_config, vlm_config.vision_config, m.action_head
+    layers, d, n = int(h.num_layers), int(h.hidden), int(h.repeats) * b
+    geometry = m.compressor.type != "none"
+    ctx = seq + (0 if not geometry else (1 if m.compressor.type == "mean" else int(m.compressor.num_tokens)))
+    tokens = int(OmegaConf.select(h, "use_state", default=True)) + int(h.num_future_tokens) + int(h.horizon)
+    joint = str(OmegaConf.select(h, "attention", default="cross+self")) == "cross+self"
+    vlm_ckpt = bool(OmegaConf.select(m, "vlm.gradient_checkpointing", default=False))
+    head_ckpt = bool(OmegaConf.select(h, "gradient_checkpointing", default=False))
+    g = int(m.geometry.views) * int(m.geometry.tokens_per_view)
+    outside = b * (2.0 * patches * PATCH_INPUT + 16.0 * patches * v.hidden_size + 16.0 * seq * t.hidden_size)
+    if geometry:  # the compressor's keys/values over the G geometry tokens and its input cast
+        outside += b * (8.0 * g * d + 2.0 * g * int(m.geometry.dim))
+    text_layer, vision_layer = b * _text_layer(seq, t), b * _vision_layer(patches, v)
     if not vlm_trainable:
-        vlm = n_layers * seq * b * text.hidden_size * 2.0  # only the hidden states the head reads
-    elif checkpointing:
-        vlm = 2.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
+        vlm = 0.0
+    elif vlm_ckpt:  # each layer's input (fp32 text residual, bf16 vision) + one layer recomputed in backward
+        vlm = b * (t.num_hidden_layers * 4.0 * seq * t.hidden_size + v.depth * 2.0 * patches * v.hidden_size) \
+            + max(text_layer, vision_layer)
     else:
-        vlm = 34.0 * b * (text.num_hidden_layers * seq * text.hidden_size + vis.depth * patches * vis.hidden_size)
-    per_head_layer = 34.0 * head_tokens * rb * d + 2 * 2 * ctx * rb * d  # fp32 = 2x the 16-bit count; K/V
-    if head_checkpointing:  # one block input kept; the context K/V are computed outside the blocks
-        per_head_layer = 2.0 * head_tokens * rb * d + 2 * 2 * ctx * b * d
-    head = n_layers * per_head_layer * 2.0
+        vlm = t.num_hidden_layers * text_layer + v.depth * vision_layer
+    block = _dit_block(b, n, tokens, ctx, d, joint)
+    if head_ckpt:  # block input x (fp32), the context k/v it is handed, the context casts; one block recomputed
+        head = layers * (4.0 * n * tokens * d + 8.0 * b * ctx * d) + block
+    else:
+        head = layers * block
     info = {"micro_batch": b, "repeats": int(h.repeats), "vlm_seq": seq, "visual_tokens": visual,
-            "vision_patches": patches, "head_context": ctx, "vlm_gradient_checkpointing": checkpointing,
-            "head_gradient_checkpointing": head_checkpointing}
-    return vlm + head, info
+            "vision_patches": patches, "head_context": ctx, "vlm_gradient_checkpointing": vlm_ckpt,
+            "head_gradient_checkpointing": head_ckpt,
+            "activations_gb_by_part": {"vlm": vlm / GB, "head": head / GB, "outside_layers": outside / GB}}
+    return vlm + head + outside, info
 
 
-def estimate_memory(cfg: DictConfig, gpu_counts: tuple[int, ...] = GPU_COUNTS) -> MemoryTable:
-    """The per-GPU table for the run `cfg` describes (the composed `geo3d train` config)."""
+def optimizer_temp_bytes(groups: dict[str, dict[str, int]], implementation: str) -> float:
+    """Scratch of one AdamW step (module docstring); `implementation` as train/optim.py resolved it."""
+    if implementation == "fused":
+        return 0.0
+    if implementation == "foreach":
+        return 4.0 * max((g["trainable"] for g in groups.values()), default=0)
+    return 0.0  # per-tensor loop: one tensor's sqrt at a time, below the activations it follows
+
+
+def estimate_memory(cfg: DictConfig, gpu_counts: tuple[int, ...] = GPU_COUNTS,
+                    seq_text: int | None = None) -> MemoryTable:
+    """The per-GPU table for the run `cfg` describes (the composed `geo3d train` config), on a CUDA device."""
+    from geo3d.train.optim import resolve_implementation
+
     groups, vlm_config = _param_groups(cfg)
-    vlm_trainable = groups.get("vlm", (0, 0, 0))[1] > 0
-    act, info = _activation_bytes(cfg, vlm_config, vlm_trainable)
-    total = sum(p for p, _, _ in groups.values())
-    trainable = sum(t for _, t, _ in groups.values())
-    ddp_w = sum(p * s for p, _, s in groups.values())
-    ddp_g = sum(t * s for _, t, s in groups.values())
-    rows = []
-    for n in gpu_counts:
-        buckets = 2 if n > 1 else 1  # torch DDP's gradient buckets: a second gradient copy across processes
-        rows.append(MemoryRow("ddp", n, ddp_w / GB, buckets * ddp_g / GB, 2 * ddp_g / GB, act / GB))
-        rows.append(MemoryRow("zero2", n, 2 * total / GB, 2 * trainable / n / GB, 12 * trainable / n / GB, act / GB))
-    info.update(params_total=total, params_trainable=trainable,
-                params_by_module={k: {"total": p, "trainable": t, "bytes_per_param": s}
-                                  for k, (p, t, s) in groups.items()})
+    vlm_trainable = groups.get("vlm", {}).get("trainable", 0) > 0
+    act, info = activation_bytes(cfg, vlm_config, vlm_trainable, seq_text)
+    impl = resolve_implementation(str(cfg.train.optimizer.implementation), "cuda")
+    trainable = sum(g["trainable"] for g in groups.values())
+    weights = sum(g["stored_bytes"] for g in groups.values())
+    ema = 4.0 * trainable if bool(cfg.train.ema.enabled) else 0.0
+    autocast = 2.0 * sum(g["autocast_params"] for g in groups.values())
+    temp = optimizer_temp_bytes(groups, impl)
+    rows = [MemoryRow("ddp", n, weights / GB, (2 if n > 1 else 1) * 4.0 * trainable / GB, 8.0 * trainable / GB,
+                      ema / GB, autocast / GB, act / GB, temp / GB, CUDA_CONTEXT_GIB) for n in gpu_counts]
+    info.update(params_total=sum(g["total"] for g in groups.values()), params_trainable=trainable,
+                params_by_module=groups, optimizer_implementation=impl, cuda_context_gib_assumed=CUDA_CONTEXT_GIB)
     return MemoryTable(rows, info)

@@ -16,17 +16,27 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from geo3d.policy.run_dir import METRICS_FILE, read_metrics  # noqa: F401  (re-exported)
+from geo3d.policy.run_dir import METRICS_FILE
 
 
-def module_grad_norms(groups: Mapping[str, nn.Module]) -> dict[str, float | None]:
-    """L2 norm of the gradients of each module group; None when it has no gradients (frozen, or partitioned
-    away by DeepSpeed ZeRO, where only the total norm is known)."""
-    out: dict[str, float | None] = {}
+def module_grad_norms(groups: Mapping[str, nn.Module]) -> dict[str, torch.Tensor | None]:
+    """L2 norm of the gradients of each module group, as a device scalar (no host sync: `read_grad_norms` reads
+    them on logging steps); None when the group has no gradients (frozen)."""
+    out: dict[str, torch.Tensor | None] = {}
     for name, module in groups.items():
-        sq = [p.grad.detach().float().pow(2).sum() for p in module.parameters() if p.grad is not None]
-        out[name] = float(torch.stack(sq).sum().sqrt()) if sq else None
+        grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+        out[name] = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)])) \
+            if grads else None
     return out
+
+
+def read_grad_norms(norms: Mapping[str, torch.Tensor | None],
+                    total: torch.Tensor | None) -> tuple[dict[str, float | None], float | None]:
+    """The per-module and total norms as floats, with one device->host copy for all of them."""
+    values = [v for v in (*norms.values(), total) if v is not None]
+    floats = iter(torch.stack([v.float().reshape(()) for v in values]).cpu().tolist() if values else [])
+    per_module = {k: (next(floats) if v is not None else None) for k, v in norms.items()}
+    return per_module, (next(floats) if total is not None else None)
 
 
 class StepTimer:

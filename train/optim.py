@@ -3,6 +3,9 @@
 The policy exposes its top-level modules by name (`policy.module_groups()`: vlm, compressor, action_head);
 `train.lr.<name>` sets each group's peak learning rate (`train.lr.base` for a group not listed), and
 `train.freeze` lists groups whose parameters get requires_grad=False and no optimizer state at all.
+`train.optimizer.implementation` picks torch's AdamW kernel: `auto` = `fused` on CUDA (one kernel per step, no
+scratch memory) and `foreach` elsewhere; torch's own default on CUDA is foreach, whose sqrt(exp_avg_sq) scratch
+is a copy of the whole parameter group (14 GiB for the 3B VLM's 3.75B parameters, train/memory.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from geo3d.core.errors import Geo3dError
 # Every module group a policy can have; a variant may lack one (the `none` compressor has no compressor),
 # so config keys naming these are valid even when this model has no such module.
 MODULE_GROUPS = ("vlm", "compressor", "action_head")
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")  # train.optimizer.implementation
 
 
 def apply_freeze(groups: Mapping[str, nn.Module], freeze: list[str]) -> None:
@@ -54,12 +58,25 @@ def build_param_groups(groups: Mapping[str, nn.Module], lrs: Mapping[str, float]
     return out
 
 
+def resolve_implementation(requested: str, device_type: str) -> str:
+    """`train.optimizer.implementation` -> fused | foreach | for_loop for parameters on `device_type`."""
+    if requested not in IMPLEMENTATIONS:
+        raise Geo3dError(f"train.optimizer.implementation must be one of {', '.join(IMPLEMENTATIONS)}, "
+                         f"got {requested!r}")
+    if requested == "auto":
+        return "fused" if device_type == "cuda" else "foreach"
+    return requested
+
+
 def build_optimizer(groups: Mapping[str, nn.Module], train_cfg: DictConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable module groups with the configured betas, eps and weight decay."""
+    """AdamW over the trainable module groups with the configured betas, eps, weight decay and kernel."""
     opt_cfg = train_cfg.optimizer
     lrs = group_learning_rates(groups, OmegaConf.to_container(train_cfg.lr))  # type: ignore[arg-type]
     param_groups = build_param_groups(groups, lrs, float(opt_cfg.weight_decay))
-    return torch.optim.AdamW(param_groups, betas=tuple(opt_cfg.betas), eps=float(opt_cfg.eps))
+    device = param_groups[0]["params"][0].device.type
+    impl = resolve_implementation(str(opt_cfg.implementation), device)
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(param_groups, betas=tuple(opt_cfg.betas), eps=float(opt_cfg.eps), **kernel)
 
 
 def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:

@@ -18,7 +18,7 @@ from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.core.provenance import provenance
 from geo3d.policy.pretrained import read_marker
 from geo3d.policy.run_dir import latest_checkpoint
-from geo3d.train.metrics import METRICS_FILE
+from geo3d.policy.run_dir import METRICS_FILE
 from geo3d.train.run_config import resume_differences, run_dir_of
 
 NORM_STATS_FILE = "norm_stats.json"

@@ -81,7 +81,9 @@ RESUME_MUTABLE = ("train.max_steps", "train.save_interval", "train.keep_last", "
                   "train.checkpoint", "train.wandb", "train.out_dir", "train.out_root",
                   "data.data_root", "train.store",
                   # a speed switch: the same weights, results equal to float rounding; runs made before it existed lack it
-                  "model.vlm.patch_embed")
+                  "model.vlm.patch_embed",
+                  # the AdamW kernel (same update to float rounding) and whether the last step is saved
+                  "train.optimizer.implementation", "train.save_final")
 
 
 def resume_differences(saved: DictConfig, current: DictConfig) -> list[str]:

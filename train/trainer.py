@@ -1,5 +1,8 @@
-"""The training loop: accelerate (CPU, one/many GPUs, many nodes, DeepSpeed), gradient accumulation,
-clipping, per-module LR schedule, EMA, metrics, periodic + preemption checkpoints, exact resume.
+"""The training loop: accelerate (CPU, one/many GPUs, many nodes), gradient accumulation, clipping,
+per-module LR schedule, EMA, metrics, periodic + preemption checkpoints, exact resume.
+
+Host syncs: one per optimizer step (the non-finite loss check, before the update is applied); gradient norms,
+the attention mass and the loss are device tensors read only on logging steps (`train.log_interval`).
 
 One `step` is one optimizer step over `grad_accum_steps` micro-batches. The data order, the noise the
 flow-matching loss draws and every other random choice are restored from the checkpoint, so a run
@@ -20,7 +23,7 @@ from geo3d.core.errors import Geo3dError
 from geo3d.policy.pretrained import Policy
 from geo3d.train.checkpoint import TrainerState, prune_checkpoints, save_checkpoint
 from geo3d.train.dataset import move_batch
-from geo3d.train.metrics import MetricsLogger, StepTimer, module_grad_norms
+from geo3d.train.metrics import MetricsLogger, StepTimer, module_grad_norms, read_grad_norms
 from geo3d.core.preemption import PreemptionFlag
 
 
@@ -54,41 +57,51 @@ def _unwrap(parts: TrainingParts) -> torch.nn.Module:
     return parts.accelerator.unwrap_model(parts.model)
 
 
-def _micro_step(parts: TrainingParts, batch: dict[str, Any],
-                log: bool) -> tuple[torch.Tensor, Any, dict[str, Any]]:
-    """Forward + backward of one micro-batch; on the last one of a step also clip and step the optimizer.
-    `log`: this step writes a metrics record, so also measure the geometry attention mass."""
+def _micro_step(parts: TrainingParts, batch: dict[str, Any], log: bool,
+                losses: list[torch.Tensor]) -> tuple[Any, dict[str, Any]]:
+    """Forward + backward of one micro-batch (its loss appended to `losses`); on the last one of a step also
+    check the step's losses, clip and step the optimizer. `log`: this step writes a metrics record, so also
+    measure the geometry attention mass and the per-module gradient norms (device tensors, read at logging)."""
     acc, train_cfg = parts.accelerator, parts.cfg.train
     extra: dict[str, Any] = {}
     with acc.accumulate(parts.model):
         out = parts.model(batch, attention_mass=log)
-        if not torch.isfinite(out.loss):
-            raise Geo3dError(f"non-finite loss {out.loss.item()} at step {parts.state.step + 1}; lower the "
-                             f"learning rate or check the data (norm stats, geometry tokens)")
+        losses.append(out.loss.detach())
         acc.backward(out.loss)
         if acc.sync_gradients:
-            extra["grad_norm"] = module_grad_norms(_unwrap(parts).module_groups())
+            _check_finite(losses, parts.state.step + 1)
+            if log:  # before clipping, as logged
+                extra["grad_norm"] = module_grad_norms(_unwrap(parts).module_groups())
             params = [p for g in parts.optimizer.param_groups for p in g["params"]]
             total = acc.clip_grad_norm_(params, float(train_cfg.max_grad_norm))
             parts.optimizer.step()
-            if total is None and hasattr(parts.model, "get_global_grad_norm"):  # DeepSpeed clips internally
-                total = parts.model.get_global_grad_norm()
-            extra["grad_norm_total"] = float(total) if total is not None else None
+            if log:
+                extra["grad_norm_total"] = total
             parts.optimizer.zero_grad(set_to_none=True)
-    return out.loss.detach(), out.geom_attention_mass, extra
+    return out.geom_attention_mass, extra
+
+
+def _check_finite(losses: list[torch.Tensor], step: int) -> None:
+    """Refuse a non-finite loss before its update is applied: the one host sync of an optimizer step (a check
+    per micro-step would stall the GPU's queue between each forward and backward)."""
+    stacked = torch.stack(losses)
+    if not bool(torch.isfinite(stacked).all()):
+        bad = next(float(x) for x in stacked.float().cpu() if not torch.isfinite(x))
+        raise Geo3dError(f"non-finite loss {bad} at step {step}; lower the learning rate or check the data "
+                         f"(norm stats, geometry tokens)")
 
 
 def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], timer: StepTimer,
                     log: bool) -> dict[str, Any]:
     """One full optimizer step; returns the record for metrics.jsonl (before cross-rank reduction)."""
     acc, train_cfg = parts.accelerator, parts.cfg.train
-    losses, masses, extra = [], [], {}
+    losses: list[torch.Tensor] = []
+    masses, extra = [], {}
     for _ in range(int(train_cfg.grad_accum_steps)):
         batch = next(batches)
         parts.state.consumed += len(batch["index"])
         timer.mark_data()
-        loss, mass, ex = _micro_step(parts, move_batch(batch, acc.device), log)
-        losses.append(loss)
+        mass, ex = _micro_step(parts, move_batch(batch, acc.device), log, losses)
         if mass is not None:
             masses.append(mass.detach().float())
         extra.update(ex)
@@ -105,7 +118,8 @@ def _optimizer_step(parts: TrainingParts, batches: Iterator[dict[str, Any]], tim
 
 
 def _finalize_record(parts: TrainingParts, raw: dict[str, Any], timer: StepTimer) -> dict[str, Any]:
-    """Reduce the loss / attention mass across processes and add LR per group, timing and progress."""
+    """Reduce the loss / attention mass across processes and add LR per group, grad norms, timing, progress
+    (the device values are read here, on logging steps only)."""
     acc = parts.accelerator
     loss = acc.reduce(raw["loss"].to(acc.device), reduction="mean")
     record: dict[str, Any] = {"step": parts.state.step, "loss": float(loss)}
@@ -113,8 +127,8 @@ def _finalize_record(parts: TrainingParts, raw: dict[str, Any], timer: StepTimer
         mass = acc.reduce(raw["geom_attention_mass"].to(acc.device), reduction="mean")
         record["geom_attention_mass"] = [float(x) for x in mass.cpu()]
     record["lr"] = raw["lr"]  # the learning rates this step used
-    record["grad_norm"] = raw.get("grad_norm", {})
-    record["grad_norm_total"] = raw.get("grad_norm_total")
+    record["grad_norm"], record["grad_norm_total"] = read_grad_norms(raw.get("grad_norm", {}),
+                                                                     raw.get("grad_norm_total"))
     record.update(timer.pop())
     record["samples"] = parts.state.consumed * acc.num_processes
     record["epoch"] = parts.state.consumed / max(1, len(parts.sampler))
@@ -139,12 +153,14 @@ def _save(parts: TrainingParts) -> Path:
 
 
 def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | None = None) -> TrainResult:
-    """Run until train.max_steps or a preemption signal; checkpoints at save_interval, the end and on signal.
+    """Run until train.max_steps or a preemption signal; checkpoints at save_interval, the end (unless
+    train.save_final is false) and on signal.
 
     `flag` is installed by the caller before setup, so a signal during the (long, for 3B) setup is honoured
     after the first step instead of killing the process."""
     train_cfg, acc = parts.cfg.train, parts.accelerator
     max_steps, save_every = int(train_cfg.max_steps), int(train_cfg.save_interval)
+    save_final = bool(train_cfg.save_final)
     log_every = max(1, int(train_cfg.log_interval))
     parts.model.train()
     batches = iter(parts.loader)
@@ -163,7 +179,7 @@ def train_loop(parts: TrainingParts, flag: PreemptionFlag, resumed_from: Path | 
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             bar.update(1)
             stop = _preemption_requested(parts, flag)
-            if step % save_every == 0 or step == max_steps or stop:
+            if step % save_every == 0 or (step == max_steps and save_final) or stop:
                 last = _save(parts)
                 timer.restart()  # else the save would show up as the next step's data wait
             if stop:

@@ -7,7 +7,6 @@ import subprocess
 from typing import Any, Iterator
 
 from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
-from geo3d.core.storage_faults import human_bytes
 
 
 def check_torch(plan: Any) -> Iterator[Finding]:
@@ -30,44 +29,51 @@ def check_torch(plan: Any) -> Iterator[Finding]:
 
 
 def check_gpu_memory(plan: Any) -> Iterator[Finding]:
-    """Free memory of the smallest visible GPU vs the run's per-GPU estimate (train/memory.py, the table that
-    `train --dry-run` prints: weights, gradients, Adam state by precision, activations at the configured batch)."""
+    """Free memory of the smallest visible GPU vs the run's per-GPU peak estimate (train/memory.py, the table
+    `train --dry-run` prints: weights, gradients, Adam, EMA, bf16 autocast copies, activations, the optimizer's
+    scratch, the CUDA context). `free` is read with doctor's own CUDA context open, about the size of the run's,
+    so it is compared with the estimate without the context."""
     import torch
 
     table = plan.memory_table()
-    ddp = next(r for r in table.rows if r.strategy == "ddp" and r.gpus == 1)
-    zero2 = {r.gpus: r.total_gb for r in table.rows if r.strategy == "zero2"}
-    what = (f"training needs ~{ddp.total_gb:.1f} GiB per GPU under DDP (ZeRO-2: "
-            + ", ".join(f"{v:.1f} GiB on {n}" for n, v in sorted(zero2.items()))
-            + "; estimate of train/memory.py, no CUDA context or fragmentation)")
+    row = table.row(1)
+    a = table.assumptions
+    what = (f"training needs ~{row.total_gb:.1f} GiB per GPU (estimate of train/memory.py at micro-batch "
+            f"{a['micro_batch']}, AdamW {a['optimizer_implementation']}, incl. {row.context_gb:.2f} GiB CUDA context; "
+            "not counted: fragmentation)")
     if not torch.cuda.is_available():
         yield missing("GPU memory", plan.needs_gpu, what + "; no GPU here to compare with", "run doctor on a GPU node")
         return
     count = torch.cuda.device_count()
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(count)) / 2**30
-    fits_zero2 = [n for n, v in sorted(zero2.items()) if v <= free]
-    fix = (f"DeepSpeed ZeRO-2 on {fits_zero2[0]} GPUs fits (configs/accelerate/deepspeed_zero2.yaml)" if fits_zero2
-           else "freeze the VLM (configs/train/frozen_vlm.yaml), lower train.per_device_batch_size, or a larger GPU")
-    yield Finding("GPU memory", OK if free >= ddp.total_gb else FAIL,
+    need = row.total_gb - row.context_gb
+    fix = ("freeze the VLM (configs/train/frozen_vlm.yaml), model.vlm.gradient_checkpointing=true, a smaller "
+           "train.per_device_batch_size, or a GPU with more memory")
+    yield Finding("GPU memory", OK if free >= need else FAIL,
                   f"{what}; smallest of {count} GPU(s) has {free:.1f} GiB free", fix)
 
 
 def check_attention(plan: Any) -> Iterator[Finding]:
+    """SDPA, and whether transformers can use flash_attention_2 here (flash_attn installed and a CUDA GPU):
+    the VLM's kernel is `model.vlm.attn_implementation` (sdpa by default; `make gpu-check` times the step)."""
     import importlib.util
 
     import torch.nn.functional as F
+    from transformers.utils import is_flash_attn_2_available
 
     impl = plan.attn_implementation
     sdpa = hasattr(F, "scaled_dot_product_attention")
     yield Finding("SDPA", OK if sdpa else (FAIL if impl == "sdpa" else WARN),
                   "torch.nn.functional.scaled_dot_product_attention available" if sdpa else "missing (torch < 2.0)",
                   "install torch >= 2.0")
-    has_flash = importlib.util.find_spec("flash_attn") is not None
     need = impl == "flash_attention_2"
-    if has_flash:
-        yield Finding("flash-attn", OK, "flash_attn installed")
+    if is_flash_attn_2_available():
+        note = "in use" if need else f"available, not in use: model.vlm.attn_implementation={impl}"
+        yield Finding("flash_attention_2", OK, f"flash_attn installed and usable on this GPU; {note}")
     else:
-        yield missing("flash-attn", need, f"flash_attn not installed (model.vlm.attn_implementation={impl})",
+        why = ("flash_attn installed but transformers cannot use it here (no CUDA GPU, or an unsupported "
+               "version)" if importlib.util.find_spec("flash_attn") is not None else "flash_attn not installed")
+        yield missing("flash_attention_2", need, f"{why} (model.vlm.attn_implementation={impl})",
                       "pip install flash-attn on the GPU node, or model.vlm.attn_implementation=sdpa")
 
 
