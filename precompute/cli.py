@@ -5,15 +5,58 @@ Light at import time (no torch / zarr): the heavy work is imported inside the co
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from omegaconf import DictConfig
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
+from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Schema, Str
+from geo3d.features_store.spec import StoreLayout
 
 DEFAULTS = ("data", "store", "precompute")
+DTYPES = OneOf("auto", "bfloat16", "float32")
+# Types and ranges configs/precompute.yaml's defaults cannot say (the type of a null default, bounds, choices).
+RULES = {
+    **DATA_RULES,
+    "encoder.name": OneOf("tiny", "mapanything"),
+    "encoder.tokens_per_view": Int(min=1),
+    "encoder.tiny.width": Int(min=1), "encoder.tiny.depth": Int(min=1), "encoder.tiny.heads": Int(min=1),
+    "encoder.tiny.out_dim": Int(min=1), "encoder.tiny.dtype": DTYPES,
+    "encoder.mapanything.weights": Str(null=True), "encoder.mapanything.dtype": DTYPES,
+    "precompute.store": Str(null=True),
+    "precompute.batch_size": Int(min=1),
+    "precompute.decode_workers": Int(min=0),
+    "precompute.prefetch_episodes": Int(min=1, null=True),
+    "precompute.cpu_threads": Int(min=0, null=True),
+    "precompute.shard": Int(min=0, null=True),
+    "precompute.num_shards": Int(min=1, null=True),
+    "precompute.writer_threads": Int(min=1),
+    "precompute.preempt_grace_s": Float(min=0),
+    "precompute.limit_frames": Int(min=1, null=True),
+}
+
+
+FLAG_NAMES = {"data.suite": "--suite", "data.data_root": "--data-root", "encoder.name": "--encoder",
+              "encoder.mapanything.weights": "--weights", "precompute.store": "--store", "precompute.shard": "--shard",
+              "precompute.num_shards": "--num-shards", "precompute.batch_size": "--batch-size",
+              "precompute.device": "--device", "precompute.limit_frames": "--limit-frames"}
+
+
+@functools.lru_cache(maxsize=None)
+def config_schema() -> Schema:
+    """configs/{data,store,precompute}.yaml + the store layout's class defaults (StoreLayout checks its types)."""
+    return Schema("precompute", DEFAULTS, sections={"store": dataclasses.asdict(StoreLayout())}, rules=RULES)
+
+
+def precompute_config(overrides: Optional[List[str]] = None, config: Optional[List[Path]] = None,
+                      flags: Optional[dict] = None) -> DictConfig:
+    """`geo3d precompute`'s config (the benches compose theirs here too)."""
+    return build_config(DEFAULTS, config, overrides, flags, schema=config_schema(), labels=FLAG_NAMES)
 
 
 @handle_errors
@@ -34,6 +77,9 @@ def precompute(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --store first."),
     require_space: bool = typer.Option(False, "--require-space", help="Refuse to start when the free disk at "
                                        "--store is below what the store still needs (default: warn)."),
+    limit_frames: Optional[int] = typer.Option(None, "--limit-frames", help="A trial: encode only the store shards "
+                                               "holding the first N frames. The store stays incomplete, so no run "
+                                               "trains on it; rerun without the flag to complete it."),
     config: Optional[List[Path]] = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
@@ -42,8 +88,8 @@ def precompute(
              "encoder.mapanything.weights": weights, "precompute.store": store, "precompute.shard": shard,
              "precompute.num_shards": num_shards, "precompute.batch_size": batch_size, "precompute.device": device,
              "precompute.overwrite": True if overwrite else None,
-             "precompute.require_space": True if require_space else None}
-    cfg = build_config(DEFAULTS, config, overrides, flags)
+             "precompute.require_space": True if require_space else None, "precompute.limit_frames": limit_frames}
+    cfg = precompute_config(overrides, config, flags)
 
     from geo3d.core.preemption import PREEMPTED_EXIT_CODE
     from geo3d.precompute.run import run_precompute

@@ -106,8 +106,6 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     p = cfg.precompute
     if not p.store:
         raise Geo3dError("no store path: pass --store PATH (or precompute.store=PATH)")
-    if int(p.batch_size) < 1:
-        raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
     slot = worker_slot(p.shard, p.num_shards)
     if p.overwrite and slot.world > 1:
         raise Geo3dError(f"--overwrite with {slot.world} workers would let each worker delete the others' work: "

@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from data_fixtures import make_synthetic_libero  # noqa: E402
 
-from geo3d.core.cliutil import build_config  # noqa: E402
+from geo3d.precompute.cli import precompute_config  # noqa: E402
 
 CONFIGS = {
     "demo": [],
@@ -46,7 +46,7 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path) -> tuple[
     """(steady-state frames/s after the first shard, overall frames/s including startup)."""
     from geo3d.precompute.run import run_precompute
 
-    cfg = build_config(("data", "store", "precompute"), None, [
+    cfg = precompute_config([
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *cfg_overrides])
     r = run_precompute(cfg)
     return r.steady_fps or 0.0, r.frames / r.seconds
@@ -57,7 +57,7 @@ def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray) 
     from geo3d.features_store import StoreLayout
     from geo3d.precompute.pipeline import encode_frames
 
-    cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *cfg_overrides])
+    cfg = precompute_config([f"data.data_root={data_root}", *cfg_overrides])
     enc = build_encoder(cfg.encoder, int(cfg.data.image_size), "cpu")
     shard = StoreLayout.from_config(cfg.store).shard_frames
     batch = int(cfg.precompute.batch_size)

@@ -116,12 +116,13 @@ def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
     assert resume_differences(conv, current) == []
 
 
-def test_preflight_refuses_zero_intervals_before_any_work():
+def test_config_refuses_zero_intervals_before_any_work():
+    from geo3d.core.config import ConfigError
     from geo3d.train.preflight import preflight
     preflight(compose_train_config([], [], {"suite": "demo"}))
     for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):
-        with pytest.raises(Geo3dError, match=f"train.{key} must be >= 1"):
-            preflight(compose_train_config([], [f"train.{key}=0"], {"suite": "demo"}))
+        with pytest.raises(ConfigError, match=f"train.{key} must be >= 1"):
+            compose_train_config([], [f"train.{key}=0"], {"suite": "demo"})
 
 
 def test_checkpoint_listing_ignores_partial_and_unmarked(tmp_path):

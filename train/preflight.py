@@ -44,9 +44,6 @@ def preflight(cfg: DictConfig) -> None:
     if head.use_state and head.state_dim != STATE_DIM:  # the fork preset's 7-wide encoder is built, never fed
         raise Geo3dError(f"model.action_head.use_state=true needs state_dim={STATE_DIM} (the LIBERO state is "
                          f"{STATE_DIM}-wide), got {head.state_dim}; set model.action_head.state_dim={STATE_DIM}")
-    for key in ("max_steps", "save_interval", "grad_accum_steps", "per_device_batch_size"):
-        if int(cfg.train[key]) < 1:  # 0 would crash mid-run (modulo by zero, empty step) instead of up front
-            raise Geo3dError(f"train.{key} must be >= 1, got {cfg.train[key]}; fix the config or the override")
     if cfg.train.wandb.enabled and importlib.util.find_spec("wandb") is None:
         raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]', or "
                          "set train.wandb.enabled=false")
