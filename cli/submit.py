@@ -90,7 +90,20 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
     cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
     cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
     cfg.stage.eval_overrides = [*cfg.stage.eval_overrides, *routed["eval"]]
+    check_forwarded(cfg)
     return cfg
+
+
+def check_forwarded(cfg: DictConfig) -> None:
+    """The key=value a job passes on is checked now by the stage's own schema, not hours later on a node."""
+    from geo3d.evaluation.cli import DEFAULTS as EVAL_DEFAULTS
+    from geo3d.evaluation.cli import config_schema as eval_schema
+    from geo3d.precompute.cli import precompute_config
+    from geo3d.train.run_config import check_train_overrides
+
+    precompute_config(list(cfg.stage.precompute_overrides))
+    check_train_overrides(list(cfg.stage.train_overrides))
+    build_config(EVAL_DEFAULTS, None, list(cfg.stage.eval_overrides), schema=eval_schema())
 
 
 def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], list], dry_run: bool) -> None:

@@ -104,6 +104,11 @@ def compose_train_config(configs: Iterable[Path] | None = None, overrides: Itera
     return cfg
 
 
+def check_train_overrides(overrides: Iterable[str]) -> None:
+    """Keys, types and ranges of `key=value` overrides meant for a later `geo3d train` (geo3d submit)."""
+    build_config([DATA_DEFAULTS, TRAIN_DEFAULTS], None, overrides, schema=config_schema())
+
+
 def run_dir_of(cfg: DictConfig) -> Path:
     """--out if given, else <train.out_root>/<train.run_name>."""
     if cfg.train.out_dir:
