@@ -13,12 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.core.config import CONFIG_DIR, ConfigError, load_config, merge_overrides, set_if_given
 from geo3d.core.config_schema import Schema
 from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import INTERRUPTED_EXIT_CODE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Print user-facing errors as one `error: ...` line on stderr and exit non-zero, without a traceback."""
+    """Print user-facing errors as one `error: ...` line on stderr and exit non-zero, without a traceback
+    (a Ctrl-C that reaches here: exit 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -30,6 +32,9 @@ def handle_errors(fn: F) -> F:
         except Geo3dError as e:
             print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:  # a Ctrl-C no stage handled, or the second one (geo3d.core.preemption)
+            print("error: interrupted (Ctrl-C): stopped at once; what was saved before is kept", file=sys.stderr)
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
 
     return wrapper  # type: ignore[return-value]
 

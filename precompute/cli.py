@@ -91,7 +91,7 @@ def precompute(
              "precompute.require_space": True if require_space else None, "precompute.limit_frames": limit_frames}
     cfg = precompute_config(overrides, config, flags)
 
-    from geo3d.core.preemption import PREEMPTED_EXIT_CODE
+    from geo3d.core.preemption import exit_code_for
     from geo3d.precompute.run import run_precompute
 
     r = run_precompute(cfg)
@@ -102,9 +102,11 @@ def precompute(
           f"{'complete' if r.store_complete else f'incomplete ({r.missing_shards} shards left)'}", flush=True)
     if r.preempted_by:
         dropped = f"; dropped unfinished shard(s) {r.dropped}" if r.dropped else ""
-        print(f"precompute: stopped on {r.preempted_by}{dropped}; committed work is kept. Rerun the same command "
-              f"to resume.", file=sys.stderr, flush=True)
-        raise typer.Exit(PREEMPTED_EXIT_CODE)
+        code = exit_code_for(r.preempted_by)  # 130 for Ctrl-C, 75 (requeue) for SIGTERM/SIGUSR1
+        how = " (Ctrl-C)" if r.preempted_by == "SIGINT" else ""
+        print(f"precompute: stopped on {r.preempted_by}{how}{dropped}; committed work is kept. Rerun the same command "
+              f"to resume (exit {code}).", file=sys.stderr, flush=True)
+        raise typer.Exit(code)
     if not r.store_complete:
         print(f"precompute: {r.missing_shards} shard(s) are held by other live workers; they will commit them "
               f"(rerun this command if they were killed)", file=sys.stderr, flush=True)

@@ -172,8 +172,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions()}
     writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
-    preempt = PreemptionFlag(("SIGTERM", "SIGUSR1", "SIGINT"), "precompute stops at the next safe point (the current "
-                             "shard is finished if quick, else dropped)").install()
+    preempt = PreemptionFlag(announce="precompute stops at the next safe point (the current shard is finished "
+                             "if quick, else dropped)").install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:

@@ -17,11 +17,8 @@ from geo3d.core.config import data_root_from, save_resolved
 from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.core.provenance import provenance
 from geo3d.train.checkpoint import latest_checkpoint, read_marker
-from geo3d.train.metrics import METRICS_FILE
 from geo3d.train.run_config import resume_differences, run_dir_of
-
-NORM_STATS_FILE = "norm_stats.json"
-RESOLVED_CONFIG = "resolved_config.yaml"
+from geo3d.train.run_dir import NORM_STATS_FILE, PROVENANCE_FILE, RESOLVED_CONFIG
 
 
 def compressor_type(cfg: DictConfig) -> str:
@@ -68,14 +65,11 @@ def check_store_path(cfg: DictConfig) -> str | None:
     return str(store)
 
 
-def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from). A finished or started run is never overwritten silently."""
+def resume_checkpoint(cfg: DictConfig, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), refused when the config changed a fixed key.
+    Whether the run dir may be used at all is train/run_dir.py's claim, made before this."""
     run_dir = run_dir_of(cfg)
     ckpt = latest_checkpoint(run_dir) if resume else None
-    started = (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists()
-    if not resume and started:
-        raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
-                         f"--out NEW_DIR for a new run")
     if ckpt is not None:
         read_marker(ckpt)  # refuses an old-format checkpoint or one trained with the old image orientation
         saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
@@ -84,7 +78,7 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
             raise Geo3dError(f"--resume: the config differs from the run's {run_dir / RESOLVED_CONFIG}:\n  "
                              + "\n  ".join(diffs) + "\nresume with the same config (only max_steps, intervals, "
                              "workers, wandb and paths may change), or start a new run with --out")
-    return run_dir, ckpt
+    return ckpt
 
 
 def open_mixture(cfg: DictConfig) -> Any:
@@ -119,7 +113,7 @@ def norm_stats_for_run(run_dir: Path, mixture: Any, resuming: bool, is_main: boo
 def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
     """resolved_config.yaml and provenance.json (the latter appended per launch so resumes are recorded)."""
     save_resolved(cfg, run_dir, RESOLVED_CONFIG)
-    path = run_dir / "provenance.json"
+    path = run_dir / PROVENANCE_FILE
     launches = json.loads(path.read_text()) if path.exists() else []
     launches.append({**provenance(), "preset": preset_of(cfg), "store": _store_record(cfg, store_spec)})
     tmp = path.with_suffix(".tmp")
