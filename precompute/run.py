@@ -115,7 +115,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         torch.set_num_threads(_cpu_threads(p))
     image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
     preflight_encoder(cfg.encoder, image_size)  # bad weights / package / hub code / size: before any other work
-    mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size)
+    mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size).validate_files()
     feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
                            workers=int(p.decode_workers), prefetch=_prefetch(p))
     try:

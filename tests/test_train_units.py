@@ -186,7 +186,7 @@ def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store
     check_store_matches_dataset(reader, spatial, store, check_frames=8)
     check_token_shape(reader.spec, {"views": 2, "tokens_per_view": 4, "dim": 8}, store)
     other = LiberoMixture("libero_object", root / "data", image_size=32)
-    with pytest.raises(StoreError, match="suite: store has \"libero_spatial\", dataset on disk has \"libero_object\""):
+    with pytest.raises(StoreError, match="this store holds libero_spatial; the run asks for libero_object"):
         check_store_matches_dataset(reader, other, store, check_frames=8)
     with pytest.raises(StoreError, match=r"\[2, 4, 8\] but the model expects .*\[2, 196, 1536\]"):
         check_token_shape(reader.spec, {"views": 2, "tokens_per_view": 196, "dim": 1536}, store)

@@ -83,8 +83,9 @@ def resume_checkpoint(cfg: DictConfig, resume: bool) -> Path | None:
 
 def open_mixture(cfg: DictConfig) -> Any:
     from geo3d.data.mixture import LiberoMixture
-    return LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg), action_horizon=int(cfg.data.action_horizon),
-                         image_size=int(cfg.data.image_size))
+    mixture = LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg),
+                            action_horizon=int(cfg.data.action_horizon), image_size=int(cfg.data.image_size))
+    return mixture.validate_files()  # the dataset check precompute and verify-cache run too
 
 
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:

@@ -42,6 +42,8 @@ def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Pat
     spec = reader.spec
     index = {k: getattr(reader, k) for k in ("dataset_id", "episode_index", "frame_index")}
     problems = [d.message for d in dataset_differences(spec, index, reader.committed_mask(), mixture)]
+    if len(problems) == 1 and problems[0].startswith("this store holds"):  # another suite: that says it all
+        raise StoreError(f"store {store_path}: {problems[0]}")
     if problems:
         raise StoreError(f"store {store_path} was not made from this dataset ({_suite_of(mixture)}):\n  "
                          + "\n  ".join(problems)
