@@ -154,7 +154,7 @@ class Schema:
               labels: Mapping[str, str] | None = None) -> DictConfig:
         """Refuse undefined keys and bad values (ConfigError, exit 2). Keys only `foreign` defines (another
         verb's, for `geo3d doctor`, which composes several verbs from one command line) are dropped.
-        labels: {key: its CLI flag}, named in the message (`--num-shards (precompute.num_shards) must be ...`)."""
+        labels: {key: the CLI flag that set it}, named in the message (`--num-shards must be >= 1, got 0`)."""
         raw = OmegaConf.to_container(cfg, resolve=False)
         for key, _ in _flatten(raw):  # type: ignore[arg-type]
             if self.defines(key):
@@ -171,8 +171,9 @@ class Schema:
             rule = self.rule(key)
             why = rule.problem(value) if rule is not None else None
             if why:
-                name = f"{labels[key]} ({key})" if labels and key in labels else key
-                raise ConfigError(f"{name} {why}; fix the flag, the config file or the override")
+                if labels and key in labels:
+                    raise ConfigError(f"{labels[key]} {why} ({key}); fix the flag")
+                raise ConfigError(f"{key} {why}; fix the config file or the override")
         return cfg
 
     def _unknown(self, key: str, foreign: "Schema | None") -> str:

@@ -107,6 +107,11 @@ def precompute(
         print(f"precompute: stopped on {r.preempted_by}{how}{dropped}; committed work is kept. Rerun the same command "
               f"to resume (exit {code}).", file=sys.stderr, flush=True)
         raise typer.Exit(code)
-    if not r.store_complete:
+    if r.trial is not None:
+        t = r.trial
+        print(f"precompute: trial store: frames 0..{t['frames'] - 1} of {t['total_frames']} (--limit-frames "
+              f"{t['limit_frames']}, whole shards of {t['shard_frames']}); it stays incomplete, so no run "
+              f"trains on it; rerun without --limit-frames to complete it", file=sys.stderr, flush=True)
+    elif not r.store_complete:
         print(f"precompute: {r.missing_shards} shard(s) are held by other live workers; they will commit them "
               f"(rerun this command if they were killed)", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ class RunResult:
     preempted_by: str | None
     store_complete: bool
     missing_shards: int
+    trial: dict | None = None  # --limit-frames: what the trial encoded (the store stays incomplete)
 
 
 def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
@@ -161,7 +162,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions(),
          "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
         indent=2))
-    missing = store.missing_shards()
+    end = trial_end(store, p.limit_frames)
+    missing = [i for i in store.missing_shards() if i < end]
     todo = sum(len(store.shard_range(i)) for i in missing)
     print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
           f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
@@ -177,7 +179,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
-        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world), feeder, writer, buffers,
+        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world, end), feeder, writer, buffers,
                            int(p.batch_size), preempt, float(p.preempt_grace_s), bar)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
@@ -187,5 +189,31 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         bar.close()
         preempt.restore()
     left = store.missing_shards()
+    trial = record_trial(store, p.limit_frames, end, left)
     return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
-                     stats.dropped, preempt.signal_name, not left, len(left))
+                     stats.dropped, preempt.signal_name, not left, len(left), trial)
+
+
+def trial_end(store: Any, limit_frames: int | None) -> int:
+    """The shards a run encodes: all, or (a trial, --limit-frames N) those holding the first N frames."""
+    if limit_frames is None:
+        return store.num_shards
+    return min(store.num_shards, -(-int(limit_frames) // store.spec.shard_frames))
+
+
+def record_trial(store: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
+    """A trial marks the store as one (verify-cache and train name it); a complete store is no trial."""
+    from geo3d.core.provenance import utc_now
+    from geo3d.features_store.store import set_trial_record
+
+    if not left:
+        set_trial_record(store.path, None)
+        return None
+    if limit_frames is None:
+        return None
+    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": store.num_shards,
+              "shard_frames": store.spec.shard_frames,
+              "frames": min(end * store.spec.shard_frames, store.spec.frames), "total_frames": store.spec.frames,
+              "made_utc": utc_now()}
+    set_trial_record(store.path, record)
+    return record

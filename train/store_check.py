@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from geo3d.core.errors import StoreError
+from geo3d.features_store.store import describe_trial
 
 
 def check_token_shape(spec: Any, geometry_cfg: Mapping[str, Any], store_path: str | Path) -> None:
@@ -49,6 +50,9 @@ def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Pat
                          + "\n  ".join(problems)
                          + "\nrun `geo3d precompute` for this suite/data root, or pass the matching --store")
     if not reader.complete:
+        trial = describe_trial(store_path)
+        if trial:
+            raise StoreError(f"store {store_path} is {trial}")
         missing = int((~reader.committed_mask()).sum())
         raise StoreError(f"store {store_path} is incomplete: {missing} of {spec.frames} frames are not committed; "
                          f"finish `geo3d precompute --store {store_path}` (it resumes) before training")
