@@ -70,6 +70,8 @@ def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLease:
     if not is_main_rank():
         return RunDirLease(run_dir, None, False)
     refuse_foreign(run_dir)
+    if not resume:
+        _refuse_finished(run_dir)  # before locking: a refused rerun does not even rewrite the lock's owner
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lease = try_lock(run_dir / LOCK_FILE)
@@ -104,11 +106,9 @@ def refuse_foreign(run_dir: Path) -> None:
 
 def _start(run_dir: Path, resume: bool) -> None:
     """Under the lease: a run with a checkpoint needs --resume; one without is cleared and started afresh."""
-    has_ckpt = latest_checkpoint(run_dir) is not None
-    if has_ckpt and not resume:
-        raise Geo3dError(f"run directory {run_dir} already holds a run (checkpoint {latest_checkpoint(run_dir)}); "
-                         f"pass --resume to continue it, or --out NEW_DIR for a new run")
-    if has_ckpt:
+    if not resume:
+        _refuse_finished(run_dir)  # again under the lease: a run may have checkpointed meanwhile
+    if latest_checkpoint(run_dir) is not None:
         return
     leftovers = [n for n in RUN_FILES if (run_dir / n).exists()]
     if leftovers:
@@ -117,6 +117,13 @@ def _start(run_dir: Path, resume: bool) -> None:
               f"({', '.join(leftovers)}) and starting afresh", file=sys.stderr, flush=True)
         _remove_run_files(run_dir)
     _write_marker(run_dir)
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        raise Geo3dError(f"run directory {run_dir} already holds a run (checkpoint {ckpt}); pass --resume to "
+                         f"continue it, or --out NEW_DIR for a new run")
 
 
 def _write_marker(run_dir: Path) -> None:
