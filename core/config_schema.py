@@ -140,8 +140,10 @@ class Schema:
 
     def defines(self, key: str) -> bool:
         """A defined key, a section (`train` of train.*), or a key inside an open map."""
-        return key in self.leaves or any(k.startswith(key + ".") for k in self.leaves) \
-            or any(key.startswith(m + ".") for m in self.open_maps())
+        return key in self.leaves or any(k.startswith(key + ".") for k in self.leaves) or self._in_open_map(key)
+
+    def _in_open_map(self, key: str) -> bool:
+        return any(key.startswith(m + ".") for m in self.open_maps())
 
     def union(self, *others: "Schema") -> "Schema":
         merged = Schema(self.verb, ())
@@ -156,7 +158,9 @@ class Schema:
         verb's, for `geo3d doctor`, which composes several verbs from one command line) are dropped.
         labels: {key: the CLI flag that set it}, named in the message (`--num-shards must be >= 1, got 0`)."""
         raw = OmegaConf.to_container(cfg, resolve=False)
-        for key, _ in _flatten(raw):  # type: ignore[arg-type]
+        for key, value in _flatten(raw):  # type: ignore[arg-type]
+            if key not in self.leaves and value != {} and self.defines(key) and not self._in_open_map(key):
+                raise ConfigError(f"{key} is a section ({key}.*), not a value, got {value!r}; set its keys instead")
             if self.defines(key):
                 continue
             if foreign is not None and foreign.defines(key):
@@ -179,8 +183,8 @@ class Schema:
     def _unknown(self, key: str, foreign: "Schema | None") -> str:
         known = list(self.leaves) + (list(foreign.leaves) if foreign is not None else [])
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f"did you mean {near[0]}?" if near else \
-            f"`geo3d {self.verb}` reads {', '.join(sorted({k.split('.')[0] + ('.*' if '.' in k else '') for k in known}))}"
+        sections = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in known})
+        hint = f"did you mean {near[0]}?" if near else f"`geo3d {self.verb}` reads {', '.join(sections)}"
         where = f"`geo3d {self.verb}`'s config" if foreign is None else "any config this command reads"
         return f"unknown config key {key!r} (not defined by {where}); {hint}"
 

@@ -287,8 +287,9 @@ def describe_trial(path: str | Path) -> str | None:
     t = trial_record(path)
     if t is None:
         return None
-    return (f"a trial store (geo3d precompute --limit-frames {t.get('limit_frames')}: shards 0..{t.get('shards', 0) - 1}"
-            f" of {t.get('num_shards')}); no run trains on it: rerun precompute without --limit-frames to complete it")
+    shards = f"shards 0..{t.get('shards', 0) - 1} of {t.get('num_shards')}"
+    return (f"a trial store (geo3d precompute --limit-frames {t.get('limit_frames')}: {shards}); no run trains on "
+            f"it: rerun precompute without --limit-frames to complete it")
 
 
 def committed_shards(path: Path) -> list[int]:

@@ -61,6 +61,7 @@ def test_a_key_of_another_verb_is_refused_saying_what_this_verb_reads(tmp_path):
     ("train.lr.base=-1", "train.lr.base must be >= 0, got -1"),  # row 12: was trained on
     ("train.mixed_precision=bf32", "train.mixed_precision must be one of ['auto', 'no', 'bf16', 'fp16']"),
     ("train.keep_last=0", "train.keep_last must be >= 1, got 0"),
+    ("train=5", "train is a section (train.*), not a value, got 5"),
     ("train.pin_memory=maybe", "train.pin_memory must be true or false or one of ['auto']"),
 ])
 def test_train_types_and_ranges_are_checked_before_anything_starts(tmp_path, override, message):
@@ -114,7 +115,8 @@ def test_doctor_composes_every_verb_from_one_command_line():
 
     plan = compose(None, ["precompute.batch_size=4", "train.max_steps=3", "slurm.partition=gpu"], {"suite": "demo"},
                    "all", None, False, False)
-    assert (plan.pre_cfg.precompute.batch_size, plan.train_cfg.train.max_steps, plan.slurm_cfg.partition) == (4, 3, "gpu")
+    got = (plan.pre_cfg.precompute.batch_size, plan.train_cfg.train.max_steps, plan.slurm_cfg.partition)
+    assert got == (4, 3, "gpu")
     assert "train" not in plan.pre_cfg and "precompute" not in plan.train_cfg
 
 
