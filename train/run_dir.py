@@ -78,7 +78,8 @@ def claim_run_dir(run_dir: Path, resume: bool) -> RunDirLease:
     if lease is None:
         raise Geo3dError(f"run directory {run_dir} is in use by another `geo3d train` "
                          f"({describe_owner(read_owner(run_dir / LOCK_FILE))}); nothing was changed. Wait for it "
-                         f"to end, or pass --out NEW_DIR for a new run")
+                         f"to end, or pass --out NEW_DIR for a new run (only if that process is gone, e.g. its node "
+                         f"died while NFS/Lustre kept its lock: delete {run_dir / LOCK_FILE} and rerun)")
     guard = RunDirLease(run_dir, lease, created)
     try:
         _start(run_dir, resume)
