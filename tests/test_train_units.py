@@ -163,6 +163,30 @@ def test_preemption_flag_records_the_first_signal_and_restores_handlers():
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
+def test_signal_policy_ctrl_c_is_the_user_and_a_second_one_stops_at_once():
+    """Issue 25 rows 8-9: Ctrl-C stops at the same safe point as SIGTERM/SIGUSR1 but maps to exit 130 (never the
+    requeue code 75); a second Ctrl-C raises KeyboardInterrupt at once."""
+    import os
+    import signal
+
+    from geo3d.core.preemption import Preempted, PreemptionFlag
+
+    before = signal.getsignal(signal.SIGINT)
+    flag = PreemptionFlag().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.requested and flag.signal_name == "SIGINT" and flag.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+    scheduler = PreemptionFlag()
+    scheduler.signal_name = "SIGUSR1"
+    assert scheduler.exit_code == 75
+    assert Preempted("x", "SIGINT").exit_code == 130 and Preempted("x", "SIGTERM").exit_code == 75
+
+
 # ---- store / dataset join ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_and_store(tmp_path_factory):
