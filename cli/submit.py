@@ -90,7 +90,6 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
     cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, *routed["precompute"]]
     cfg.stage.train_overrides = [*cfg.stage.train_overrides, *routed["train"]]
     cfg.stage.eval_overrides = [*cfg.stage.eval_overrides, *routed["eval"]]
-    check_forwarded(cfg)
     return cfg
 
 
@@ -102,13 +101,14 @@ def check_forwarded(cfg: DictConfig) -> None:
     from geo3d.train.run_config import check_train_overrides
 
     precompute_config(list(cfg.stage.precompute_overrides))
-    check_train_overrides(list(cfg.stage.train_overrides))
+    check_train_overrides(list(cfg.stage.train_overrides), list(cfg.stage.train_configs))
     build_config(EVAL_DEFAULTS, None, list(cfg.stage.eval_overrides), schema=eval_schema())
 
 
 def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], list], dry_run: bool) -> None:
     """Render with `build(cfg, job_dir)`; print (--dry-run) or write the record and submit."""
     from geo3d.cli.slurm import submission as sub
+    check_forwarded(cfg)
     preview_dir = Path(str(cfg.slurm.submit_dir)).resolve() / f"<UTC time>_{verb}"
     scripts = build(cfg, preview_dir)  # every input error surfaces here, before anything is written
     if dry_run:

@@ -104,9 +104,10 @@ def compose_train_config(configs: Iterable[Path] | None = None, overrides: Itera
     return cfg
 
 
-def check_train_overrides(overrides: Iterable[str]) -> None:
-    """Keys, types and ranges of `key=value` overrides meant for a later `geo3d train` (geo3d submit)."""
-    build_config([DATA_DEFAULTS, TRAIN_DEFAULTS], None, overrides, schema=config_schema())
+def check_train_overrides(overrides: Iterable[str], configs: Iterable[str | Path] = ()) -> None:
+    """Keys, types and ranges of the --config files and `key=value` overrides meant for a later `geo3d train`
+    (geo3d submit checks them at submit time, not hours later on a node)."""
+    build_config([DATA_DEFAULTS, TRAIN_DEFAULTS], [Path(c) for c in configs], overrides, schema=config_schema())
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
