@@ -91,3 +91,20 @@ def test_row13_a_decode_error_mid_file_has_the_same_words(root):
         list(vf.read(0.0, 20, 2, 2))
     assert str(e.value).startswith(f"cannot decode video {path}: invalid data found when processing input")
     assert "Errno" not in str(e.value) and "1094995529" not in str(e.value)
+
+
+def test_row11_a_store_of_another_suite_is_named_as_such(root, tmp_path):
+    """The store-vs-dataset check (train, verify-cache) says which suite the store holds and which the run asks for,
+    not "another dataset version" (the suites' frame counts differ)."""
+    from geo3d.core.errors import StoreError
+    from geo3d.features_store import FeatureReader
+    from geo3d.train.store_check import check_store_matches_dataset
+
+    store = tmp_path / "spatial.zarr"
+    make_synthetic_store(store, frames=546, dataset={"suite": "libero_spatial", "num_frames": 546})
+    objects = LiberoMixture("libero_object", root)
+    with pytest.raises(StoreError) as e:
+        check_store_matches_dataset(FeatureReader(store), objects, store, check_frames=4)
+    assert str(e.value) == (f"store {store}: this store holds libero_spatial; the run asks for libero_object: pass "
+                            "--suite libero_spatial, or precompute a store for libero_object (geo3d precompute "
+                            "--suite libero_object)")
