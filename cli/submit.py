@@ -9,6 +9,7 @@ to `geo3d train`). --dry-run prints the scripts and submits nothing.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -16,9 +17,36 @@ import typer
 from omegaconf import DictConfig
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
+from geo3d.core.config_schema import DATA_RULES, Int, OneOf, Rule, Schema, Str
 from geo3d.core.errors import Geo3dError
 
 submit_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+DEFAULTS = ("data", "slurm")
+_SITE = ("partition", "account", "qos", "constraint", "gpu_type", "activate")
+_SLURM_SIZE = Rule(("str", "int"))  # time limits (04:00:00 or minutes) and memory (64G or MB) as sbatch takes them
+# Types and ranges configs/slurm.yaml's defaults cannot say. Site-specific sbatch options without a key of their
+# own go in slurm.extra_sbatch (a list), so the slurm section stays a closed key set: a typo is refused.
+RULES = {
+    **DATA_RULES,
+    **{f"slurm.{k}": Str(null=True) for k in _SITE},
+    "slurm.signal_seconds": Int(min=0),
+    "slurm.*.time": _SLURM_SIZE, "slurm.*.mem": _SLURM_SIZE,
+    "slurm.*.gpus": Int(min=0), "slurm.*.cpus": Int(min=1), "slurm.*.nodes": Int(min=1),
+    "slurm.precompute.num_shards": Int(min=1), "slurm.precompute.max_parallel": Int(min=1, null=True),
+    "slurm.train.main_process_port": Int(min=1, max=65535),
+    "slurm.ablation.eval_suites": Rule(("list",), choices=("auto",)),
+    "stage.encoder": OneOf("tiny", "mapanything"),
+    **{f"stage.{k}": Str(null=True) for k in ("store", "weights", "out", "compressor", "ckpt", "eval_suite",
+                                               "eval_out")},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def config_schema() -> Schema:
+    """`geo3d submit`'s keys: configs/data.yaml + configs/slurm.yaml."""
+    return Schema("submit", DEFAULTS, rules=RULES)
+
 
 SUBMIT_KEYS = ("slurm.", "stage.", "data.suite=", "data.data_root=")
 PRECOMPUTE_KEYS = ("precompute.", "encoder.", "store.")
@@ -55,7 +83,7 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
     passed = routed["precompute"] + routed["eval"] + routed["train"]
     if forward_to is None and passed:
         raise Geo3dError(f"these overrides are not slurm.*/stage.* keys: {passed}; this job passes none on")
-    cfg = build_config(["data", "slurm"], config, routed["submit"], flags)
+    cfg = build_config(DEFAULTS, config, routed["submit"], flags, schema=config_schema())
     if cfg.slurm.activate is None:  # documented default: the environment running `geo3d submit`
         from geo3d.cli.slurm.jobs import default_activate
         cfg.slurm.activate = default_activate()
@@ -65,9 +93,22 @@ def resolve(config: Optional[List[Path]], overrides: Optional[List[str]], flags:
     return cfg
 
 
+def check_forwarded(cfg: DictConfig) -> None:
+    """The key=value a job passes on is checked now by the stage's own schema, not hours later on a node."""
+    from geo3d.evaluation.cli import DEFAULTS as EVAL_DEFAULTS
+    from geo3d.evaluation.cli import config_schema as eval_schema
+    from geo3d.precompute.cli import precompute_config
+    from geo3d.train.run_config import check_train_overrides
+
+    precompute_config(list(cfg.stage.precompute_overrides))
+    check_train_overrides(list(cfg.stage.train_overrides), list(cfg.stage.train_configs))
+    build_config(EVAL_DEFAULTS, None, list(cfg.stage.eval_overrides), schema=eval_schema())
+
+
 def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], list], dry_run: bool) -> None:
     """Render with `build(cfg, job_dir)`; print (--dry-run) or write the record and submit."""
     from geo3d.cli.slurm import submission as sub
+    check_forwarded(cfg)
     preview_dir = Path(str(cfg.slurm.submit_dir)).resolve() / f"<UTC time>_{verb}"
     scripts = build(cfg, preview_dir)  # every input error surfaces here, before anything is written
     if dry_run:

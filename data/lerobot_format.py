@@ -144,6 +144,13 @@ class LeRobotDataset(EpisodeDataset):
         rows = self._episode_rows_v3() if self.codebase_version == "v3.0" else self._episode_rows_v2()
         if not rows:
             raise DataError(f"{self.path} lists no episodes; {FIX_HINT}")
+        empty = [e.episode_index for e in rows if e.length < 1]
+        if empty:  # every verb opens the dataset here, so precompute, verify-cache and train all refuse it
+            where = "meta/episodes/" if self.codebase_version == "v3.0" else "meta/episodes.jsonl"
+            raise DataError(f"{self.path}: episode {empty[0]} has 0 frames ({where} length 0"
+                            f"{f'; also episodes {empty[1:]}' if len(empty) > 1 else ''}); an episode needs at least "
+                            f"one frame: remove it from the metadata (and its data/video files) or re-create the "
+                            f"dataset")
         return {e.episode_index: e for e in rows}
 
     def _episode_rows_v2(self) -> list[EpisodeInfo]:
@@ -211,6 +218,27 @@ class LeRobotDataset(EpisodeDataset):
                 ACTION_KEY: cols[ACTION_KEY][sl].astype(np.float32, copy=False),
                 "task_index": cols["task_index"][sl], "frame_index": cols["frame_index"][sl]}
 
+    def validate_files(self) -> None:
+        """What construction did not read, so precompute, verify-cache and train agree on what a broken dataset
+        is: every parquet file (readable, its rows per episode = the metadata's lengths, known task indices) and
+        the video frame rate (the first episode's files' headers) against info.json's fps."""
+        for e in self.episode_indices:
+            cols = self.episode_columns(e)
+            unknown = sorted(set(np.unique(cols["task_index"]).tolist()) - set(self.tasks))
+            if unknown:
+                raise DataError(f"{self.path / self.episode(e).data_file}: episode {e} has task_index {unknown[0]}, "
+                                f"which meta/tasks lists not; {FIX_HINT}")
+        first = self.episode(self.episode_indices[0])
+        for rel in first.video_files:
+            self._check_rate(self.path / rel)
+
+    def _check_rate(self, video: Path) -> None:
+        """info.json's fps addresses every frame (time = k / fps): a different video rate misreads them all."""
+        rate = self._videos.get(video).rate()
+        if rate is not None and abs(rate - self.fps) > 0.01 * self.fps:
+            raise DataError(f"{self.path}/meta/info.json says fps {self.fps}, but video {video} has {rate:g} "
+                            f"frames/s; set \"fps\": {rate:g} in meta/info.json (or re-create the dataset)")
+
     def data_files(self) -> list[str]:
         """Every data parquet file, in episode order (each listed once)."""
         return list(dict.fromkeys(self._episodes[i].data_file for i in self.episode_indices))
@@ -232,6 +260,7 @@ class LeRobotDataset(EpisodeDataset):
 
     # ---- video ------------------------------------------------------------------------------------
     def _short_video_error(self, v: int, ep: EpisodeInfo, got: int) -> DataError:
+        self._check_rate(self.path / ep.video_files[v])  # a wrong info.json fps reads as a short video: say so
         return DataError(f"video {self.path / ep.video_files[v]} has {got} frames for episode {ep.episode_index} "
                          f"but its parquet has {ep.length} rows; the video is truncated or does not match the "
                          f"data: {FIX_HINT}")

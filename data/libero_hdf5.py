@@ -154,7 +154,10 @@ class LiberoHDF5Dataset(EpisodeDataset):
             raise DataError(f"{where} lacks {missing} (a LIBERO demo needs actions, both cameras and "
                             f"obs/ee_states or obs/ee_pos+ee_ori, and obs/gripper_states); {FIX_HINT}")
         n = int(g["actions"].shape[0])
-        if n < 1 or g["actions"].shape[1:] != (ACTION_DIM,):
+        if n < 1:
+            raise DataError(f"{where} (episode {_demo_number(demo)}) has 0 frames; an episode needs at least one: "
+                            f"remove the demo or re-create the file; {FIX_HINT}")
+        if g["actions"].shape[1:] != (ACTION_DIM,):
             raise DataError(f"{where}/actions has shape {g['actions'].shape}, expected [T>=1,{ACTION_DIM}]; {FIX_HINT}")
         cam_shape = g[CAMERAS[0]].shape
         for k in CAMERAS:
@@ -222,6 +225,11 @@ class LiberoHDF5Dataset(EpisodeDataset):
         while len(self._cols) > self._cache_size:
             self._cols.popitem(last=False)
         return cols
+
+    def validate_files(self) -> None:
+        """What construction did not read: every episode's low-dim arrays (the images were checked by shape)."""
+        for e in self.episode_indices:
+            self.episode_columns(e)
 
     def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
         """Whole columns over all frames in episode order (never reads images)."""

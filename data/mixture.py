@@ -67,6 +67,13 @@ class LiberoMixture:
     def __len__(self) -> int:
         return len(self.frame_index)
 
+    def validate_files(self) -> "LiberoMixture":
+        """Read what opening the mixture did not (every parquet file's columns, the video frame rate): the one
+        dataset check `geo3d precompute`, `verify-cache` and `train` run before their work (DataError, exit 2)."""
+        for ds in self.datasets:
+            ds.validate_files()
+        return self
+
     def locate(self, i: int) -> tuple[int, int, int]:
         """Global index -> (dataset_id, episode_index, frame_index)."""
         i = self._check(i)

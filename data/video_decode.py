@@ -91,11 +91,21 @@ class VideoFile:
         try:
             self._container = av.open(str(self.path))
         except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
-            raise DataError(f"cannot open video {self.path}: {e}; re-download or re-create the dataset") from e
+            raise DataError(f"cannot open video {self.path}: {ffmpeg_reason(e)} (a truncated or damaged file); "
+                            f"re-download or re-create the dataset") from None
+        if not self._container.streams.video:
+            raise DataError(f"video {self.path} holds no video stream; re-download or re-create the dataset")
         self._stream = self._container.streams.video[0]
         self._stream.codec_context.thread_count = self.threads
         if self.threads != 1:
             self._stream.thread_type = "AUTO"
+
+    def rate(self) -> float | None:
+        """Frames per second per the container header (None when it does not say)."""
+        if self._container is None:
+            self._open()
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else None
 
     def num_frames(self) -> int:
         """Frames in the file per the container header (0 when the header does not say)."""
@@ -132,7 +142,7 @@ class VideoFile:
         k_end = start + count
         while True:
             first, overshot = True, False
-            for frame in self._frames:
+            for frame in self._decoded():
                 t = float(frame.pts * frame.time_base)
                 self._last_time = t
                 k = round((t - from_ts) * fps)
@@ -152,6 +162,29 @@ class VideoFile:
                 self._frames = None
                 return
             self._seek(max(fallbacks.pop(0), 0.0))
+
+
+    def _decoded(self) -> Iterator:
+        """The cursor's frames; a decode error (a file cut short mid-stream) is a DataError without FFmpeg codes."""
+        import av
+
+        frames = self._frames  # not `yield from`: closing this wrapper must not close the shared cursor
+        while True:
+            try:
+                frame = next(frames)  # type: ignore[call-overload]
+            except StopIteration:
+                return
+            except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
+                self._frames = None
+                raise DataError(f"cannot decode video {self.path}: {ffmpeg_reason(e)} (a truncated or damaged "
+                                f"file); re-download or re-create the dataset") from None
+            yield frame
+
+
+def ffmpeg_reason(e: BaseException) -> str:
+    """FFmpeg's words for an error, without its raw code (`[Errno 1094995529]`) and the repeated path."""
+    reason = getattr(e, "strerror", None) or str(e)
+    return reason[:1].lower() + reason[1:]
 
 
 _LIVE_CACHES: "weakref.WeakSet[VideoCache]" = weakref.WeakSet()

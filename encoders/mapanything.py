@@ -22,9 +22,13 @@ import torch
 from geo3d.core.errors import Geo3dError
 from geo3d.encoders.base import GeometryEncoder
 
-INSTALL_HINT = ("install it from its repository (it is not on PyPI): "
-                "pip install 'git+https://github.com/facebookresearch/map-anything' "
-                "(pulls uniception==0.1.7, hydra-core, opencv-python-headless, huggingface_hub, safetensors)")
+# uniception 0.1.7 declares unpinned torch/torchvision/torchaudio, so a plain `pip install` of it (or of mapanything,
+# or timm) may replace the installed torch and bring a torchvision built for another one. Install without deps.
+INSTALL_HINT = ("install it without replacing your torch: pip install --no-deps uniception==0.1.7 timm "
+                "'git+https://github.com/facebookresearch/map-anything', then its dependencies: pip install jaxtyping "
+                "matplotlib Pillow scikit-learn einops rerun-sdk minio torchmetrics termcolor pyyaml hydra-core "
+                "opencv-python-headless huggingface_hub safetensors, and the torchvision built for your torch from "
+                "the index your torch came from (precompute/README.md, 'Installing MapAnything')")
 WEIGHTS_HINT = ("download facebook/map-anything-apache (Apache 2.0) or facebook/map-anything (CC-BY-NC 4.0) on a "
                 "machine with internet, e.g. `huggingface-cli download facebook/map-anything-apache --local-dir DIR`, "
                 "and pass --weights DIR")
@@ -52,6 +56,10 @@ def import_mapanything_class() -> type:
             raise Geo3dError(f"the `mapanything` package is not installed; {INSTALL_HINT}") from e
         # a dependency of mapanything (uniception, hydra, cv2, ...) is missing
         raise Geo3dError(f"`mapanything` is installed but cannot be imported ({e}); {INSTALL_HINT}") from e
+    except (RuntimeError, OSError, AttributeError) as e:
+        # a dependency built for another torch, e.g. torchvision's "operator torchvision::nms does not exist"
+        raise Geo3dError(f"`mapanything` is installed but cannot be imported ({type(e).__name__}: {e}): a "
+                         f"dependency does not match the installed torch {torch.__version__}; {INSTALL_HINT}") from e
 
 
 def dinov2_hub_dir() -> Path | None:

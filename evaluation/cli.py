@@ -5,12 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import functools
+
 import typer
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
+from geo3d.core.config_schema import DATA_RULES, Int, OneOf, Rule, Schema, Str
 from geo3d.core.errors import Geo3dError
 
 DEFAULTS = ("data", "eval")
+# Types and ranges configs/eval.yaml's defaults cannot say (null defaults, bounds, choices).
+RULES = {
+    **DATA_RULES,
+    "serve.port": Int(min=0, max=65535), "serve.encoder_weights": Str(null=True),
+    "eval.tasks": Rule(("list", "str", "int"), null=True),
+    "eval.episodes_per_task": Int(min=1), "eval.max_steps": Int(min=1, null=True),
+    "eval.settle_steps": Int(min=0), "eval.replan_steps": Int(min=1), "eval.render_size": Int(min=1),
+    "eval.workers": Int(min=1), "eval.gl": OneOf("auto", "osmesa", "egl"),
+    "eval.encoder_weights": Str(null=True), "eval.server": Str(null=True), "eval.out": Str(null=True),
+    "report.out": Str(null=True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def config_schema() -> Schema:
+    """`geo3d serve | eval | replay | report`'s keys: configs/data.yaml + configs/eval.yaml."""
+    return Schema("eval", DEFAULTS, rules=RULES)
 
 
 @handle_errors
@@ -33,7 +53,8 @@ def serve_cmd(
     from geo3d.evaluation.server import PolicyServer
 
     cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port,
-                                                      "serve.device": device, "serve.encoder_weights": encoder_weights})
+                                                      "serve.device": device, "serve.encoder_weights": encoder_weights},
+                       schema=config_schema())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = load_local_policy(ckpt, str(cfg.serve.device), cfg.serve.encoder_weights)
     server = PolicyServer(policy, policy_info(policy), str(cfg.serve.host), int(cfg.serve.port))
@@ -73,7 +94,7 @@ def eval_cmd(
         "eval.suite": suite, "eval.tasks": tasks, "eval.episodes_per_task": episodes_per_task,
         "eval.max_steps": max_steps, "eval.workers": workers, "eval.video": video,
         "eval.out": str(out) if out else None, "eval.device": device, "eval.encoder_weights": encoder_weights,
-        "eval.server": server})
+        "eval.server": server}, schema=config_schema())
     if (ckpt is None) == (cfg.eval.server is None):
         raise Geo3dError("give exactly one policy: --ckpt DIR (loaded here) or --server ws://host:port")
     source = PolicySource(server=cfg.eval.server, ckpt=str(ckpt) if ckpt else None, device=str(cfg.eval.device),
@@ -98,7 +119,7 @@ def report_cmd(
     """Loss curves, compressor grad norms, geometry attention mass, and success rates from RUN_DIR/eval*/."""
     from geo3d.evaluation.report import write_report
 
-    cfg = build_config(DEFAULTS, config, None, {"report.out": str(out) if out else None})
+    cfg = build_config(DEFAULTS, config, None, {"report.out": str(out) if out else None}, schema=config_schema())
     paths = write_report(run_dirs, Path(cfg.report.out or "report"))
     for p in paths:
         print(f"wrote {p}")
@@ -124,7 +145,8 @@ def replay_cmd(
     from geo3d.evaluation.replay import dataset_episodes, markdown, replay, write_reports
     from geo3d.data.suites import resolve_data_root
 
-    cfg = build_config(DEFAULTS, config, overrides, {"data.data_root": str(data_root) if data_root else None})
+    cfg = build_config(DEFAULTS, config, overrides, {"data.data_root": str(data_root) if data_root else None},
+                       schema=config_schema())
     root = resolve_data_root("demo", cfg.data.data_root)  # given root, else $GEO3D_DATA_ROOT, else demo_data/
     wanted = dataset_episodes(root, suite) if not episodes else [int(e) for e in episodes.split(",")]
     reports = []

@@ -157,7 +157,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
     episodes = [rec for (tid, i), rec in done.items()
                 if any(t.task_id == tid for t in tasks) and i < int(e.episodes_per_task)]
     start, complete = time.perf_counter(), False
-    stop = PreemptionFlag().install()  # SLURM preemption / scancel: keep results, exit 75
+    stop = PreemptionFlag().install()  # scancel/preemption: keep results, exit 75; Ctrl-C: the same, exit 130
     bar = tqdm(total=len(jobs) + len(episodes), initial=len(episodes), desc=f"eval {e.suite}", unit="ep")
     try:
         with (out / EPISODES_FILE).open("a") as log:
@@ -170,8 +170,8 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
         complete = True
     except EpisodeInterrupted:
         raise Preempted(f"evaluation terminated ({stop.signal_name or 'a stop request'}) after {len(episodes)} "
-                        f"episodes; they are kept in "
-                         f"{out / EPISODES_FILE}: rerun the same command with --resume") from None
+                        f"episodes; they are kept in {out / EPISODES_FILE}: rerun the same command with --resume",
+                        stop.signal_name) from None
     finally:
         bar.close()
         episodes.sort(key=lambda r: (r["task_id"], r["episode"]))

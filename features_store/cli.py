@@ -96,10 +96,10 @@ def _open_mixture(spec: Any, data_root: Path | None) -> Any:
     from geo3d.data.mixture import LiberoMixture  # pyarrow, av
 
     try:
-        return LiberoMixture(suite, data_root=data_root)
+        return LiberoMixture(suite, data_root=data_root).validate_files()  # the check precompute and train run
     except DataError as e:
-        raise Geo3dError(f"cannot open the store's dataset (suite {suite!r}) to check it: {e}. Pass --data-root "
-                         "DIR, or --no-dataset to check the store alone") from None
+        raise Geo3dError(f"cannot check the store against its dataset (suite {suite!r}): {e}. Fix the dataset or "
+                         "pass --data-root DIR, or --no-dataset to check the store alone") from None
 
 
 def _mark(store: Path, report: Any) -> list[int]:

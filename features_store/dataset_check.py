@@ -32,7 +32,11 @@ class DatasetDifference:
 def dataset_differences(spec: StoreSpec, index: Mapping[str, np.ndarray], live: np.ndarray,
                         mixture: Any) -> list[DatasetDifference]:
     """Every difference between the store (`spec`, its per-frame `index` arrays, `live` = committed mask) and
-    `mixture`. A frame-count mismatch is reported alone: the frame maps cannot be aligned then."""
+    `mixture`. Another suite, or a frame-count mismatch, is reported alone: the frame maps cannot be aligned then."""
+    theirs, ours = dict(spec.dataset).get("suite"), getattr(mixture, "suite", None)
+    if theirs is not None and ours is not None and theirs != ours:
+        return [DatasetDifference("dataset", f"this store holds {theirs}; the run asks for {ours}: pass --suite "
+                                  f"{theirs}, or precompute a store for {ours} (geo3d precompute --suite {ours})")]
     if len(mixture) != spec.frames:
         return [DatasetDifference("dataset", f"frames: store has {spec.frames}, dataset on disk has {len(mixture)}; "
                                   "the store belongs to another dataset version: re-run precompute into a new store")]

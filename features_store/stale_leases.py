@@ -16,16 +16,14 @@ Breaking unlinks the lock file (the old holder, if it is somehow alive, keeps a 
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from geo3d.features_store import array_layout as L
-from geo3d.features_store.lease import boot_id, process_start, try_lock
+from geo3d.core.lease import owner_gone, read_owner
+from geo3d.features_store.lease import try_lock
 
 
 @dataclass
@@ -40,39 +38,6 @@ class LeaseStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_owner(lock: Path) -> dict[str, Any] | None:
-    try:
-        text = lock.read_text()
-        return json.loads(text) if text.strip() else None
-    except (OSError, ValueError):
-        return None
-
-
-def owner_gone(owner: dict[str, Any] | None, force: bool, older_than_s: float,
-               now: float | None = None) -> tuple[bool, str]:
-    """(is the owner gone, why) from the owner record in the lock file."""
-    if not owner or "host" not in owner:
-        return force, "no owner recorded (a lease from an older geo3d)" + ("; forced" if force else ": pass --force")
-    host, pid = owner["host"], owner.get("pid")
-    if host == socket.gethostname():
-        if owner.get("boot_id") and boot_id() and owner["boot_id"] != boot_id():
-            return True, f"{host} rebooted since the claim"
-        start = process_start(int(pid)) if pid is not None else None
-        if start is None:
-            return True, f"pid {pid} is not running on {host}"
-        if owner.get("pid_start") is not None and start != owner["pid_start"]:
-            return True, f"pid {pid} on {host} is now another process"
-        return False, f"pid {pid} is alive on this host: a live writer; stop it instead"
-    age = (now or time.time()) - float(owner.get("claimed_unix", 0.0))
-    hours = age / 3600
-    if not force:
-        return False, (f"held by pid {pid} on another host {host} for {hours:.1f} h; geo3d cannot see that host: if "
-                       f"it is dead, pass --force (with --older-than-hours)")
-    if age < older_than_s:
-        return False, f"held by {host} for only {hours:.1f} h (< {older_than_s / 3600:.1f} h): refusing even with --force"
-    return True, f"held by {host} for {hours:.1f} h (>= {older_than_s / 3600:.1f} h) and --force given"
 
 
 def lease_statuses(store: str | Path, shards: list[int] | None = None, force: bool = False,

@@ -262,6 +262,36 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, frames={self.spec.frames}, shards={self.num_shards})"
 
 
+TRIAL_FILE = "trial.json"  # beside zarr.json: the store was (last) written by a trial (precompute --limit-frames)
+
+
+def trial_record(path: str | Path) -> dict[str, Any] | None:
+    """The trial record of an incomplete store cut short on purpose, or None."""
+    try:
+        return json.loads((Path(path) / TRIAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_trial_record(path: str | Path, record: Mapping[str, Any] | None) -> None:
+    """Write (or with None remove) the trial record; a full run that completes the store removes it."""
+    target = Path(path) / TRIAL_FILE
+    if record is None:
+        target.unlink(missing_ok=True)
+    else:
+        atomic_write_json(target, dict(record))
+
+
+def describe_trial(path: str | Path) -> str | None:
+    """One sentence for messages: what the trial encoded and how to complete the store."""
+    t = trial_record(path)
+    if t is None:
+        return None
+    shards = f"shards 0..{t.get('shards', 0) - 1} of {t.get('num_shards')}"
+    return (f"a trial store (geo3d precompute --limit-frames {t.get('limit_frames')}: {shards}); no run trains on "
+            f"it: rerun precompute without --limit-frames to complete it")
+
+
 def committed_shards(path: Path) -> list[int]:
     """Shard ids with a completion marker (a directory listing: cheap even for thousands of shards)."""
     out = []

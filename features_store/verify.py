@@ -21,7 +21,7 @@ from geo3d.features_store import array_layout as L
 from geo3d.features_store.token_codec import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
 from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
 from geo3d.features_store.spec import StoreSpec
-from geo3d.features_store.store import FeatureStore, open_arrays
+from geo3d.features_store.store import FeatureStore, describe_trial, open_arrays
 from geo3d.features_store.tolerance import comparison_rule
 from geo3d.features_store.verify_report import VerifyReport
 from geo3d.core.errors import StoreError
@@ -63,6 +63,9 @@ def verify_store(path: str | Path, mixture: Any = None, deep: bool = False, reco
             t3 = time.perf_counter()
             n = _check_recompute(store, arrays, intact, recompute, recompute_frames, seed, recompute_atol, report)
             report.timed("recompute", time.perf_counter() - t3, n)
+    trial = describe_trial(path)
+    if trial:
+        report.notes.append(f"this is {trial}")
     if mixture is None:
         report.notes.append("dataset not checked (no dataset given): frame counts, indices and content ids "
                             "were checked only against the store itself")

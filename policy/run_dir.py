@@ -21,6 +21,9 @@ MARKER = "checkpoint.json"  # written last into a checkpoint directory: its pres
 # A complete checkpoint, relative to the run dir: the train sbatch templates pass --resume when one exists.
 CHECKPOINT_GLOB = f"{CKPT_DIR}/steps_*/{MARKER}"
 METRICS_FILE = "metrics.jsonl"
+NORM_STATS_FILE = "norm_stats.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+PROVENANCE_FILE = "provenance.json"
 _STEP_DIR = re.compile(r"^steps_(\d+)$")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
-import signal
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from geo3d.core.errors import DataError
+from geo3d.core.preemption import ignore_stop_signals
 
 # One LiberoMixture per (suite, data root, image size) in each process: decode processes build theirs once;
 # in-process decoding (threads) keys by the source, so two runs on other data in one process never mix them.
@@ -53,8 +53,7 @@ class DecodedEpisode:
 def _init_worker(source: DataSource, ignore_signals: bool) -> None:
     """Per-process setup. Decode processes ignore SIGTERM/SIGINT/SIGUSR1: the parent handles preemption."""
     if ignore_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     from geo3d.data.mixture import LiberoMixture
 

@@ -29,6 +29,7 @@ class RunResult:
     preempted_by: str | None
     store_complete: bool
     missing_shards: int
+    trial: dict | None = None  # --limit-frames: what the trial encoded (the store stays incomplete)
 
 
 def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
@@ -111,8 +112,6 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     p = cfg.precompute
     if not p.store:
         raise Geo3dError("no store path: pass --store PATH (or precompute.store=PATH)")
-    if int(p.batch_size) < 1:
-        raise Geo3dError(f"precompute.batch_size must be >= 1, got {p.batch_size}")
     slot = worker_slot(p.shard, p.num_shards)
     if p.overwrite and slot.world > 1:
         raise Geo3dError(f"--overwrite with {slot.world} workers would let each worker delete the others' work: "
@@ -123,7 +122,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
         torch.set_num_threads(_cpu_threads(p))
     image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
     preflight_encoder(cfg.encoder, image_size)  # bad weights / package / hub code / size: before any other work
-    mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size)
+    mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size).validate_files()
     feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
                            workers=int(p.decode_workers), prefetch=_prefetch(p))
     try:
@@ -168,7 +167,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions(),
          "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
         indent=2))
-    missing = store.missing_shards()
+    end = trial_end(store, p.limit_frames)
+    missing = [i for i in store.missing_shards() if i < end]
     todo = sum(len(store.shard_range(i)) for i in missing)
     print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
           f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
@@ -185,12 +185,12 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
                    "runtime": encoder.runtime(), "batch_size": batch, "full_batches": full}
     writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
-    preempt = PreemptionFlag(("SIGTERM", "SIGUSR1", "SIGINT"), "precompute stops at the next safe point (the current "
-                             "shard is finished if quick, else dropped)").install()
+    preempt = PreemptionFlag(announce="precompute stops at the next safe point (the current shard is finished "
+                             "if quick, else dropped)").install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
-        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world), feeder, writer, buffers,
+        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world, end), feeder, writer, buffers,
                            batch, preempt, float(p.preempt_grace_s), bar, full)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
@@ -200,5 +200,31 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         bar.close()
         preempt.restore()
     left = store.missing_shards()
+    trial = record_trial(store, p.limit_frames, end, left)
     return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
-                     stats.dropped, preempt.signal_name, not left, len(left))
+                     stats.dropped, preempt.signal_name, not left, len(left), trial)
+
+
+def trial_end(store: Any, limit_frames: int | None) -> int:
+    """The shards a run encodes: all, or (a trial, --limit-frames N) those holding the first N frames."""
+    if limit_frames is None:
+        return store.num_shards
+    return min(store.num_shards, -(-int(limit_frames) // store.spec.shard_frames))
+
+
+def record_trial(store: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
+    """A trial marks the store as one (verify-cache and train name it); a complete store is no trial."""
+    from geo3d.core.provenance import utc_now
+    from geo3d.features_store.store import set_trial_record
+
+    if not left:
+        set_trial_record(store.path, None)
+        return None
+    if limit_frames is None:
+        return None
+    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": store.num_shards,
+              "shard_frames": store.spec.shard_frames,
+              "frames": min(end * store.spec.shard_frames, store.spec.frames), "total_frames": store.spec.frames,
+              "made_utc": utc_now()}
+    set_trial_record(store.path, record)
+    return record

@@ -28,8 +28,10 @@ def missing_runs(num_shards: int, committed: set[int]) -> list[tuple[int, int]]:
 class ShardPlanner:
     """Yields held leases (`store.try_claim`) for uncommitted shards until nothing is left to claim."""
 
-    def __init__(self, store: Any, rank: int, world: int):
+    def __init__(self, store: Any, rank: int, world: int, end: int | None = None):
+        """end: plan only shards [0, end) (a trial, precompute --limit-frames); None = every shard."""
         self.store, self.rank, self.world = store, rank, world
+        self.end = store.num_shards if end is None else min(int(end), store.num_shards)
         self._yielded: list[Any] = []  # our own leases (still held while the writer commits them)
 
     def _held_by_me(self, shard: int) -> bool:
@@ -46,12 +48,12 @@ class ShardPlanner:
         return lease
 
     def _block(self) -> range:
-        s = self.store.num_shards
+        s = self.end
         return range(self.rank * s // self.world, (self.rank + 1) * s // self.world)
 
     def _replan(self) -> Any | None:
         committed = set(self.store.committed_shards())
-        for a, b in missing_runs(self.store.num_shards, committed):
+        for a, b in missing_runs(self.end, committed):
             for shard in [a, *range(a + (b - a) // 2, b)]:
                 lease = self._claim(shard)
                 if lease is not None:
@@ -73,4 +75,4 @@ class ShardPlanner:
             nxt = lease.shard + 1
             self._yielded.append(lease)
             yield lease
-            lease = self._claim(nxt) if nxt < self.store.num_shards else None
+            lease = self._claim(nxt) if nxt < self.end else None

@@ -22,12 +22,12 @@ sys.path.insert(0, str(REPO))
 def measure(rounds: int, batch: int) -> str:
     import torch
 
-    from geo3d.core.cliutil import build_config
+    from geo3d.precompute.cli import precompute_config
     from geo3d.core.compute_dtype import describe_cpu, resolve_compute_dtype
     from geo3d.encoders import build_encoder
 
     torch.set_num_threads(1)
-    encs = {dt: build_encoder(build_config(("data", "store", "precompute"), None, [f"encoder.tiny.dtype={dt}"])
+    encs = {dt: build_encoder(precompute_config([f"encoder.tiny.dtype={dt}"])
                               .encoder, 224, "cpu") for dt in ("bfloat16", "float32")}
     x = torch.randint(0, 255, (batch, 2, 224, 224, 3), dtype=torch.uint8)
     best = {k: 0.0 for k in encs}

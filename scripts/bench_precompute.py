@@ -38,7 +38,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from data_fixtures import make_synthetic_libero  # noqa: E402
 
-from geo3d.core.cliutil import build_config  # noqa: E402
+from geo3d.precompute.cli import precompute_config  # noqa: E402
 
 CONFIGS = {
     "demo": [],
@@ -50,7 +50,7 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path, device: s
     """(steady-state frames/s after the first shard, overall frames/s including startup)."""
     from geo3d.precompute.run import run_precompute
 
-    cfg = build_config(("data", "store", "precompute"), None, [
+    cfg = precompute_config([
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", f"precompute.device={device}",
         *cfg_overrides])
     r = run_precompute(cfg)
@@ -63,8 +63,7 @@ def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray, 
     from geo3d.precompute.pipeline import encode_frames
     from geo3d.precompute.run import _cpu_threads, full_batches
 
-    cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}",
-                                                               f"precompute.device={device}", *cfg_overrides])
+    cfg = precompute_config([f"data.data_root={data_root}", f"precompute.device={device}", *cfg_overrides])
     if device == "cpu":
         torch.set_num_threads(_cpu_threads(cfg.precompute))  # the worker's setting
     enc = build_encoder(cfg.encoder, int(cfg.data.image_size), device)

@@ -43,7 +43,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import bench_precompute as bp  # noqa: E402  (end_to_end / encoder_only / decoded_frames: one implementation)
 import bench_token_precision as btp  # noqa: E402
 
-from geo3d.core.cliutil import build_config  # noqa: E402
+from geo3d.precompute.cli import precompute_config  # noqa: E402
 
 STANDIN = ["encoder.tiny.width=1536", "encoder.tiny.depth=20", "encoder.tiny.heads=24", "encoder.tiny.out_dim=1536",
            "encoder.tiny.init=device_random"]  # = configs/standin_full.yaml
@@ -181,7 +181,7 @@ def run(tiny: bool, compile: bool = False, weights: str | None = None, out: Path
         tmp = Path(tmp)
         data_root = bp.make_synthetic_libero(tmp / "data", episodes_per_suite=2, length=40, size=64) if tiny \
             else REPO / "demo_data"
-        cfg = build_config(("data", "store", "precompute"), None, [f"data.data_root={data_root}", *overrides])
+        cfg = precompute_config([f"data.data_root={data_root}", *overrides])
         c0 = time.process_time()
         frames = bp.decoded_frames(data_root, int(cfg.data.image_size))
         decode_rate = len(frames) / (time.process_time() - c0)

@@ -7,20 +7,25 @@ import pytest
 from omegaconf import OmegaConf
 
 from geo3d.core.cliutil import build_config
+from geo3d.core.config_schema import Schema
 from geo3d.core.config import ConfigError, data_root_from, load_config, save_resolved
 from helpers import run_geo3d
 
 
 def test_merge_order_files_flags_overrides(tmp_path):
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("train: {lr: 1.0e-3, steps: 1, seed: 5}\n")
     a = tmp_path / "a.yaml"
     a.write_text("data: {suite: demo, action_horizon: 8}\ntrain: {lr: 1.0e-4, steps: 10}\n")
     b = tmp_path / "b.yaml"
     b.write_text("train: {steps: 20}\n")
-    cfg = build_config(["data"], [a, b], ["train.lr=3e-4"], {"data.suite": "libero_10", "train.seed": None})
+    schema = Schema("test", ["data", str(defaults)])
+    cfg = build_config(["data", defaults], [a, b], ["train.lr=3e-4"], {"data.suite": "libero_10", "train.seed": None},
+                       schema=schema)
     assert cfg.data.suite == "libero_10"  # explicit flag beats the files
     assert cfg.train.steps == 20  # later file beats earlier
     assert cfg.train.lr == pytest.approx(3e-4)  # dotlist applied last
-    assert "seed" not in cfg.train  # a flag left unset (None) does not touch the config
+    assert cfg.train.seed == 5  # a flag left unset (None) does not touch the config
     assert cfg.data.image_size == 224  # from configs/data.yaml
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import run_geo3d
 
-from geo3d.cli import app
 
 DEMO = ["--suite", "demo", "--config", "train/demo"]
 
@@ -36,11 +35,11 @@ def qwen_dir(tmp_path_factory) -> Path:
 
 
 def doctor(*args: str) -> tuple[int, str, dict | None]:
-    r = CliRunner().invoke(app, ["doctor", *args])
+    r = run_geo3d(["doctor", *args], expect=None)
     data = None
-    if "--json" in args and r.exit_code in (0, 1):
+    if "--json" in args and r.returncode in (0, 1):
         data = json.loads(r.stdout)
-    return r.exit_code, r.output, data
+    return r.returncode, r.output, data
 
 
 def _by_check(data: dict) -> dict[str, dict]:

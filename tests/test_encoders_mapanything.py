@@ -212,6 +212,24 @@ def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
         import_mapanything_class()
 
 
+def test_runtime_error_on_import_is_reported_like_a_missing_package(monkeypatch, fake_pkgs):
+    """Issue 25 row 14: a torchvision built for another torch fails at import with a RuntimeError, not an
+    ImportError; it gets the same one-line message, with the install hint that keeps the installed torch."""
+    from geo3d.encoders.mapanything import import_mapanything_class
+
+    (fake_pkgs / "mapanything/models/__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    for mod in [m for m in sys.modules if m.startswith("mapanything")]:
+        monkeypatch.delitem(sys.modules, mod)
+    with pytest.raises(Geo3dError) as e:
+        import_mapanything_class()
+    msg = str(e.value)
+    assert "cannot be imported (RuntimeError: operator torchvision::nms does not exist)" in msg
+    assert "pip install --no-deps uniception==0.1.7" in msg and "without replacing your torch" in msg
+    assert "Installing MapAnything" in (REPO / "precompute/README.md").read_text()
+
+
 def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake_pkgs, hub):
     """torch.hub would ask GitHub for the default branch before using its cache (a hang where packets are
     dropped): with every name lookup and connect made to fail and recorded, none may be attempted."""

@@ -25,8 +25,9 @@ def test_preemption_signals_set_the_stop_flag_and_handlers_are_restored(sig):
     finally:
         stop.restore()
     assert signal.getsignal(sig) is before
-    assert not PreemptionFlag().install().requested  # the next evaluation does not inherit the old stop request
-    signal.signal(sig, before)
+    fresh = PreemptionFlag().install()
+    assert not fresh.requested  # the next evaluation does not inherit the old stop request
+    fresh.restore()
 
 
 def test_run_jobs_stops_when_the_flag_is_set():

@@ -11,6 +11,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from geo3d.core.config import ConfigError
+
 from data_fixtures import make_synthetic_libero
 
 SHARD = 8
@@ -29,7 +31,7 @@ def data_root(tmp_path_factory) -> Path:
 def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] | None = None) -> tuple[list[int], object]:
     """Run one in-process worker; returns the row count of every encoder call and the run's result."""
     import geo3d.encoders as encoders
-    from geo3d.core.cliutil import build_config
+    from geo3d.precompute.cli import precompute_config
     from geo3d.precompute.run import run_precompute
 
     calls = [] if calls is None else calls
@@ -41,7 +43,7 @@ def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] 
         enc.encode = lambda x: (calls.append(len(x)), real_encode(x))[1]
         return enc
 
-    cfg = build_config(("data", "store", "precompute"), None, [
+    cfg = precompute_config([
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *SMALL, *overrides])
     with mock.patch.object(encoders, "build_encoder", build):
         result = run_precompute(cfg)
@@ -87,14 +89,13 @@ def test_encoder_sees_full_batches_across_shards_and_the_store_is_bit_identical(
 
 
 def test_batch_larger_than_several_shards_and_a_bad_setting(data_root, per_shard, tmp_path):
-    from geo3d.core.errors import Geo3dError
 
     store = tmp_path / "store.zarr"
     calls, result = _precompute(data_root, store, "precompute.batch_size=100", "precompute.writer_threads=2")
     assert calls == [100, 100, 60] and result.store_complete  # up to 14 shards in flight per batch
     ref = _arrays(per_shard)
     assert all(np.array_equal(a, ref[k]) for k, a in _arrays(store).items())
-    with pytest.raises(Geo3dError, match="precompute.full_batches must be auto, true or false"):
+    with pytest.raises(ConfigError, match=r"precompute.full_batches must be true or false or one of \['auto'\]"):
         _precompute(data_root, tmp_path / "other.zarr", "precompute.full_batches=sometimes")
     assert not (tmp_path / "other.zarr").exists()  # refused before anything was made
 

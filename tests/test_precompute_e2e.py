@@ -154,8 +154,22 @@ def test_sigterm_commits_and_exits_then_resume(data_root, reference, tmp_path):
     proc = _start_and_kill_after(_cmd(data_root, store), store, 4, sig=signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err[-2000:]
-    assert "received SIGTERM" in err and "Rerun the same command to resume" in err
+    assert "received SIGTERM" in err and "Rerun the same command to resume (exit 75)" in err
     assert 4 <= len(_commits(store)) < NUM_SHARDS
+    assert sorted(_encoded_shards(store)) == sorted(int(n[6:12]) for n in _commits(store))  # nothing half-done
+    _run(_cmd(data_root, store))
+    _assert_same_store(store, reference)
+
+
+def test_ctrl_c_commits_and_exits_130_not_the_requeue_code_then_resume(data_root, reference, tmp_path):
+    """Issue 25 row 9: a user's Ctrl-C saves like a preemption but exits 130, so a requeueing wrapper (75) never
+    requeues it; the rerun resumes to the same store."""
+    store = tmp_path / "store.zarr"
+    proc = _start_and_kill_after(_cmd(data_root, store), store, 3, sig=signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "received SIGINT" in err and "stopped on SIGINT (Ctrl-C)" in err and "exit 130" in err, err[-2000:]
+    assert "Traceback" not in err
     assert sorted(_encoded_shards(store)) == sorted(int(n[6:12]) for n in _commits(store))  # nothing half-done
     _run(_cmd(data_root, store))
     _assert_same_store(store, reference)

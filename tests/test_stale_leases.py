@@ -17,15 +17,13 @@ import pytest
 from geo3d.features_store import FeatureStore
 from geo3d.features_store.lease import owner_record
 from geo3d.features_store.testing import make_synthetic_store, write_all_shards
+from helpers import run_geo3d
 
 
 
 def geo3d_leases(*args: str):
     """`geo3d leases ...` in-process (flock conflicts between open file descriptions, so one process suffices)."""
-    from typer.testing import CliRunner
-
-    from geo3d.cli import app
-    return CliRunner().invoke(app, ["leases", *args])
+    return run_geo3d(["leases", *args], expect=None)
 
 
 @pytest.fixture
@@ -72,7 +70,7 @@ def test_live_owner_is_never_broken(store):
     holder = _hold(store, 2, None)
     try:
         r = geo3d_leases(str(store.path), "--break", "--force", "--older-than-hours", "0")
-        assert r.exit_code == 1 and "alive on this host" in r.output, r.output
+        assert r.returncode == 1 and "alive on this host" in r.output, r.output
         assert store.try_claim(2) is None
     finally:
         holder.kill()
@@ -85,9 +83,9 @@ def test_dead_owner_on_this_host_is_broken_then_shard_is_redone(store):
     try:
         assert store.try_claim(2) is None
         r = geo3d_leases(str(store.path))
-        assert r.exit_code == 1 and "is not running" in r.output and "see --break" in r.output, r.output
+        assert r.returncode == 1 and "is not running" in r.output and "see --break" in r.output, r.output
         r = geo3d_leases(str(store.path), "--break")
-        assert r.exit_code == 0 and "shard 2: BROKEN" in r.output, r.output
+        assert r.returncode == 0 and "shard 2: BROKEN" in r.output, r.output
         write_all_shards(store)  # a worker now claims and commits the shard
         assert store.missing_shards() == []
     finally:
@@ -103,7 +101,7 @@ def test_other_host_needs_force_and_age(store):
         try:
             args = [str(store.path), "--break", "--older-than-hours", "24"] + (["--force"] if force else [])
             r = geo3d_leases(*args)
-            assert (r.exit_code == 0) == broken, (age_h, force, r.output)
+            assert (r.returncode == 0) == broken, (age_h, force, r.output)
             assert ("BROKEN" in r.output) == broken
         finally:
             holder.kill()

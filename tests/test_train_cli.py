@@ -36,8 +36,8 @@ def test_store_from_another_suite_is_refused_saying_what_differs(data_store, tmp
     out = tmp_path / "run"
     args = train_args(data, store, out)
     args[args.index("libero_spatial")] = "libero_object"
-    _refused(spawn_geo3d(args, expect=None), out, "was not made from this dataset", 'suite: store has "libero_spatial", dataset on disk '
-                                                                     'has "libero_object"')
+    _refused(spawn_geo3d(args, expect=None), out, "this store holds libero_spatial; the run asks for libero_object",
+             "--suite libero_spatial")
 
 
 def test_token_shape_mismatch_unknown_compressor_and_missing_store_are_refused(data_store, tmp_path):

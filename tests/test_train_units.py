@@ -116,12 +116,13 @@ def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
     assert resume_differences(conv, current) == []
 
 
-def test_preflight_refuses_zero_intervals_before_any_work():
+def test_config_refuses_zero_intervals_before_any_work():
+    from geo3d.core.config import ConfigError
     from geo3d.train.preflight import preflight
     preflight(compose_train_config([], [], {"suite": "demo"}))
     for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):
-        with pytest.raises(Geo3dError, match=f"train.{key} must be >= 1"):
-            preflight(compose_train_config([], [f"train.{key}=0"], {"suite": "demo"}))
+        with pytest.raises(ConfigError, match=f"train.{key} must be >= 1"):
+            compose_train_config([], [f"train.{key}=0"], {"suite": "demo"})
 
 
 def test_checkpoint_listing_ignores_partial_and_unmarked(tmp_path):
@@ -162,6 +163,30 @@ def test_preemption_flag_records_the_first_signal_and_restores_handlers():
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
+def test_signal_policy_ctrl_c_is_the_user_and_a_second_one_stops_at_once():
+    """Issue 25 rows 8-9: Ctrl-C stops at the same safe point as SIGTERM/SIGUSR1 but maps to exit 130 (never the
+    requeue code 75); a second Ctrl-C raises KeyboardInterrupt at once."""
+    import os
+    import signal
+
+    from geo3d.core.preemption import Preempted, PreemptionFlag
+
+    before = signal.getsignal(signal.SIGINT)
+    flag = PreemptionFlag().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.requested and flag.signal_name == "SIGINT" and flag.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+    scheduler = PreemptionFlag()
+    scheduler.signal_name = "SIGUSR1"
+    assert scheduler.exit_code == 75
+    assert Preempted("x", "SIGINT").exit_code == 130 and Preempted("x", "SIGTERM").exit_code == 75
+
+
 # ---- store / dataset join ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_and_store(tmp_path_factory):
@@ -185,7 +210,7 @@ def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store
     check_store_matches_dataset(reader, spatial, store, check_frames=8)
     check_token_shape(reader.spec, {"views": 2, "tokens_per_view": 4, "dim": 8}, store)
     other = LiberoMixture("libero_object", root / "data", image_size=32)
-    with pytest.raises(StoreError, match="suite: store has \"libero_spatial\", dataset on disk has \"libero_object\""):
+    with pytest.raises(StoreError, match="this store holds libero_spatial; the run asks for libero_object"):
         check_store_matches_dataset(reader, other, store, check_frames=8)
     with pytest.raises(StoreError, match=r"\[2, 4, 8\] but the model expects .*\[2, 196, 1536\]"):
         check_token_shape(reader.spec, {"views": 2, "tokens_per_view": 196, "dim": 1536}, store)

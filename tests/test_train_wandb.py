@@ -34,7 +34,7 @@ def test_offline_wandb_run_mirrors_metrics_jsonl(tmp_path):
     out = tmp_path / "run"
     proc = spawn_geo3d(train_args(data, store, out, "mean", 4, "train.log_interval=1", "train.wandb.enabled=true",
                                 "train.wandb.mode=offline", "train.num_workers=0"),
-                     env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}, expect=None)
+                     env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}, expect=None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, list(out.rglob("*"))

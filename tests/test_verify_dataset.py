@@ -18,7 +18,7 @@ from geo3d.data.episode_arrays import EpisodeArrays
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.data.lerobot_writer import write_lerobot_dataset
-from helpers import REPO
+from helpers import REPO, run_geo3d
 
 SUITE = "libero_spatial"
 LENGTHS = (10, 14)
@@ -134,17 +134,12 @@ def test_cli_exit_codes_json_and_mark_damaged(world, tmp_path):
 
 
 def test_cli_finds_the_data_root_recorded_by_precompute(world, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from geo3d.cli import app
-
     monkeypatch.delenv("GEO3D_DATA_ROOT", raising=False)
     store = tmp_path / "store"
     shutil.copytree(world["store"], store)
     (store / "precompute_logs").mkdir()
     (store / "precompute_logs" / "20260101T000000-host-1.config.yaml").write_text(
         f"data:\n  suite: {SUITE}\n  data_root: {world['data']}\n")
-    result = CliRunner().invoke(app, ["verify-cache", str(store), "--json", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    result = run_geo3d(["verify-cache", str(store), "--json", "--no-progress"])
     out = json.loads(result.stdout)
     assert out["ok"] and out["data_root"] == str(world["data"]) and "dataset" in out["levels"]

@@ -15,6 +15,7 @@ from geo3d.features_store import array_layout as L
 from geo3d.features_store.token_codec import frame_checksums
 from geo3d.features_store.testing import make_synthetic_store, synthetic_tokens, write_all_shards
 from geo3d.core.errors import StoreError
+from helpers import run_geo3d
 
 
 @pytest.fixture(scope="module")
@@ -193,20 +194,16 @@ def test_broken_metadata_and_newer_schema(store_path):
 
 
 def test_cli_damaged_metadata_is_a_fault_newer_schema_is_usage(store_path):
-    from typer.testing import CliRunner
-
-    from geo3d.cli import app
-
     zjson = store_path / "zarr.json"
     good = zjson.read_text()
     zjson.write_text("{broken")
-    result = CliRunner().invoke(app, ["verify-cache", str(store_path), "--no-dataset", "--no-progress"])
-    assert result.exit_code == 1 and "metadata" in result.output
+    result = run_geo3d(["verify-cache", str(store_path), "--no-dataset", "--no-progress"], expect=None)
+    assert result.returncode == 1 and "metadata" in result.output
     root = json.loads(good)
     root["attributes"]["geo3d"]["schema_version"] = 7
     zjson.write_text(json.dumps(root))
-    result = CliRunner().invoke(app, ["verify-cache", str(store_path), "--no-dataset"])
-    assert result.exit_code == 2 and "upgrade geo3d" in result.output
+    result = run_geo3d(["verify-cache", str(store_path), "--no-dataset"], expect=None)
+    assert result.returncode == 2 and "upgrade geo3d" in result.output
 
 
 def test_malformed_marker_is_a_fault_and_mark_damaged_clears_it(store_path):

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, handle_errors
-from geo3d.core.preemption import PREEMPTED_EXIT_CODE  # after a signal, once the resume checkpoint is written
+from geo3d.core.preemption import exit_code_for, stopped_by  # after a signal, once the checkpoint is written
 
 
 @handle_errors
@@ -34,7 +34,8 @@ def train(
 
     Exit codes: 0 done; 2 bad input (nothing trained); 74 storage fault (full disk, quota, I/O error: free
     space, then re-run with --resume); 75 preempted by SIGTERM/SIGUSR1 after saving a resume checkpoint
-    (re-run the same command with --resume to continue).
+    (re-run the same command with --resume to continue); 130 Ctrl-C, after saving the same checkpoint (a
+    second Ctrl-C stops at once).
     """
     import json
 
@@ -59,10 +60,12 @@ def train(
     from geo3d.train.disk_space import fault_hooks
     with storage_guard("train", run_dir_of(cfg), resume=resume_command(add=("--resume",)), **fault_hooks(cfg)):
         result = run_training(cfg, resume)
+    stopped = result.preempted_by is not None
     if not result.is_main:
-        raise typer.Exit(PREEMPTED_EXIT_CODE if result.preempted_by is not None else 0)
-    if result.preempted_by is not None:
-        typer.echo(f"preempted by {result.preempted_by} at step {result.step}; saved {result.last_checkpoint}; "
-                   f"re-run with --resume to continue (exit {PREEMPTED_EXIT_CODE})", err=True)
-        raise typer.Exit(PREEMPTED_EXIT_CODE)
+        raise typer.Exit(exit_code_for(result.preempted_by) if stopped else 0)
+    if stopped:
+        code = exit_code_for(result.preempted_by)
+        typer.echo(f"{stopped_by(result.preempted_by)} at step {result.step}; saved {result.last_checkpoint}; "
+                   f"re-run the same command with --resume to continue (exit {code})", err=True)
+        raise typer.Exit(code)
     typer.echo(f"done: step {result.step}, checkpoint {result.last_checkpoint}")

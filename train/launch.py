@@ -12,8 +12,11 @@ import torch
 from omegaconf import DictConfig
 
 from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import PreemptionFlag, ignore_stop_signals
 from geo3d.train import preflight as setup
 from geo3d.train.checkpoint import TrainerState
+from geo3d.train.run_config import run_dir_of
+from geo3d.train.run_guard import claim_run_dir
 from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
 
 
@@ -67,9 +70,9 @@ def loader_options(train_cfg: DictConfig) -> dict[str, Any]:
     pin = train_cfg.pin_memory
     pin = torch.cuda.is_available() if pin == "auto" else bool(pin)
     opts: dict[str, Any] = {"num_workers": workers, "pin_memory": pin}
-    if workers:
+    if workers:  # workers ignore Ctrl-C / SIGTERM: the training process checkpoints, then ends them
         opts.update(prefetch_factor=int(train_cfg.prefetch_factor),
-                    persistent_workers=bool(train_cfg.persistent_workers))
+                    persistent_workers=bool(train_cfg.persistent_workers), worker_init_fn=ignore_stop_signals)
     return opts
 
 
@@ -85,29 +88,39 @@ def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerSta
 
 
 def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
-    """Validate, build, (resume,) train. Raises Geo3dError for bad input before any training step."""
-    from geo3d.core.preemption import PreemptionFlag
-    flag = PreemptionFlag().install()
+    """Validate, claim the run dir, build, (resume,) train. Raises Geo3dError for bad input before any step.
+
+    The signal policy (geo3d.core.preemption) is installed first, so a signal during the long setup is honoured
+    at the first step; the run-dir lease (train/run_guard.py) is taken before anything is written."""
+    refuse_deepspeed()
+    flag = PreemptionFlag(announce="train checkpoints at the end of this step, then stops").install()
     try:
-        return _run_training(cfg, resume, flag)
+        setup.preflight(cfg)
+        store = setup.check_store_path(cfg)
+        guard = claim_run_dir(run_dir_of(cfg), resume)
+        ok = False
+        try:
+            result = _run_training(cfg, resume, store, flag)
+            ok = True
+            return result
+        finally:
+            guard.finish(ok)
     finally:
         flag.restore()
 
 
-def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
+def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: PreemptionFlag) -> TrainResult:
     from accelerate.utils import set_seed
     from geo3d.train.dataset import GeoTrainDataset, TrainCollator
     from geo3d.train.metrics import MetricsLogger
     from geo3d.train.checkpoint import restore_weights
     from geo3d.policy.modeling_policy import build_policy
-    from geo3d.policy.processor_pipeline import NormalizationSpec, PolicyPipeline
+    from geo3d.policy.pretrained import Policy
+    from geo3d.policy.processor_policy import PolicyProcessor
     from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
     from geo3d.policy.precision import keep_trainable_fp32
 
-    refuse_deepspeed()
-    setup.preflight(cfg)
-    store = setup.check_store_path(cfg)
-    run_dir, ckpt = setup.prepare_run_dir(cfg, resume)
+    run_dir, ckpt = run_dir_of(cfg), setup.resume_checkpoint(cfg, resume)
     acc = make_accelerator(cfg)
     mixture = setup.open_mixture(cfg)
     reader = setup.open_checked_store(cfg, store, mixture) if store else None
@@ -138,11 +151,11 @@ def _run_training(cfg: DictConfig, resume: bool, flag: Any) -> TrainResult:
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
-    pipeline = PolicyPipeline(policy.processor, norm_stats, NormalizationSpec.from_cfg(cfg.model.normalization))
-    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(pipeline), state, acc)
+    processor = PolicyProcessor.for_config(cfg.model, norm_stats)
+    loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(processor), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
-                          pipeline=pipeline, checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+                          policy=Policy(policy, processor, cfg), checkpoint_meta=setup.checkpoint_meta(cfg, spec))
     result = train_loop(parts, flag, resumed_from=ckpt)
     result.is_main = acc.is_main_process
     return result

@@ -18,11 +18,8 @@ from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.core.provenance import provenance
 from geo3d.policy.pretrained import read_marker
 from geo3d.policy.run_dir import latest_checkpoint
-from geo3d.policy.run_dir import METRICS_FILE
 from geo3d.train.run_config import resume_differences, run_dir_of
-
-NORM_STATS_FILE = "norm_stats.json"
-RESOLVED_CONFIG = "resolved_config.yaml"
+from geo3d.policy.run_dir import NORM_STATS_FILE, PROVENANCE_FILE, RESOLVED_CONFIG
 
 
 def compressor_type(cfg: DictConfig) -> str:
@@ -45,9 +42,6 @@ def preflight(cfg: DictConfig) -> None:
     if head.use_state and head.state_dim != STATE_DIM:  # the fork preset's 7-wide encoder is built, never fed
         raise Geo3dError(f"model.action_head.use_state=true needs state_dim={STATE_DIM} (the LIBERO state is "
                          f"{STATE_DIM}-wide), got {head.state_dim}; set model.action_head.state_dim={STATE_DIM}")
-    for key in ("max_steps", "save_interval", "grad_accum_steps", "per_device_batch_size"):
-        if int(cfg.train[key]) < 1:  # 0 would crash mid-run (modulo by zero, empty step) instead of up front
-            raise Geo3dError(f"train.{key} must be >= 1, got {cfg.train[key]}; fix the config or the override")
     if cfg.train.wandb.enabled and importlib.util.find_spec("wandb") is None:
         raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]', or "
                          "set train.wandb.enabled=false")
@@ -72,14 +66,11 @@ def check_store_path(cfg: DictConfig) -> str | None:
     return str(store)
 
 
-def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from). A finished or started run is never overwritten silently."""
+def resume_checkpoint(cfg: DictConfig, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), refused when the config changed a fixed key.
+    Whether the run dir may be used at all is train/run_guard.py's claim, made before this."""
     run_dir = run_dir_of(cfg)
     ckpt = latest_checkpoint(run_dir) if resume else None
-    started = (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists()
-    if not resume and started:
-        raise Geo3dError(f"run directory {run_dir} already holds a run; pass --resume to continue it, or "
-                         f"--out NEW_DIR for a new run")
     if ckpt is not None:
         read_marker(ckpt)  # refuses an old-format checkpoint or one trained with the old image orientation
         saved = OmegaConf.load(run_dir / RESOLVED_CONFIG)
@@ -88,13 +79,14 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> tuple[Path, Path | None]:
             raise Geo3dError(f"--resume: the config differs from the run's {run_dir / RESOLVED_CONFIG}:\n  "
                              + "\n  ".join(diffs) + "\nresume with the same config (only max_steps, intervals, "
                              "workers, wandb and paths may change), or start a new run with --out")
-    return run_dir, ckpt
+    return ckpt
 
 
 def open_mixture(cfg: DictConfig) -> Any:
     from geo3d.data.mixture import LiberoMixture
-    return LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg), action_horizon=int(cfg.data.action_horizon),
-                         image_size=int(cfg.data.image_size))
+    mixture = LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg),
+                            action_horizon=int(cfg.data.action_horizon), image_size=int(cfg.data.image_size))
+    return mixture.validate_files()  # the dataset check precompute and verify-cache run too
 
 
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
@@ -123,7 +115,7 @@ def norm_stats_for_run(run_dir: Path, mixture: Any, resuming: bool, is_main: boo
 def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
     """resolved_config.yaml and provenance.json (the latter appended per launch so resumes are recorded)."""
     save_resolved(cfg, run_dir, RESOLVED_CONFIG)
-    path = run_dir / "provenance.json"
+    path = run_dir / PROVENANCE_FILE
     launches = json.loads(path.read_text()) if path.exists() else []
     launches.append({**provenance(), "preset": preset_of(cfg), "store": _store_record(cfg, store_spec)})
     tmp = path.with_suffix(".tmp")

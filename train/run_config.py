@@ -9,6 +9,8 @@ stderr) < --config files < explicit flags < positional key=value overrides. `mod
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from geo3d.core.cliutil import MODEL_CONFIG_KEY, build_config
 from geo3d.core.config import ConfigError, load_config
+from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Rule, Schema, Str
+from geo3d.policy.configuration_policy import PolicyConfig, full_model_section  # torch-free
 
 DATA_DEFAULTS = "data.yaml"
 TRAIN_DEFAULTS = "train/default.yaml"
@@ -31,6 +35,40 @@ FLAG_KEYS = {
     "max_steps": "train.max_steps",
     "seed": "train.seed",
 }
+
+
+FLAG_LABELS = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.items()}
+
+# Types and ranges configs/train/default.yaml's defaults cannot say (null defaults, bounds, choices); every other
+# key must keep its default's type. The `model` section's defaults and checks are PolicyConfig's.
+RULES: dict[str, Rule] = {
+    **DATA_RULES,
+    "preset": Str(null=True),
+    "train.out_dir": Str(null=True), "train.store": Str(null=True),
+    "train.seed": Int(min=0),
+    "train.per_device_batch_size": Int(min=1), "train.grad_accum_steps": Int(min=1),
+    "train.max_steps": Int(min=1), "train.save_interval": Int(min=1), "train.log_interval": Int(min=1),
+    "train.keep_last": Int(min=1, null=True),
+    "train.lr.*": Float(min=0),
+    "train.optimizer.eps": Float(min=0), "train.optimizer.weight_decay": Float(min=0),
+    "train.schedule.warmup_steps": Int(min=0), "train.schedule.min_lr": Float(min=0),
+    "train.max_grad_norm": Float(min=0),
+    "train.mixed_precision": OneOf("auto", "no", "bf16", "fp16"),
+    "train.ema.decay": Float(min=0, max=1),
+    "train.num_workers": Int(min=0), "train.prefetch_factor": Int(min=1),
+    "train.pin_memory": OneOf("auto", also=("bool",)),
+    "train.checkpoint.max_shard_size": Rule(("str", "int")),
+    "train.store_check_frames": Int(min=0),
+    "train.wandb.mode": OneOf("offline", "online", "disabled"),
+    "train.wandb.entity": Str(null=True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def config_schema() -> Schema:
+    """`geo3d train`'s keys: configs/data.yaml + configs/train/default.yaml, and `model` from PolicyConfig."""
+    return Schema("train", [DATA_DEFAULTS, TRAIN_DEFAULTS], sections={"model": dataclasses.asdict(PolicyConfig())},
+                  rules=RULES)
 
 
 def uses_demo_preset(configs: list[Path], flags: Mapping[str, Any]) -> bool:
@@ -53,17 +91,23 @@ def _default_suite() -> str | None:
 
 
 def compose_train_config(configs: Iterable[Path] | None = None, overrides: Iterable[str] | None = None,
-                         flags: Mapping[str, Any] | None = None) -> DictConfig:
-    """The run's full config (data + model + train), before any file is read or model built."""
+                         flags: Mapping[str, Any] | None = None, foreign: Schema | None = None) -> DictConfig:
+    """The run's full config (data + model + train), checked key by key (config_schema) before any file is
+    read or model built. foreign: another verb's schema whose keys are dropped instead of refused (doctor)."""
     configs, flags = list(configs or []), dict(flags or {})
     layers = _layers(configs, flags)
-    cfg = build_config([DATA_DEFAULTS, *layers], None, overrides, {FLAG_KEYS[k]: v for k, v in flags.items()})
+    cfg = build_config([DATA_DEFAULTS, *layers], None, overrides, {FLAG_KEYS[k]: v for k, v in flags.items()},
+                       schema=config_schema(), foreign=foreign, labels=FLAG_LABELS)
     if OmegaConf.select(cfg, MODEL_CONFIG_KEY, default=None) is None:
         raise ConfigError("no model_config set: give one (e.g. model_config=tiny) naming configs/model/<name>.yaml")
-    from geo3d.policy.configuration_policy import full_model_section  # torch-free
-
-    cfg.model = full_model_section(cfg.get("model", {}))  # the class's defaults + the YAML's differences
+    cfg.model = full_model_section(cfg.get("model", {}))  # PolicyConfig's checks (sizes agree, known names)
     return cfg
+
+
+def check_train_overrides(overrides: Iterable[str], configs: Iterable[str | Path] = ()) -> None:
+    """Keys, types and ranges of the --config files and `key=value` overrides meant for a later `geo3d train`
+    (geo3d submit checks them at submit time, not hours later on a node)."""
+    build_config([DATA_DEFAULTS, TRAIN_DEFAULTS], [Path(c) for c in configs], overrides, schema=config_schema())
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

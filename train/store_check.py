@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from geo3d.core.errors import StoreError
+from geo3d.features_store.store import describe_trial
 
 
 def check_token_shape(spec: Any, geometry_cfg: Mapping[str, Any], store_path: str | Path) -> None:
@@ -42,11 +43,16 @@ def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Pat
     spec = reader.spec
     index = {k: getattr(reader, k) for k in ("dataset_id", "episode_index", "frame_index")}
     problems = [d.message for d in dataset_differences(spec, index, reader.committed_mask(), mixture)]
+    if len(problems) == 1 and problems[0].startswith("this store holds"):  # another suite: that says it all
+        raise StoreError(f"store {store_path}: {problems[0]}")
     if problems:
         raise StoreError(f"store {store_path} was not made from this dataset ({_suite_of(mixture)}):\n  "
                          + "\n  ".join(problems)
                          + "\nrun `geo3d precompute` for this suite/data root, or pass the matching --store")
     if not reader.complete:
+        trial = describe_trial(store_path)
+        if trial:
+            raise StoreError(f"store {store_path} is {trial}")
         missing = int((~reader.committed_mask()).sum())
         raise StoreError(f"store {store_path} is incomplete: {missing} of {spec.frames} frames are not committed; "
                          f"finish `geo3d precompute --store {store_path}` (it resumes) before training")

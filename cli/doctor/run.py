@@ -10,6 +10,13 @@ from typing import Any, Iterable
 from omegaconf import DictConfig
 
 from geo3d.cli.doctor.findings import Finding, guarded
+from geo3d.cli.submit import DEFAULTS as SUBMIT_DEFAULTS
+from geo3d.cli.submit import config_schema as submit_schema
+from geo3d.core.cliutil import build_config
+from geo3d.precompute.cli import DEFAULTS as PRECOMPUTE_DEFAULTS
+from geo3d.precompute.cli import config_schema as precompute_schema
+from geo3d.train.run_config import compose_train_config
+from geo3d.train.run_config import config_schema as train_config_schema
 
 STAGES = ("all", "precompute", "train", "eval")
 
@@ -136,17 +143,18 @@ def _quiet(fn: Any, *args: Any) -> Any:
 
 def compose(config: list[Path] | None, overrides: list[str] | None, flags: dict[str, Any], stage: str,
             ckpt: str | None, gpu: bool, slurm: bool) -> Plan:
-    """The same builders as `geo3d precompute`, `geo3d train` and `geo3d submit` (a config error exits 2)."""
-    from geo3d.core.cliutil import build_config
-    from geo3d.precompute.cli import DEFAULTS as PRECOMPUTE_DEFAULTS
-    from geo3d.train.run_config import compose_train_config
-
+    """The same builders and schemas as `geo3d precompute`, `geo3d train` and `geo3d submit`, from one command
+    line: each keeps its own keys and drops the others' (a key none of them defines exits 2)."""
+    pre_schema, train_schema, slurm_schema = precompute_schema(), train_config_schema(), submit_schema()
     pre = build_config(PRECOMPUTE_DEFAULTS, config, overrides, {
         "data.suite": flags.get("suite"), "data.data_root": flags.get("data_root"), "encoder.name": flags.get("encoder"),
-        "encoder.mapanything.weights": flags.get("weights"), "precompute.store": flags.get("store")})
+        "encoder.mapanything.weights": flags.get("weights"), "precompute.store": flags.get("store")},
+        schema=pre_schema, foreign=train_schema.union(slurm_schema))
     train = compose_train_config(config, overrides, {k: flags.get(k) for k in ("suite", "data_root", "store", "out")
-                                                     if flags.get(k) is not None})
-    slurm_cfg = build_config(["data", "slurm"], config, [o for o in overrides or [] if o.startswith("slurm.")]).slurm
+                                                     if flags.get(k) is not None},
+                                 foreign=pre_schema.union(slurm_schema))
+    slurm_cfg = build_config(SUBMIT_DEFAULTS, config, overrides, schema=slurm_schema,
+                             foreign=pre_schema.union(train_schema)).slurm
     needs_gpu = gpu or str(pre.precompute.device).startswith("cuda") or \
         str(train.train.mixed_precision) in ("bf16", "fp16")
     return Plan(pre, train, slurm_cfg, stage, ckpt, needs_gpu, slurm)

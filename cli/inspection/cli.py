@@ -17,22 +17,29 @@ def compose_inspect_config(config: list[Path] | None, overrides: list[str] | Non
     """The run's config (a checkpoint's, else the train composition) + the `encoder` and `eval` sections."""
     from omegaconf import OmegaConf
 
-    from geo3d.core.config import load_config, merge_overrides, set_if_given
+    from geo3d.core.config import ConfigError, load_config, merge_overrides, set_if_given
     from geo3d.cli.inspection.run import checkpoint_config
-    from geo3d.train.run_config import compose_train_config
+    from geo3d.evaluation.cli import config_schema as eval_schema
+    from geo3d.precompute.cli import config_schema as precompute_schema
+    from geo3d.train.run_config import compose_train_config, config_schema
 
     overrides = list(overrides or [])
     late = [o for o in overrides if o.startswith(LATE_SECTIONS)]
     early = [o for o in overrides if o not in late]
     if ckpt:
+        unknown = [o for o in early if not config_schema().defines(o.split("=", 1)[0])]
+        if unknown:  # the checkpoint's own config may hold keys of an older geo3d: only the overrides are checked
+            raise ConfigError(f"unknown config key(s) {unknown}: not keys of a training run's config")
         base = merge_overrides(checkpoint_config(ckpt), early)
         set_if_given(base, "data.suite", suite)
         set_if_given(base, "data.data_root", data_root)
     else:
         base = compose_train_config(config, early, {"suite": suite, "data_root": data_root})
     sections = load_config(["precompute.yaml", "eval.yaml"])
-    cfg = OmegaConf.merge({"encoder": sections.encoder, "eval": sections.eval}, base)
-    return merge_overrides(cfg, late)
+    cfg = merge_overrides(OmegaConf.merge({"encoder": sections.encoder, "eval": sections.eval}, base), late)
+    late_sections = OmegaConf.masked_copy(cfg, ["encoder", "eval"])
+    precompute_schema().union(eval_schema()).check(late_sections)  # the late keys: defined, typed, in range
+    return cfg
 
 
 @handle_errors
