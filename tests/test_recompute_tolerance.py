@@ -7,6 +7,7 @@ import torch
 
 from geo3d.core.runtime import RUNTIME_KEY, kernel_key, kernel_runtime, without_runtime
 from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL, comparison_rule
+from helpers import run_geo3d
 
 CPU = kernel_runtime("cpu")
 
@@ -50,16 +51,12 @@ def test_cuda_on_both_sides_is_compared_with_atol_and_says_why():
 
 
 def test_cli_refuses_a_negative_or_nan_atol(tmp_path):
-    import subprocess
-    import sys
-
     from geo3d.features_store.testing import make_synthetic_store
 
     make_synthetic_store(tmp_path / "s.zarr")
     for bad in ("-1", "nan"):
-        proc = subprocess.run([sys.executable, "-m", "geo3d.cli", "verify-cache", str(tmp_path / "s.zarr"),
-                               "--no-dataset", "--recompute", "2", "--recompute-atol", bad],
-                              capture_output=True, text=True, timeout=120)
+        proc = run_geo3d(["verify-cache", str(tmp_path / "s.zarr"), "--no-dataset", "--recompute", "2",
+                          "--recompute-atol", bad], expect=2)
         assert proc.returncode == 2 and "--recompute-atol must be a number >= 0" in proc.stderr, proc.stderr
 
 
