@@ -13,38 +13,48 @@ from geo3d.core.errors import Geo3dError
 DEFAULTS = ("data", "eval")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 @handle_errors
 def serve_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint dir (checkpoints/steps_N) or a run dir (latest)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (serve.host)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (serve.host, default 127.0.0.1: this "
+                                       "machine only; 0.0.0.0 for clients on other nodes, no authentication)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port for websocket + GET /healthz (serve.port; 0 = any)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Client profile: geo3d | starvla | openpi | auto "
+                                           "(serve.protocol; auto: from each request's shape)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (serve.device)."),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights",
                                                   help="MapAnything weights dir, if the run was trained on them."),
     config: Optional[List[Path]] = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
-    """Serve a checkpoint: msgpack+numpy requests {type: infer, payload: {images, instruction, state}} ->
-    {ok, data: {actions [8,7]}}; {type: health} -> metadata; HTTP GET /healthz -> 200 ok."""
+    """Serve a checkpoint to geo3d's, StarVLA's or openpi's LIBERO client (msgpack + numpy over a websocket;
+    evaluation/README.md); HTTP GET /healthz -> 200 ok."""
     import asyncio
     import logging
 
     from geo3d.evaluation.policy_handle import load_local_policy, policy_info
-    from geo3d.evaluation.server import PolicyServer
+    from geo3d.evaluation.server import PolicyServer, ServeSettings
 
-    cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port,
+    cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port, "serve.protocol": protocol,
                                                       "serve.device": device, "serve.encoder_weights": encoder_weights})
+    settings = ServeSettings.from_cfg(cfg)  # a bad protocol or limit fails before the checkpoint loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = load_local_policy(ckpt, str(cfg.serve.device), cfg.serve.encoder_weights)
-    server = PolicyServer(policy, policy_info(policy), str(cfg.serve.host), int(cfg.serve.port))
+    server = PolicyServer(policy, policy_info(policy), settings)
+    reach = ("loopback only: clients on other machines cannot connect (--host 0.0.0.0 allows them)"
+             if settings.host in LOOPBACK else
+             f"bound to {settings.host}: reachable from other machines, with no authentication")
     ready = lambda url: print(f"serving {policy_info(policy).get('checkpoint')} on {url} "  # noqa: E731
-                              f"(health: GET /healthz)", flush=True)
+                              f"(protocol {settings.protocol}; {reach}; health: GET /healthz)", flush=True)
     try:
         asyncio.run(server.run(on_ready=ready))
     except KeyboardInterrupt:
         print("server stopped")
     except OSError as e:
-        raise Geo3dError(f"cannot listen on {cfg.serve.host}:{cfg.serve.port}: {e}; choose another --port") from e
+        raise Geo3dError(f"cannot listen on {settings.host}:{settings.port}: {e}; choose another --port") from e
 
 
 @handle_errors

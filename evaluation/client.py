@@ -32,7 +32,7 @@ class RemotePolicy:
                                      "`geo3d serve --ckpt DIR` or check --server") from None
                 time.sleep(1.0)
         self.url = url
-        self.metadata: dict[str, Any] = unpackb(self._ws.recv())
+        self.metadata: dict[str, Any] = unpackb(self._ws.recv())  # the handshake map
         self.image_size = self.metadata.get("image_size")
         self.num_views = self.metadata.get("num_views")
         self.action_horizon = self.metadata.get("action_horizon")
@@ -44,12 +44,16 @@ class RemotePolicy:
 
         try:
             self._ws.send(packb({"type": mtype, "payload": payload or {}}))
-            reply = unpackb(self._ws.recv())
+            raw = self._ws.recv()
         except ConnectionClosed as e:
             raise Geo3dError(f"lost the connection to policy server {self.url} ({e}); restart `geo3d serve` and "
                              "continue with `geo3d eval --resume`") from None
-        if not reply.get("ok"):
-            raise Geo3dError(f"policy server {self.url}: {reply.get('error', {}).get('message', reply)}")
+        if isinstance(raw, str):  # a server that cannot tell which client this is answers errors as text
+            raise Geo3dError(f"policy server {self.url}: {raw}")
+        reply = unpackb(raw)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            message = reply.get("error", {}).get("message", reply) if isinstance(reply, dict) else reply
+            raise Geo3dError(f"policy server {self.url}: {message}")
         return reply["data"]
 
     def health(self) -> dict[str, Any]:

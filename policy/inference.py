@@ -88,6 +88,11 @@ class LoadedPolicy:
         g = g.reshape(1, -1, g.shape[-1]) if g.dim() == 3 else g
         return g.to(self.device)
 
+    def autocast(self) -> Any:
+        """The precision context of a forward (training's mixed_precision rule); geo3d.evaluation's batched
+        forward uses it too."""
+        return inference_autocast(self.cfg.train.get("mixed_precision", "auto"), self.device)
+
     @torch.no_grad()
     def predict_action(self, images: Any, instruction: str, state: Any, geometry: Any = None) -> np.ndarray:
         """images uint8 [V,H,W,3] upright; raw state [8]; geometry [V,T,D] (optional, see module doc) ->
@@ -96,7 +101,7 @@ class LoadedPolicy:
         batch = self.pipeline.preprocess(imgs[None], [instruction], np.asarray(state, dtype=np.float32)[None])
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         batch["geometry"] = self._geometry(imgs, geometry)
-        with inference_autocast(self.cfg.train.get("mixed_precision", "auto"), self.device):
+        with self.autocast():
             actions = self.policy.predict_action(batch)[0]
         return self.pipeline.postprocess(actions)
 

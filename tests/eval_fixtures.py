@@ -8,6 +8,7 @@ rendered by the LIBERO simulator; a small synthetic one if it is absent), a feat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -39,6 +41,37 @@ def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(geo3d(*args), cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
     assert proc.returncode == 0, f"geo3d {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
+
+
+def serve_settings(*overrides: str):
+    """ServeSettings from configs/eval.yaml (the one source of the serve defaults) plus key=value overrides."""
+    from geo3d.core.cliutil import build_config
+    from geo3d.evaluation.server import ServeSettings
+
+    return ServeSettings.from_cfg(build_config(("data", "eval"), None, list(overrides)))
+
+
+def start_server(srv) -> tuple[str, Callable[[], None]]:
+    """Run a PolicyServer on its event loop in a daemon thread: (ws:// URL, stop())."""
+    ready, loop, holder = threading.Event(), asyncio.new_event_loop(), {}
+
+    async def main():
+        holder["task"] = asyncio.current_task()
+        try:
+            await srv.run(on_ready=lambda url: (holder.update(url=url), ready.set()))
+        except asyncio.CancelledError:
+            pass
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(20), "server did not start"
+
+    def stop() -> None:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(holder["task"].cancel)
+            thread.join(10)
+
+    return holder["url"], stop
 
 
 def sim_available() -> str | None:
