@@ -54,6 +54,11 @@ def predict_batch(policy: Any, queries: list[Query]) -> list[np.ndarray]:
     return [check_action_chunk(a) for a in out]
 
 
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """Tokens of an instruction with the checkpoint's own tokenizer (no special tokens, no template)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def needs_of(policy: Any) -> Needs:
     """What the policy needs from a request: views, state (and whether its head reads it), the tokenizer."""
     from geo3d.data.lerobot_layout import STATE_DIM
@@ -65,11 +70,8 @@ def needs_of(policy: Any) -> Needs:
 
         uses_state = bool(OmegaConf.select(cfg, "model.action_head.use_state", default=True))
         preset = OmegaConf.select(cfg, "preset", default=None)
-    count = None
     pipeline = getattr(policy, "pipeline", None)
-    if pipeline is not None:
-        tok = pipeline.tokenizer.hf.tokenizer
-        count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    count = token_counter(pipeline.tokenizer.hf.tokenizer) if pipeline is not None else None
     return Needs(num_views=getattr(policy, "num_views", None), state_dim=int(getattr(policy, "state_dim", None)
                  or STATE_DIM), uses_state=uses_state, preset=preset, count_tokens=count)
 
