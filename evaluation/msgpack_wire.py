@@ -23,7 +23,9 @@ import msgpack
 import numpy as np
 
 NDARRAY, NPGENERIC = b"__ndarray__", b"__npgeneric__"
-_REFUSED_KINDS = ("O", "V", "c")  # object / void / complex: not rebuildable from bytes, or not msgpack-able scalars
+_REFUSED_KINDS = ("O", "V", "c")
+# Decoding budget (a request is a few maps of arrays; a StarVLA batch of 32 examples is ~200 containers).
+MAX_CONTAINERS, MAX_ARRAY_LEN, MAX_MAP_LEN = 1024, 1024, 256  # object / void / complex: not rebuildable from bytes, or not msgpack-able scalars
 
 
 def _encode(obj: Any) -> Any:
@@ -94,5 +96,23 @@ def packb(obj: Any) -> bytes:
 
 def unpackb(data: bytes) -> Any:
     """Inverse of `packb`; arrays come back read-only views on the message bytes (copy to mutate).
-    Raises ValueError (or msgpack's own exceptions) on a malformed message."""
-    return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=True)
+    Raises ValueError (or msgpack's own exceptions) on a malformed message, and on one with more than
+    MAX_CONTAINERS maps/lists or longer ones than MAX_ARRAY_LEN / MAX_MAP_LEN: a small frame of tiny containers
+    or strings would otherwise decode into Python objects ~50x its size."""
+    left = [MAX_CONTAINERS]
+
+    def spend() -> None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise ValueError(f"message holds more than {MAX_CONTAINERS} maps/lists")
+
+    def on_list(items: list) -> list:
+        spend()
+        return items
+
+    def on_map(obj: dict) -> Any:
+        spend()
+        return _decode(obj)
+
+    return msgpack.unpackb(data, object_hook=on_map, list_hook=on_list, raw=False, strict_map_key=True,
+                           max_array_len=MAX_ARRAY_LEN, max_map_len=MAX_MAP_LEN)

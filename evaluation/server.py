@@ -107,6 +107,7 @@ class PolicyServer:
                 raise BadRequest(f"request is not valid msgpack: {type(e).__name__}: {str(e)[:300]}") from None
             proto = BY_NAME[detect(msg) if self.settings.protocol == "auto" else self.settings.protocol]
             inc = proto.parse(msg, self.checker)
+            del msg  # a queued query keeps only its arrays, not the whole decoded request
             if inc.kind == "health":
                 return proto.status(inc, self.health()), proto.name
             if inc.kind in ("reset", "ctrl"):
