@@ -20,8 +20,11 @@ from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from omegaconf import OmegaConf
 
 from geo3d.core.errors import Geo3dError
+from geo3d.data.lerobot_layout import STATE_DIM
 from geo3d.evaluation.policy_handle import check_action_chunk
 from geo3d.evaluation.server_requests import Needs, Query
 
@@ -35,8 +38,6 @@ def predict_batch(policy: Any, queries: list[Query]) -> list[np.ndarray]:
     """Unnormalized float32 action chunks [H,7], one per query; images already at the policy's size."""
     if not is_batchable(policy):
         return [check_action_chunk(policy.predict_action(q.images, q.instruction, q.state)) for q in queries]
-    import torch  # heavy; only a loaded checkpoint gets here
-
     imgs = np.stack([q.images for q in queries])
     batch = policy.pipeline.preprocess(imgs, [q.instruction for q in queries], np.stack([q.state for q in queries]))
     batch = {k: v.to(policy.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -61,13 +62,9 @@ def token_counter(tokenizer: Any) -> Callable[[str], int]:
 
 def needs_of(policy: Any) -> Needs:
     """What the policy needs from a request: views, state (and whether its head reads it), the tokenizer."""
-    from geo3d.data.lerobot_layout import STATE_DIM
-
     cfg = getattr(policy, "cfg", None)
     uses_state, preset = True, None
     if cfg is not None:
-        from omegaconf import OmegaConf
-
         uses_state = bool(OmegaConf.select(cfg, "model.action_head.use_state", default=True))
         preset = OmegaConf.select(cfg, "preset", default=None)
     pipeline = getattr(policy, "pipeline", None)

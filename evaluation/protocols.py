@@ -24,7 +24,7 @@ import numpy as np
 
 from geo3d.evaluation.episode import sim_gripper
 from geo3d.evaluation.msgpack_wire import packb
-from geo3d.evaluation.server_requests import BadRequest, Checker, Query, parse_infer, split_message
+from geo3d.evaluation.server_requests import BadRequest, Checker, Query, parse_infer, plain_id, split_message
 
 PROTOCOLS = ("geo3d", "starvla", "openpi")
 STARVLA_UNNORM_KEY = "geo3d"  # one set of action statistics per checkpoint (its training mixture)
@@ -114,23 +114,22 @@ class StarVLAProtocol(_TextErrors, Geo3dProtocol):
     def parse(self, msg: Any, checker: Checker) -> Incoming:
         if not isinstance(msg, dict):
             raise BadRequest(f"a StarVLA request must be a msgpack map, got {type(msg).__name__}")
-        mtype, request_id = msg.get("type", "infer"), msg.get("request_id", "default")
-        if mtype == "ping":
+        mtype, request_id = msg.get("type", "infer"), plain_id(msg.get("request_id"), "default")
+        if isinstance(mtype, str) and mtype == "ping":
             return Incoming("health", request_id, "ping")
-        if mtype not in ("infer", "predict_action"):
+        if not isinstance(mtype, str) or mtype not in ("infer", "predict_action"):
             raise BadRequest(f"unsupported message type {str(mtype)[:64]!r}; StarVLA clients send infer or ping")
         payload = msg.get("payload", msg)
         if not isinstance(payload, dict) or "examples" not in payload:
             raise BadRequest("a StarVLA request needs 'examples': a list of {image: [agentview, wrist], lang}")
         key = payload.get("unnorm_key")
-        if key not in (None, STARVLA_UNNORM_KEY):
+        if key is not None and not (isinstance(key, str) and key == STARVLA_UNNORM_KEY):
             raise BadRequest(f"unnorm_key {str(key)[:64]!r}: a geo3d checkpoint has one set of action statistics "
                              f"(its training mixture); send unnorm_key None (the client's default)")
         examples = payload["examples"]
         if not isinstance(examples, list) or not 1 <= len(examples) <= checker.limits.max_examples:
             raise BadRequest(f"'examples' must be a list of 1..{checker.limits.max_examples} maps")
-        return Incoming("infer", request_id if isinstance(request_id, (str, int)) else "default", "infer",
-                        [self._example(ex, i, checker) for i, ex in enumerate(examples)])
+        return Incoming("infer", request_id, "infer", [self._example(ex, i, checker) for i, ex in enumerate(examples)])
 
     def _example(self, ex: Any, i: int, checker: Checker) -> Query:
         if not isinstance(ex, dict) or "image" not in ex or "lang" not in ex:

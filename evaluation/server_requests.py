@@ -148,12 +148,15 @@ def split_message(msg: Any) -> tuple[str, Any, Any]:
     if not isinstance(msg, dict):
         raise BadRequest(f"a request must be a msgpack map, got {type(msg).__name__}")
     mtype = msg.get("type", "infer")
-    if mtype not in MESSAGE_TYPES:
+    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:
         raise BadRequest(f"unsupported message type {str(mtype)[:64]!r}; use one of {list(MESSAGE_TYPES)}")
-    request_id = msg.get("request_id")
-    if not isinstance(request_id, (str, int, float, bool, type(None))):
-        request_id = None  # echoed back: only plain values
-    return mtype, request_id, msg.get("payload", msg)
+    return mtype, plain_id(msg.get("request_id")), msg.get("payload", msg)
+
+
+def plain_id(request_id: Any, default: Any = None) -> Any:
+    """A request id to echo back: plain short values only."""
+    ok = isinstance(request_id, (int, float, bool)) or (isinstance(request_id, str) and len(request_id) <= 256)
+    return request_id if ok else default
 
 
 def parse_infer(payload: Any, checker: Checker) -> Query:

@@ -70,6 +70,7 @@ class Server:
 
 
 def run_eval(url: str, workers: int, a: argparse.Namespace, out: Path) -> dict:
+    load_before = os.getloadavg()[0]  # the machine may be shared: its load is part of the measurement
     before = time.perf_counter()
     cmd = geo3d("eval", "--server", url, "--suite", a.suite, "--tasks", a.tasks, "--episodes-per-task",
                 str(a.episodes_per_task), "--max-steps", str(a.max_steps), "--workers", str(workers), "--out", str(out),
@@ -84,7 +85,8 @@ def run_eval(url: str, workers: int, a: argparse.Namespace, out: Path) -> dict:
     return {"workers": workers, "episodes": len(eps), "wall_s": round(wall, 1), "eval_s": res["seconds"],
             "episodes_per_min": round(len(eps) / wall * 60, 2), "env_steps": steps,
             "env_steps_per_s": round(steps / res["seconds"], 2),
-            "queries_per_s": round(sum(e["queries"] for e in eps) / res["seconds"], 2)}
+            "queries_per_s": round(sum(e["queries"] for e in eps) / res["seconds"], 2),
+            "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def full_eval_hours(steps_per_s: float) -> float:
@@ -95,12 +97,13 @@ def full_eval_hours(steps_per_s: float) -> float:
 
 def markdown(r: dict) -> str:
     rows = ["| workers | episodes | wall s | episodes/min (measured) | env steps/s (measured) | queries/s | "
-            "server forwards | mean batch | full LIBERO eval, h (computed, upper bound) |", "|" + "---|" * 9]
+            "server forwards | mean batch | load avg before/after | full LIBERO eval, h (computed, upper bound) |",
+            "|" + "---|" * 10]
     for m in r["runs"]:
         b = m["batching"]
         rows.append(f"| {m['workers']} | {m['episodes']} | {m['wall_s']} | {m['episodes_per_min']} | "
                     f"{m['env_steps_per_s']} | {m['queries_per_s']} | {b['forwards']} | {b['mean_batch']} | "
-                    f"{m['full_eval_hours_computed']:.1f} |")
+                    f"{m['load_avg_1min'][0]} / {m['load_avg_1min'][1]} | {m['full_eval_hours_computed']:.1f} |")
     head = (f"bench_serve on {r['machine']['cpu']} ({r['machine']['cores']} cores), checkpoint {r['checkpoint']}, "
             f"{r['suite']} tasks {r['tasks']} x {r['episodes_per_task']} episodes, --max-steps {r['max_steps']}; "
             f"full eval = 4 suites x {FULL_EPISODES_PER_SUITE} episodes, every episode to its cap "

@@ -108,14 +108,17 @@ def frames(rng: np.random.Generator) -> list[tuple[str, bytes | str]]:
 
 
 def outcome(reply) -> str:
+    """answered | refused (the request's fault, said so) | UNEXPECTED (a server or policy error: a bug)."""
     if isinstance(reply, str):
-        return "error (text frame)"
-    msg = field_unpackb(reply)
-    if isinstance(msg, dict) and msg.get("ok") is False:
-        return "error (map)"
-    if isinstance(msg, dict) and ("actions" in msg or msg.get("ok") is True or msg == {}):
-        return "answered"
-    return f"UNEXPECTED {str(msg)[:80]}"
+        text, channel = reply.split(": ", 1)[-1] if reply.startswith("geo3d serve") else reply, "text frame"
+    else:
+        msg = field_unpackb(reply)
+        if isinstance(msg, dict) and ("actions" in msg or msg.get("ok") is True or msg == {}):
+            return "answered"
+        if not (isinstance(msg, dict) and msg.get("ok") is False):
+            return f"UNEXPECTED {str(msg)[:80]}"
+        text, channel = msg["error"]["message"], "map"
+    return f"refused ({channel})" if text.startswith("bad request") else f"UNEXPECTED {text[:120]}"
 
 
 def exchange(url: str, batch: list[tuple[str, bytes | str]], tally: Counter) -> None:
