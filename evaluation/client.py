@@ -13,6 +13,12 @@ from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 
 
+# Keepalive pings answered late must not end an evaluation: under load (a 2-core machine at load 8-10,
+# scripts/bench_serve.py) websockets' default 20 s ping timeout dropped a simulator worker's connection. The
+# server side is serve.ping_timeout_s; this client waits as long for the server's pongs.
+PING_TIMEOUT_S = 600
+
+
 class RemotePolicy:
     """Synchronous websocket client; one connection, one request in flight."""
 
@@ -24,7 +30,8 @@ class RemotePolicy:
             try:
                 self._stack = ExitStack()  # websockets >= 16 wants connect() entered as a context manager
                 self._ws = self._stack.enter_context(
-                    connect(url, compression=None, max_size=None, open_timeout=10, proxy=None))
+                    connect(url, compression=None, max_size=None, open_timeout=10, proxy=None,
+                            ping_timeout=PING_TIMEOUT_S))
                 break
             except (OSError, TimeoutError) as e:
                 if time.monotonic() > deadline:

@@ -49,6 +49,8 @@ class ServeSettings:
     batch_size: int
     batch_wait_s: float
     gripper: Gripper
+    ping_interval_s: float
+    ping_timeout_s: float
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "ServeSettings":
@@ -56,7 +58,8 @@ class ServeSettings:
         if str(s.protocol) not in ("auto", *PROTOCOLS):
             raise Geo3dError(f"serve.protocol={s.protocol!r}; choose auto, {', '.join(PROTOCOLS)}")
         return cls(str(s.host), int(s.port), str(s.protocol), Limits.from_cfg(s.limits), int(s.batch.max_size),
-                   float(s.batch.wait_ms) / 1000.0, Gripper.from_cfg(cfg.eval.gripper))
+                   float(s.batch.wait_ms) / 1000.0, Gripper.from_cfg(cfg.eval.gripper), float(s.ping_interval_s),
+                   float(s.ping_timeout_s))
 
 
 class PolicyServer:
@@ -156,7 +159,9 @@ class PolicyServer:
         try:
             async with serve(self._handler, self.settings.host, self.settings.port,
                              process_request=self._process_request, compression=None,
-                             max_size=self.settings.limits.max_frame_bytes, max_queue=RECV_QUEUE_FRAMES) as server:
+                             max_size=self.settings.limits.max_frame_bytes, max_queue=RECV_QUEUE_FRAMES,
+                             ping_interval=self.settings.ping_interval_s,
+                             ping_timeout=self.settings.ping_timeout_s) as server:
                 port = server.sockets[0].getsockname()[1] if server.sockets else self.settings.port
                 if on_ready is not None:
                     on_ready(f"ws://{self.settings.host}:{port}")

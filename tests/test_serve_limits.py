@@ -4,11 +4,14 @@ examples -- each refusal a clear error, and the server keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.request
 from contextlib import ExitStack
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -17,6 +20,7 @@ from field_clients import OpenpiClient, StarVLAClient, openpi_obs
 from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.batching import token_counter
 from geo3d.evaluation.client import RemotePolicy
+from geo3d.evaluation.msgpack_wire import packb
 from geo3d.evaluation.server import PolicyServer
 from geo3d.evaluation.server_requests import Needs
 
@@ -147,3 +151,27 @@ def test_starvla_examples_and_openpi_images_are_checked_too():
         openpi.close()
     finally:
         stop()
+
+
+@pytest.mark.parametrize("timeout_s, dropped", [(1, True), (30, False)])
+def test_keepalive_timeout_is_serve_ping_timeout_s(timeout_s, dropped):
+    """A client too busy to answer pings (its event loop blocked 4 s, like a simulator worker holding the GIL)
+    is dropped only after serve.ping_timeout_s."""
+    url, stop, _, _ = serve("serve.ping_interval_s=0.3", f"serve.ping_timeout_s={timeout_s}")
+
+    async def busy_client() -> str:
+        async with aconnect(url, proxy=None, ping_interval=None) as ws:
+            await ws.recv()
+            time.sleep(4)  # blocks the loop: pings pile up unanswered
+            try:
+                await ws.send(packb({"type": "ping"}))
+                await asyncio.wait_for(ws.recv(), 10)
+                return "alive"
+            except ConnectionClosed as e:
+                return f"closed {e.rcvd.code if e.rcvd else ''}"
+
+    try:
+        result = asyncio.run(busy_client())
+    finally:
+        stop()
+    assert result == ("closed 1011" if dropped else "alive"), result
