@@ -23,9 +23,9 @@ import msgpack
 import numpy as np
 
 NDARRAY, NPGENERIC = b"__ndarray__", b"__npgeneric__"
-_REFUSED_KINDS = ("O", "V", "c")
-# Decoding budget (a request is a few maps of arrays; a StarVLA batch of 32 examples is ~200 containers).
-MAX_CONTAINERS, MAX_ARRAY_LEN, MAX_MAP_LEN = 1024, 1024, 256  # object / void / complex: not rebuildable from bytes, or not msgpack-able scalars
+_REFUSED_KINDS = ("O", "V", "c")  # object / void / complex: not rebuildable from bytes, or not msgpack-able scalars
+# Decoding budget: a request is a few maps of arrays (a StarVLA batch of 32 examples is ~200 containers).
+MAX_CONTAINERS, MAX_ARRAY_LEN, MAX_MAP_LEN = 1024, 1024, 256
 
 
 def _encode(obj: Any) -> Any:

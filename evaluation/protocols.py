@@ -2,11 +2,12 @@
 handshake keys, request keys, reply shape, action units and error channel (written from the published message
 formats; nothing is copied from those projects).
 
-| profile | request | reply | gripper in the reply | errors |
-|---|---|---|---|---|
-| geo3d   | {type, request_id, payload: {images [V,H,W,3], instruction, state [8]}} | {ok, data: {actions [H,7]}} | dataset: -1 open / +1 close | binary map {ok: False, error: {message}} |
-| starvla | {examples: [{image: [agentview, wrist], lang, state?}], unnorm_key, ...} | {ok, data: {actions [B,H,7]}} | 1 = open / 0 = close (the client sends 1 - 2*(v > 0.5)) | text frame |
-| openpi  | {observation/image, observation/wrist_image, observation/state [8], prompt} | {actions [H,7]} | the env command itself (sent unchanged) | text frame |
+- geo3d: request {type, request_id, payload: {images [V,H,W,3], instruction, state [8]}}; reply {ok, data:
+  {actions [H,7]}}, gripper in the dataset's units (-1 open / +1 close); errors as a binary map.
+- starvla: request {examples: [{image: [agentview, wrist], lang, state?}], unnorm_key, ...}; reply {ok, data:
+  {actions [B,H,7]}}, gripper 1 = open / 0 = close (the client sends 1 - 2*(v > 0.5)); errors as text frames.
+- openpi: request {observation/image, observation/wrist_image, observation/state [8], prompt}; reply {actions
+  [H,7]}, each row the env command itself (the client sends it unchanged); errors as text frames.
 
 Units: every profile's gripper is derived from `episode.sim_gripper`, geo3d's own eval mapping (eval.gripper), so
 the env command each client ends up sending equals the one `geo3d eval` sends (tests/test_serve_protocols.py
@@ -162,9 +163,9 @@ class OpenpiProtocol(_TextErrors, Geo3dProtocol):
             raise BadRequest(f"an openpi LIBERO request needs {list(OPENPI_KEYS)}; missing {missing}")
         state = (checker.state(msg["observation/state"], "observation/state") if "observation/state" in msg
                  else checker.missing_state(self.client, "observation/state"))
-        views = [msg["observation/image"], msg["observation/wrist_image"]]
-        return Incoming("infer", None, "infer", [Query(checker.images(views, "observation/image, observation/wrist_image"),
-                                                       checker.instruction(msg["prompt"], "prompt"), state)])
+        views = checker.images([msg["observation/image"], msg["observation/wrist_image"]],
+                               "observation/image, observation/wrist_image")
+        return Incoming("infer", None, "infer", [Query(views, checker.instruction(msg["prompt"], "prompt"), state)])
 
     def status(self, inc: Incoming, data: dict[str, Any]) -> bytes:
         return packb(data)

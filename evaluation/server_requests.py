@@ -166,5 +166,5 @@ def parse_infer(payload: Any, checker: Checker) -> Query:
     missing = [k for k in ("images", "instruction", "state") if k not in payload]
     if missing:
         raise BadRequest(f"infer payload is missing {missing}; it needs images, instruction, state")
-    return Query(checker.images(payload["images"], "images"), checker.instruction(payload["instruction"], "instruction"),
-                 checker.state(payload["state"], "state"))
+    return Query(checker.images(payload["images"], "images"),
+                 checker.instruction(payload["instruction"], "instruction"), checker.state(payload["state"], "state"))
