@@ -111,7 +111,8 @@ def test_batched_forward_equals_unbatched(runs, compressor):
             batched = np.stack(predict_batch(policy, queries))
         tol = TOLERANCE[precision]
         assert np.allclose(batched, single, atol=tol, rtol=tol), (precision, np.abs(batched - single).max())
-        assert np.abs(single[0] - single[1:]).max() > 10 * tol  # the rows depend on their own inputs
+        if precision == "no":  # teeth: the rows depend on their own inputs far beyond the tolerance
+            assert np.abs(single[0] - single[1:]).max() > 100 * tol
 
 
 @pytest.mark.slow
