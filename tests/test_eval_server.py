@@ -147,9 +147,11 @@ def served_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow  # trains a real checkpoint first
 def test_geo3d_serve_answers_with_a_real_checkpoint(served_checkpoint):
+    assert "loopback only" in "".join(served_checkpoint.output)  # the start line says who can connect
     client = RemotePolicy(served_checkpoint.url)
     meta = client.metadata
     assert meta["compressor"] == "qformer" and meta["image_size"] == IMAGE and meta["step"] == 2
+    assert meta["action_chunk_size"] == 8 and meta["uses_state"] is True and meta["preset"] == "geo3d"
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)  # any size: resized like training frames
     actions = client.predict_action(images, "pick up the black bowl", np.zeros(8, np.float32))
