@@ -25,7 +25,7 @@ VERBS = (
      "Export cached tokens + index + metadata as hdf5|npy|pt, verified bit for bit."),
     ("train", "geo3d.train.cli", "train",
      "Stage 2: train Qwen2.5-VL + geometry compressor + DiT head on cached tokens."),
-    ("serve", "geo3d.evaluation.cli", "serve_cmd", "Serve a checkpoint as a websocket policy (msgpack + numpy)."),
+    ("serve", "geo3d.evaluation.cli", "serve_cmd", "Serve a checkpoint to geo3d / StarVLA / openpi LIBERO clients (websocket, msgpack + numpy)."),
     ("eval", "geo3d.evaluation.cli", "eval_cmd", "Evaluate a checkpoint in the LIBERO simulator."),
     ("replay", "geo3d.evaluation.cli", "replay_cmd",
      "Replay dataset episodes in the simulator under eval's protocol: do they reproduce?"),

@@ -10,14 +10,22 @@ import functools
 import typer
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
-from geo3d.core.config_schema import DATA_RULES, Int, OneOf, Rule, Schema, Str
+from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Rule, Schema, Str
 from geo3d.core.errors import Geo3dError
+from geo3d.evaluation.protocols import PROTOCOLS
 
 DEFAULTS = ("data", "eval")
 # Types and ranges configs/eval.yaml's defaults cannot say (null defaults, bounds, choices).
 RULES = {
     **DATA_RULES,
     "serve.port": Int(min=0, max=65535), "serve.encoder_weights": Str(null=True),
+    "serve.protocol": OneOf("auto", *PROTOCOLS),
+    "serve.ping_interval_s": Float(min=0), "serve.ping_timeout_s": Float(min=0),
+    "serve.batch.max_size": Int(min=1), "serve.batch.wait_ms": Float(min=0),
+    "serve.limits.max_frame_mb": Float(min=0), "serve.limits.max_connections": Int(min=1),
+    "serve.limits.max_instruction_chars": Int(min=1), "serve.limits.max_instruction_tokens": Int(min=1),
+    "serve.limits.min_image_side": Int(min=1), "serve.limits.max_image_side": Int(min=1),
+    "serve.limits.max_views": Int(min=1), "serve.limits.max_examples": Int(min=1),
     "eval.tasks": Rule(("list", "str", "int"), null=True),
     "eval.episodes_per_task": Int(min=1), "eval.max_steps": Int(min=1, null=True),
     "eval.settle_steps": Int(min=0), "eval.replan_steps": Int(min=1), "eval.render_size": Int(min=1),
@@ -33,39 +41,49 @@ def config_schema() -> Schema:
     return Schema("eval", DEFAULTS, rules=RULES)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 @handle_errors
 def serve_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint dir (checkpoints/steps_N) or a run dir (latest)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (serve.host)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (serve.host, default 127.0.0.1: this "
+                                       "machine only; 0.0.0.0 for clients on other nodes, no authentication)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port for websocket + GET /healthz (serve.port; 0 = any)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Client profile: geo3d | starvla | openpi | auto "
+                                           "(serve.protocol; auto: from each request's shape)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (serve.device)."),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights",
                                                   help="MapAnything weights dir, if the run was trained on them."),
     config: Optional[List[Path]] = CONFIG_OPTION,
     overrides: Optional[List[str]] = OVERRIDES_ARG,
 ) -> None:
-    """Serve a checkpoint: msgpack+numpy requests {type: infer, payload: {images, instruction, state}} ->
-    {ok, data: {actions [8,7]}}; {type: health} -> metadata; HTTP GET /healthz -> 200 ok."""
+    """Serve a checkpoint to geo3d's, StarVLA's or openpi's LIBERO client (msgpack + numpy over a websocket;
+    evaluation/README.md); HTTP GET /healthz -> 200 ok."""
     import asyncio
     import logging
 
     from geo3d.evaluation.policy_handle import load_local_policy, policy_info
-    from geo3d.evaluation.server import PolicyServer
+    from geo3d.evaluation.server import PolicyServer, ServeSettings
 
-    cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port,
+    cfg = build_config(DEFAULTS, config, overrides, {"serve.host": host, "serve.port": port, "serve.protocol": protocol,
                                                       "serve.device": device, "serve.encoder_weights": encoder_weights},
                        schema=config_schema())
+    settings = ServeSettings.from_cfg(cfg)  # a bad protocol or limit fails before the checkpoint loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = load_local_policy(ckpt, str(cfg.serve.device), cfg.serve.encoder_weights)
-    server = PolicyServer(policy, policy_info(policy), str(cfg.serve.host), int(cfg.serve.port))
+    server = PolicyServer(policy, policy_info(policy), settings)
+    reach = ("loopback only: clients on other machines cannot connect (--host 0.0.0.0 allows them)"
+             if settings.host in LOOPBACK else
+             f"bound to {settings.host}: reachable from other machines, with no authentication")
     ready = lambda url: print(f"serving {policy_info(policy).get('checkpoint')} on {url} "  # noqa: E731
-                              f"(health: GET /healthz)", flush=True)
+                              f"(protocol {settings.protocol}; {reach}; health: GET /healthz)", flush=True)
     try:
         asyncio.run(server.run(on_ready=ready))
     except KeyboardInterrupt:
         print("server stopped")
     except OSError as e:
-        raise Geo3dError(f"cannot listen on {cfg.serve.host}:{cfg.serve.port}: {e}; choose another --port") from e
+        raise Geo3dError(f"cannot listen on {settings.host}:{settings.port}: {e}; choose another --port") from e
 
 
 @handle_errors

@@ -13,6 +13,12 @@ from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 
 
+# Keepalive pings answered late must not end an evaluation: under load (a 2-core machine at load 8-10,
+# scripts/bench_serve.py) websockets' default 20 s ping timeout dropped a simulator worker's connection. The
+# server side is serve.ping_timeout_s; this client waits as long for the server's pongs.
+PING_TIMEOUT_S = 600
+
+
 class RemotePolicy:
     """Synchronous websocket client; one connection, one request in flight."""
 
@@ -24,7 +30,8 @@ class RemotePolicy:
             try:
                 self._stack = ExitStack()  # websockets >= 16 wants connect() entered as a context manager
                 self._ws = self._stack.enter_context(
-                    connect(url, compression=None, max_size=None, open_timeout=10, proxy=None))
+                    connect(url, compression=None, max_size=None, open_timeout=10, proxy=None,
+                            ping_timeout=PING_TIMEOUT_S))
                 break
             except (OSError, TimeoutError) as e:
                 if time.monotonic() > deadline:
@@ -32,7 +39,7 @@ class RemotePolicy:
                                      "`geo3d serve --ckpt DIR` or check --server") from None
                 time.sleep(1.0)
         self.url = url
-        self.metadata: dict[str, Any] = unpackb(self._ws.recv())
+        self.metadata: dict[str, Any] = unpackb(self._ws.recv())  # the handshake map
         self.image_size = self.metadata.get("image_size")
         self.num_views = self.metadata.get("num_views")
         self.action_horizon = self.metadata.get("action_horizon")
@@ -44,12 +51,16 @@ class RemotePolicy:
 
         try:
             self._ws.send(packb({"type": mtype, "payload": payload or {}}))
-            reply = unpackb(self._ws.recv())
+            raw = self._ws.recv()
         except ConnectionClosed as e:
             raise Geo3dError(f"lost the connection to policy server {self.url} ({e}); restart `geo3d serve` and "
                              "continue with `geo3d eval --resume`") from None
-        if not reply.get("ok"):
-            raise Geo3dError(f"policy server {self.url}: {reply.get('error', {}).get('message', reply)}")
+        if isinstance(raw, str):  # a server that cannot tell which client this is answers errors as text
+            raise Geo3dError(f"policy server {self.url}: {raw}")
+        reply = unpackb(raw)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            message = reply.get("error", {}).get("message", reply) if isinstance(reply, dict) else reply
+            raise Geo3dError(f"policy server {self.url}: {message}")
         return reply["data"]
 
     def health(self) -> dict[str, Any]:

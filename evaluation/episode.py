@@ -45,11 +45,18 @@ class EpisodeResult:
         return asdict(self)
 
 
+def sim_gripper(gripper: float, sign: float, binarize: bool) -> float:
+    """Dataset gripper (-1 open / +1 close) -> the simulator's gripper command: times `sign`, then exactly
+    -1 / +1 (threshold 0) when binarized, else clipped to [-1, 1]. The one gripper mapping of geo3d's eval;
+    `geo3d serve`'s client profiles derive their units from it (evaluation/protocols.py)."""
+    g = float(gripper) * sign
+    return (1.0 if g > 0 else -1.0) if binarize else float(np.clip(g, -1.0, 1.0))
+
+
 def to_sim_action(action: np.ndarray, settings: EpisodeSettings) -> np.ndarray:
     """Dataset-convention action [7] -> the command `env.step` expects (arm deltas unchanged)."""
     out = np.asarray(action, dtype=np.float64).copy()
-    g = out[6] * settings.gripper_sign
-    out[6] = (1.0 if g > 0 else -1.0) if settings.binarize_gripper else float(np.clip(g, -1.0, 1.0))
+    out[6] = sim_gripper(out[6], settings.gripper_sign, settings.binarize_gripper)
     return out
 
 

@@ -8,6 +8,7 @@ rendered by the LIBERO simulator; a small synthetic one if it is absent), a feat
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -35,6 +37,38 @@ geo3d = geo3d_cmd
 
 def run(args: list[str], timeout: float = 300) -> Result:
     return spawn_geo3d(args, timeout=timeout)
+
+
+def serve_settings(*overrides: str):
+    """ServeSettings from configs/eval.yaml (the one source of the serve defaults) plus key=value overrides."""
+    from geo3d.core.cliutil import build_config
+    from geo3d.evaluation.cli import DEFAULTS, config_schema
+    from geo3d.evaluation.server import ServeSettings
+
+    return ServeSettings.from_cfg(build_config(DEFAULTS, None, list(overrides), schema=config_schema()))
+
+
+def start_server(srv) -> tuple[str, Callable[[], None]]:
+    """Run a PolicyServer on its event loop in a daemon thread: (ws:// URL, stop())."""
+    ready, loop, holder = threading.Event(), asyncio.new_event_loop(), {}
+
+    async def main():
+        holder["task"] = asyncio.current_task()
+        try:
+            await srv.run(on_ready=lambda url: (holder.update(url=url), ready.set()))
+        except asyncio.CancelledError:
+            pass
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(20), "server did not start"
+
+    def stop() -> None:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(holder["task"].cancel)
+            thread.join(10)
+
+    return holder["url"], stop
 
 
 @functools.lru_cache(maxsize=None)

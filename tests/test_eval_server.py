@@ -3,17 +3,16 @@ answered with an error and survived, /healthz, and a real checkpoint served by `
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import urllib.request
 
 import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, trained_runs
+from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, serve_settings, start_server, trained_runs
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.evaluation.server import PolicyServer
+from geo3d.evaluation.server_requests import Needs
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 from geo3d.core.errors import Geo3dError
 
@@ -37,30 +36,13 @@ class EchoPolicy:
 
 @pytest.fixture
 def server():
-    """A PolicyServer on a free port in a background event loop thread."""
+    """A PolicyServer (geo3d profile, default limits) on a free port in a background event loop thread."""
     policy = EchoPolicy()
-    srv = PolicyServer(policy, {"image_size": 32, "num_views": 2, "action_horizon": 8}, host="127.0.0.1", port=0)
-    ready, loop = threading.Event(), asyncio.new_event_loop()
-    holder = {}
-
-    def on_ready(url):
-        holder["url"] = url
-        ready.set()
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(_run(srv, on_ready, holder)), daemon=True)
-    thread.start()
-    assert ready.wait(20), "server did not start"
-    stop = lambda: (loop.call_soon_threadsafe(holder["task"].cancel), thread.join(10))  # noqa: E731
-    yield holder["url"], policy, stop
+    srv = PolicyServer(policy, {"image_size": 32, "num_views": 2, "action_horizon": 8},
+                       serve_settings("serve.port=0", "serve.protocol=geo3d"), Needs(num_views=2))
+    url, stop = start_server(srv)
+    yield url, policy, stop
     stop()
-
-
-async def _run(srv, on_ready, holder):
-    holder["task"] = asyncio.current_task()
-    try:
-        await srv.run(on_ready=on_ready)
-    except asyncio.CancelledError:
-        pass
 
 
 def _obs(size=32, state=None):
@@ -165,9 +147,11 @@ def served_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow  # trains a real checkpoint first
 def test_geo3d_serve_answers_with_a_real_checkpoint(served_checkpoint):
+    assert "loopback only" in "".join(served_checkpoint.output)  # the start line says who can connect
     client = RemotePolicy(served_checkpoint.url)
     meta = client.metadata
     assert meta["compressor"] == "qformer" and meta["image_size"] == IMAGE and meta["step"] == 2
+    assert meta["action_chunk_size"] == 8 and meta["uses_state"] is True and meta["preset"] == "geo3d"
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)  # any size: resized like training frames
     actions = client.predict_action(images, "pick up the black bowl", np.zeros(8, np.float32))
