@@ -7,7 +7,7 @@ import platform
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 from geo3d import __version__
 from geo3d.core.config import PACKAGE_ROOT
@@ -46,3 +46,22 @@ def provenance() -> dict[str, Any]:
         "libraries": libs,
         "created_utc": utc_now(),
     }
+
+
+# -- the kernel runtime record (geo3d.core.device.kernel_runtime makes it), compared without torch --------------
+RUNTIME_KEY = "runtime"
+# Keys whose difference can change kernels and so the bits (everything the record holds except this list).
+NOT_KERNEL_KEYS = ("recorded_by",)
+
+
+def kernel_key(runtime: Mapping[str, Any] | None) -> tuple | None:
+    """The part of a runtime record that selects kernels (None for a record from before runtimes existed)."""
+    if not runtime:
+        return None
+    return tuple(sorted((k, str(v)) for k, v in runtime.items() if k not in NOT_KERNEL_KEYS))
+
+
+def without_runtime(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """An encoder identity minus its informational runtime: what must match to attach or rebuild (resuming a
+    store on another device type or torch is allowed; each shard records its own runtime)."""
+    return {k: v for k, v in identity.items() if k != RUNTIME_KEY}

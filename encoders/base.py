@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from geo3d.core.compute_dtype import resolve_compute_dtype
-from geo3d.core.runtime import RUNTIME_KEY, kernel_runtime
+from geo3d.core.device import kernel_runtime, resolve_compute_dtype
+from geo3d.core.provenance import RUNTIME_KEY
 from geo3d.encoders.views import (autocast_context, check_image_size, grid_side, normalize_views,
-                                       pool_view_features, preprocessing_record)
+                                  pool_view_features, preprocessing_record)
 
 
 class GeometryEncoder(ABC):
@@ -38,7 +38,7 @@ class GeometryEncoder(ABC):
         """What makes this encoder's tokens what they are (name, config, weight fingerprint)."""
 
     def runtime(self) -> dict[str, Any]:
-        """Device type and kernel-relevant versions behind this encoder's bits (geo3d.core.runtime)."""
+        """Device type and kernel-relevant versions behind this encoder's bits (geo3d.core.device)."""
         return kernel_runtime(self.device)
 
     def store_identity(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
-from geo3d.core.runtime import without_runtime
+from geo3d.core.provenance import without_runtime
 from geo3d.encoders.tiny import UNHASHED_PREFIX
 
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)

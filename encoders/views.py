@@ -139,7 +139,7 @@ def preprocessing_record(image_size: int, tokens_per_view: int, autocast_dtype: 
 
 
 def autocast_context(device: torch.device, dtype: str):
-    """bf16 autocast on the device, or none for float32 (`dtype` is already resolved: geo3d.core.compute_dtype)."""
+    """bf16 autocast on the device, or none for float32 (`dtype` is already resolved: geo3d.core.device)."""
     if dtype == "float32":
         return torch.autocast(device.type, enabled=False)
     if dtype != "bfloat16":

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
-from geo3d.core.runtime import without_runtime
+from geo3d.core.provenance import without_runtime
 
 SCHEMA_VERSION = 1
 DTYPE = "bfloat16"  # the real dtype of the tokens

@@ -1,7 +1,7 @@
 """How `verify-cache --recompute` compares a fresh encode with the stored tokens, and why.
 
 Bit-exact only where it is meaningful: store shard and recompute on CPU with the same kernel runtime (torch,
-CPU capability, bf16 units; geo3d.core.runtime) -- CPU tokens do not depend on the batch they were encoded in
+CPU capability, bf16 units; geo3d.core.device) -- CPU tokens do not depend on the batch they were encoded in
 (tests/test_encoders_tiny.py), so a fresh encode must reproduce every bit. Everywhere else (another device type,
 other versions or CPU ISA, or CUDA, whose GEMM kernels are chosen per batch shape while the recompute's batches
 differ from the store's) the same computation rounds differently and the comparison uses an absolute tolerance.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from geo3d.core.runtime import kernel_key
+from geo3d.core.provenance import kernel_key
 
 DEFAULT_RECOMPUTE_ATOL = 0.25
 

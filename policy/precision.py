@@ -4,7 +4,7 @@ AdamW on bf16 weights at lr 1e-5 loses most updates to rounding (a bf16 weight n
 ~1e-4), so every trainable parameter is fp32 on every launch path (plain, accelerate single/multi GPU,
 DeepSpeed: its bf16 mode keeps fp32 master partitions of fp32 parameters and casts the module itself).
 The forward/backward runs under accelerate's bf16 autocast where the device computes bf16 natively
-(`geo3d.core.compute_dtype`: CUDA, AVX512-BF16/AMX CPUs) and in plain fp32 where bf16 would be emulated.
+(`geo3d.core.device`: CUDA, AVX512-BF16/AMX CPUs) and in plain fp32 where bf16 would be emulated.
 Frozen parameters keep `model.vlm.dtype` (memory); only that mix needs autocast, which is checked here.
 """
 
@@ -16,14 +16,14 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
-from geo3d.core.compute_dtype import resolve_compute_dtype
+from geo3d.core.device import resolve_compute_dtype
 from geo3d.core.errors import Geo3dError
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")  # train.mixed_precision; `no` = fp32 compute
 
 
 def accelerate_precision(requested: str, device: torch.device | str) -> str:
-    """`train.mixed_precision` -> accelerate's value; `auto` follows geo3d.core.compute_dtype on `device`."""
+    """`train.mixed_precision` -> accelerate's value; `auto` follows geo3d.core.device on `device`."""
     requested = str(requested)
     if requested not in PRECISIONS:
         raise Geo3dError(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")

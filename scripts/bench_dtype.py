@@ -1,5 +1,5 @@
 """Compute-dtype benchmark: the demo's tiny encoder in bf16 autocast vs fp32, side by side in one run, and what
-`auto` (geo3d.core.compute_dtype) picks. Run twice: on this CPU as it is, and with oneDNN capped at AVX2
+`auto` (geo3d.core.device) picks. Run twice: on this CPU as it is, and with oneDNN capped at AVX2
 (ONEDNN_MAX_CPU_ISA=AVX2), which emulates bf16 as an AVX2-only CPU does. The faster dtype is the one `auto`
 should pick in each case.
 
@@ -23,7 +23,7 @@ def measure(rounds: int, batch: int) -> str:
     import torch
 
     from geo3d.precompute.cli import precompute_config
-    from geo3d.core.compute_dtype import describe_cpu, resolve_compute_dtype
+    from geo3d.core.device import describe_cpu, resolve_compute_dtype
     from geo3d.encoders import build_encoder
 
     torch.set_num_threads(1)

@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]: both sides")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
-    from geo3d.core.compute_dtype import describe_cpu
+    from geo3d.core.device import describe_cpu
     from geo3d.core.device import resolve_device
 
     device = resolve_device(args.device)

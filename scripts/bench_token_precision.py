@@ -105,8 +105,7 @@ def main() -> None:
     if args.child:
         _child(*args.child)
         return
-    from geo3d.core.compute_dtype import describe_cpu
-    from geo3d.core.runtime import kernel_runtime
+    from geo3d.core.device import describe_cpu, kernel_runtime
 
     frames = demo_frames(args.frames)
     print(f"bench_token_precision: {len(frames)} demo frames, {describe_cpu()}, torch {torch.__version__}, "

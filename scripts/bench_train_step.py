@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from train_fixtures import make_matching_store  # noqa: E402
 
-from geo3d.core.compute_dtype import describe_cpu  # noqa: E402
+from geo3d.core.device import describe_cpu  # noqa: E402
 from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 
 

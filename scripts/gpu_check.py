@@ -46,7 +46,7 @@ def environment(device: str) -> dict[str, Any]:
     import transformers
     from transformers.utils import is_flash_attn_2_available
 
-    from geo3d.core.compute_dtype import describe_cpu
+    from geo3d.core.device import describe_cpu
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers":
                            transformers.__version__, "python": platform.python_version(), "cpu": describe_cpu(),
                            "device": device, "flash_attention_2_available": bool(is_flash_attn_2_available())}

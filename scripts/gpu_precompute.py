@@ -58,9 +58,8 @@ def _cpu_sdpa_flops(q, k, v, *args: Any, out_shape: Any = None, **kwargs: Any) -
 
 
 def machine(device: str) -> dict[str, Any]:
-    from geo3d.core.compute_dtype import describe_cpu
+    from geo3d.core.device import describe_cpu, kernel_runtime
     from geo3d.core.provenance import provenance
-    from geo3d.core.runtime import kernel_runtime
 
     rec = {"device": device, "runtime": kernel_runtime(device), "cpu": describe_cpu(), "cpus": len(os.sched_getaffinity(0)),
            "provenance": provenance()}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geo3d.core.compute_dtype import resolve_compute_dtype
+from geo3d.core.device import resolve_compute_dtype
 from geo3d.core.errors import Geo3dError
 from helpers import REPO
 

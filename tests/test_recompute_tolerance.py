@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geo3d.core.runtime import RUNTIME_KEY, kernel_key, kernel_runtime, without_runtime
+from geo3d.core.device import kernel_runtime
+from geo3d.core.provenance import RUNTIME_KEY, kernel_key, without_runtime
 from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL, comparison_rule
 from helpers import run_geo3d
 

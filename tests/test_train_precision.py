@@ -76,7 +76,7 @@ def test_trainable_params_become_fp32_frozen_ones_keep_their_dtype():
 
 
 def test_auto_precision_follows_the_compute_dtype_rule():
-    from geo3d.core.compute_dtype import resolve_compute_dtype
+    from geo3d.core.device import resolve_compute_dtype
     want = "bf16" if resolve_compute_dtype("auto", "cpu") == "bfloat16" else "no"
     assert accelerate_precision("auto", "cpu") == want and accelerate_precision("auto", "cuda") == "bf16"
     assert accelerate_precision("no", "cuda") == "no"

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from geo3d.core.compute_dtype import cpu_flags, cpu_has_native_bf16, resolve_compute_dtype
+from geo3d.core.device import cpu_flags, cpu_has_native_bf16, resolve_compute_dtype
 from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.encoders.tiny import TinyEncoder
 
@@ -34,7 +34,7 @@ def test_native_bf16_needs_the_cpu_flag():
 @pytest.mark.slow  # a real process: oneDNN reads its ISA cap at start-up
 def test_auto_is_float32_when_onednn_may_not_use_bf16_units():
     """A real process with oneDNN capped at AVX2 (bf16 emulated there, ~36x slower matmuls) resolves to fp32."""
-    code = "from geo3d.core.compute_dtype import resolve_compute_dtype as r; print(r('auto', 'cpu'))"
+    code = "from geo3d.core.device import resolve_compute_dtype as r; print(r('auto', 'cpu'))"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "float32"
