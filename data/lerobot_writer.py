@@ -16,15 +16,31 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
+from geo3d.core.errors import DataError
 from geo3d.data.episode_arrays import EpisodeArrays
-from geo3d.data.lerobot_layout import (ACTION_DIM, ACTION_KEY, AGENTVIEW_KEY, CAMERA_KEYS, CHUNKS_SIZE,
-                               STATE_DIM, STATE_KEY, SUPPORTED_VERSIONS, V2_DATA_PATH, V2_VIDEO_PATH,
-                               V3_DATA_PATH, V3_EPISODES_PATH, V3_TASKS_PATH, V3_VIDEO_PATH, WRIST_KEY,
-                               huggingface_schema_metadata, libero_features)
+from geo3d.data.lerobot_layout import (
+    ACTION_DIM,
+    ACTION_KEY,
+    AGENTVIEW_KEY,
+    CAMERA_KEYS,
+    CHUNKS_SIZE,
+    STATE_DIM,
+    STATE_KEY,
+    SUPPORTED_VERSIONS,
+    V2_DATA_PATH,
+    V2_VIDEO_PATH,
+    V3_DATA_PATH,
+    V3_EPISODES_PATH,
+    V3_TASKS_PATH,
+    V3_VIDEO_PATH,
+    WRIST_KEY,
+    huggingface_schema_metadata,
+    libero_features,
+)
 from geo3d.data.meta_stats import columns_stats, image_stats
 from geo3d.data.video_decode import encode_av1
-from geo3d.core.errors import DataError
 
 __all__ = ["EpisodeArrays", "write_lerobot_dataset"]
 
@@ -154,7 +170,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _progress(items: list, enabled: bool, desc: str):
     if not enabled:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="episode")
 

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from geo3d.core.config import DATA_YAML, data_default
+from geo3d.core.config import DATA_YAML, data_default, data_root_from
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.suites import open_dataset, resolve_suite
@@ -58,8 +58,6 @@ class LiberoMixture:
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> "LiberoMixture":
         """Build from the `data.*` config keys (data root: config, then $GEO3D_DATA_ROOT)."""
-        from geo3d.core.config import data_root_from
-
         d = cfg.data
         return cls(d.suite, data_root_from(cfg), action_horizon=d.action_horizon, image_size=d.image_size,
                    **kwargs)

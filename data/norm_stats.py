@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from geo3d.core.errors import DataError
 from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.meta_stats import vector_stats
-from geo3d.core.errors import DataError
 
 FIELDS = {"action": ACTION_KEY, "state": STATE_KEY}  # our stats key -> parquet column / meta/stats.json key
 STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
@@ -74,7 +75,6 @@ def _like(x: Any, arr: np.ndarray) -> Any:
     """`arr` as the same array type (numpy or torch), dtype and device as `x`."""
     if isinstance(x, np.ndarray):
         return arr.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
-    import torch
 
     return torch.as_tensor(arr, dtype=x.dtype, device=x.device)
 
@@ -135,7 +135,6 @@ def _center_half(stats: dict[str, Any], field: str, method: str) -> tuple[np.nda
 def _where(x: Any, mask: np.ndarray, a: Any, b: Any) -> Any:
     if isinstance(x, np.ndarray):
         return np.where(mask, a, b)
-    import torch
 
     return torch.where(torch.as_tensor(mask, device=x.device), a, b)
 

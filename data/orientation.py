@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from geo3d.core.errors import Geo3dError
+from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
 
 OLD_ORIENTATION = "rot180"  # what the old image path did to frames as stored
 
@@ -31,8 +32,6 @@ def _effect(out: np.ndarray, inp: np.ndarray) -> str:
 def orientation_probe() -> dict[str, str]:
     """What `to_model_images` does, measured per declared orientation: {"orientation": effect on upright
     (LeRobot) frames as stored, "raw_render": effect on simulator renders}. Today: identity / rot180."""
-    from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
-
     p = _pattern()
     return {"orientation": _effect(to_model_images(p, None, UPRIGHT), p),
             "raw_render": _effect(to_model_images(p, None, RAW_RENDER), p)}
@@ -54,8 +53,6 @@ def refuse_old_orientation(probe: Mapping[str, Any] | None, what: str, fix: str,
 
 def refuse_old_store(preprocessing: Mapping[str, Any], store_path: Any) -> None:
     """A features store's tokens came from the old (upside-down) images: they must be recomputed."""
-    from geo3d.core.errors import StoreError
-
     refuse_old_orientation(dict(preprocessing or {}).get("image_path_probe"), f"features store {store_path}",
                            f"Recompute it: `geo3d precompute --store {store_path} --overwrite` (or a new --store), "
                            "then train on the new store.", StoreError)

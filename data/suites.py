@@ -14,6 +14,7 @@ from typing import Any
 
 from geo3d.core.config import DATA_ROOT_ENV, PACKAGE_ROOT
 from geo3d.core.errors import DataError
+from geo3d.data.libero_hdf5 import LiberoHDF5Dataset, is_hdf5_suite_folder
 
 SUITE_FOLDERS = {
     "libero_spatial": "libero_spatial_no_noops_1.0.0_lerobot",
@@ -56,8 +57,6 @@ def _is_lerobot(path: Path) -> bool:
 
 def find_suite_folder(root: Path, suite: str) -> tuple[Path | None, str]:
     """The suite's one folder under root (or None) and, if none, why; refuses two candidates."""
-    from geo3d.data.libero_hdf5 import is_hdf5_suite_folder
-
     lerobot = root / SUITE_FOLDERS[suite]
     found = [lerobot] if _is_lerobot(lerobot) else []
     found += [root / f for f in HDF5_FOLDERS[suite] if is_hdf5_suite_folder(root / f)]
@@ -92,6 +91,5 @@ def open_dataset(path: Path, **kwargs: Any) -> Any:
         from geo3d.data.lerobot_format import LeRobotDataset
 
         return LeRobotDataset(path, **kwargs)
-    from geo3d.data.libero_hdf5 import LiberoHDF5Dataset
 
     return LiberoHDF5Dataset(path, **kwargs)

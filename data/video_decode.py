@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+import av
 import numpy as np
 
 from geo3d.core.errors import DataError
@@ -24,8 +25,6 @@ ENCODERS = ("libsvtav1", "libaom-av1")
 
 def pick_encoder() -> str:
     """libsvtav1 (what lerobot and the LIBERO datasets use), else libaom-av1."""
-    import av
-
     for name in ENCODERS:
         if name in av.codecs_available:
             return name
@@ -39,8 +38,6 @@ def encode_av1(path: Path, segments: list[np.ndarray], fps: int, crf: int = 30, 
 
     gop=2 and crf=30 are lerobot's encoding defaults (cheap seeks for random access).
     """
-    import av
-
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
     codec = pick_encoder()
     h, w = segments[0].shape[1:3]
@@ -86,8 +83,6 @@ class VideoFile:
         self._last_time: float | None = None  # time of the last frame handed out by the cursor
 
     def _open(self) -> None:
-        import av
-
         try:
             self._container = av.open(str(self.path))
         except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
@@ -166,8 +161,6 @@ class VideoFile:
 
     def _decoded(self) -> Iterator:
         """The cursor's frames; a decode error (a file cut short mid-stream) is a DataError without FFmpeg codes."""
-        import av
-
         frames = self._frames  # not `yield from`: closing this wrapper must not close the shared cursor
         while True:
             try:

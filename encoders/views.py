@@ -7,6 +7,7 @@ code that turns LIBERO frames into model inputs and model outputs into stored to
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from typing import Any, Sequence
 
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geo3d.data.lerobot_layout import VIEW_NAMES
 from geo3d.core.errors import Geo3dError
+from geo3d.data.lerobot_layout import VIEW_NAMES
+from geo3d.data.orientation import orientation_probe
+from geo3d.data.transforms import UPRIGHT, to_model_images
 
 PATCH_SIZE = 14
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,8 +57,6 @@ def frames_to_model_input(frames: np.ndarray, image_size: int, orientation: str)
 
     Runs in decode workers (numpy, cheap) so the device only sees fixed-size uint8 batches.
     """
-    from geo3d.data.transforms import to_model_images
-
     check_image_size(image_size)
     return np.ascontiguousarray(to_model_images(frames, image_size, orientation))
 
@@ -105,11 +106,6 @@ def image_path_probe(image_size: int, stored_size: int = 256) -> dict[str, str]:
     """What the image path actually does, measured on a fixed pattern: the orientation it applies to each
     declared frame orientation and a hash of its output for upright frames. Recorded in the store, so
     changing the orientation or `resize` makes old stores refuse to resume (old ones say "rot180")."""
-    import hashlib
-
-    from geo3d.data.orientation import orientation_probe
-    from geo3d.data.transforms import UPRIGHT
-
     yy, xx = np.mgrid[0:stored_size, 0:stored_size]
     pattern = np.stack([(xx * 7 + yy * 3) % 256, (xx * yy) % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
     stored = np.stack([pattern, pattern[::-1]])  # [V=2, H, W, 3]

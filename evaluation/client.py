@@ -8,10 +8,11 @@ from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.msgpack_wire import packb, unpackb
-
 
 # Keepalive pings answered late must not end an evaluation: under load (a 2-core machine at load 8-10,
 # scripts/bench_serve.py) websockets' default 20 s ping timeout dropped a simulator worker's connection. The
@@ -23,8 +24,6 @@ class RemotePolicy:
     """Synchronous websocket client; one connection, one request in flight."""
 
     def __init__(self, url: str, connect_timeout: float = 60.0):
-        from websockets.sync.client import connect
-
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -47,8 +46,6 @@ class RemotePolicy:
 
     def request(self, mtype: str, payload: dict | None = None) -> dict[str, Any]:
         """Send one message, return the `data` of an ok reply; an error reply raises Geo3dError."""
-        from websockets.exceptions import ConnectionClosed
-
         try:
             self._ws.send(packb({"type": mtype, "payload": payload or {}}))
             raw = self._ws.recv()

@@ -21,7 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from geo3d.core import sim
+from geo3d.core.config import load_config
 from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import PreemptionFlag
+from geo3d.data.lerobot_layout import STATE_KEY
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.suites import DEMO_DATA_ROOT
+from geo3d.evaluation.evaluate import resolve_gl, settings_from
+from geo3d.evaluation.policy_handle import load_local_policy
+from geo3d.evaluation.replay import dataset_episodes, episode_origin
+from geo3d.evaluation.runner import Job, PolicySource, _Worker
 
 
 def open_loop(policy: Any, mixture: Any, span: Any, stride: int) -> dict[str, Any]:
@@ -52,18 +62,12 @@ class _StateLog:
 def closed_loop(cfg: Any, policy: Any, mixture: Any, span: Any, suite: str, origin: tuple, max_steps: int,
                 video_dir: str | None) -> dict[str, Any]:
     """Run the policy from the episode's scene; eef distance (m) from the recorded path at each query step."""
-    from geo3d.evaluation.evaluate import resolve_gl, settings_from
-    from geo3d.evaluation.runner import Job, PolicySource, _Worker
-    from geo3d.core import sim
-    from geo3d.data.lerobot_layout import STATE_KEY
-
     task_id, init_state, _, seed = origin
     settings = settings_from(cfg)
     settings = type(settings)(**{**settings.__dict__, "max_steps": max_steps,
                                  "image_size": int(cfg.data.image_size)})
     gl = resolve_gl(str(cfg.eval.gl))
     sim.configure(gl)
-    from geo3d.core.preemption import PreemptionFlag
     worker = _Worker(PolicySource(), settings, gl, PreemptionFlag())  # no policy episode to stop from outside
     worker.policy = log = _StateLog(policy, settings.replan_steps)
     try:
@@ -87,11 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--closed-loop", action="store_true", help="also drive the simulator (minutes per episode)")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
-    from geo3d.evaluation.policy_handle import load_local_policy
-    from geo3d.evaluation.replay import dataset_episodes, episode_origin
-    from geo3d.core.config import load_config
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.suites import DEMO_DATA_ROOT
 
     try:
         cfg = load_config(["data", "eval"])

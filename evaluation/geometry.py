@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from geo3d.core.errors import Geo3dError
+from geo3d.encoders.recompute import WEIGHTS_ENV, encoder_from_record
 
 
 def build_live_encoder(store: dict[str, Any] | None, image_size: int, device: str,
@@ -26,7 +27,6 @@ def build_live_encoder(store: dict[str, Any] | None, image_size: int, device: st
     if size is not None and int(size) != int(image_size):
         raise Geo3dError(f"the checkpoint's tokens were encoded at {size}px but the policy takes {image_size}px "
                          "images: the run's store and data.image_size disagree")
-    from geo3d.encoders.recompute import WEIGHTS_ENV, encoder_from_record
 
     if mapanything_weights:
         os.environ[WEIGHTS_ENV] = str(mapanything_weights)

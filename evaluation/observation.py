@@ -11,26 +11,21 @@ from typing import Any
 
 import numpy as np
 
+from geo3d.core.sim import raw_frames, state_from_obs
+from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
+
 
 def fit_views(images: np.ndarray, size: int | None) -> np.ndarray:
     """Upright views [V,H,W,3] -> size x size through the one image path (no-op if already there)."""
-    from geo3d.data.transforms import UPRIGHT, to_model_images
-
     return to_model_images(images, size, UPRIGHT)
 
 
 def observation_to_inputs(obs: dict[str, Any], size: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [2,size,size,3] as the model saw them in training, state float32 [8]) from one
     simulator observation (state as the LIBERO datasets store it: eef pos, axis-angle, gripper qpos)."""
-    from geo3d.data.transforms import RAW_RENDER, to_model_images
-    from geo3d.core.sim import raw_frames, state_from_obs
-
     return to_model_images(raw_frames(obs), size, RAW_RENDER), state_from_obs(obs)
 
 
 def upright_frame(obs: dict[str, Any]) -> np.ndarray:
     """Full-resolution agentview | wrist, side by side, as the model sees them (for rollout videos)."""
-    from geo3d.data.transforms import RAW_RENDER, to_model_images
-    from geo3d.core.sim import raw_frames
-
     return np.concatenate(list(to_model_images(raw_frames(obs), None, RAW_RENDER)), axis=1)

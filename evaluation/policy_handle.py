@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from geo3d.data.lerobot_layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
+from geo3d.core.device import resolve_device
 from geo3d.core.errors import Geo3dError
+from geo3d.data.lerobot_layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
 
 # What a policy reports about itself (a local Policy reads them from its checkpoint; RemotePolicy from the server).
 POLICY_INFO_KEYS = ("action_horizon", "action_dim", "state_dim", "image_size", "num_views", "compressor",
@@ -30,9 +32,6 @@ class Policy(Protocol):
 def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: str | Path | None = None) -> Policy:
     """Load a checkpoint directory (or a run directory's latest checkpoint) into this process, with the
     geometry encoder its training tokens came from when its compressor needs live geometry."""
-    from omegaconf import OmegaConf
-
-    from geo3d.core.device import resolve_device
     from geo3d.policy.pretrained import Policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
 
     ckpt_dir = resolve_checkpoint(ckpt)

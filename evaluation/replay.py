@@ -13,6 +13,7 @@ started from is read from the dataset root's generation.json (the demo data) or 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from geo3d.core import sim
 from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import PreemptionFlag
+from geo3d.core.sim import raw_frames, state_from_obs
+from geo3d.data.lerobot_layout import STATE_KEY
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.suites import open_dataset, resolve_suite
+from geo3d.data.transforms import RAW_RENDER, to_model_images, to_upright
+from geo3d.data.video_decode import VideoFile, encode_av1
+from geo3d.evaluation.evaluate import resolve_gl, settings_from
+from geo3d.evaluation.observation import observation_to_inputs
+from geo3d.evaluation.runner import Job, PolicySource, _Worker
 
 STATE_GROUPS = {"eef_pos": slice(0, 3), "eef_axis_angle": slice(3, 6), "gripper_qpos": slice(6, 8)}
 CAMERAS = ("agentview", "wrist")
@@ -131,10 +143,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def codec_roundtrip(frames: np.ndarray, fps: int) -> np.ndarray:
     """Frames [L,H,W,3] through the dataset writer's AV1 encoding and the reader's decoding (the codec noise)."""
-    import tempfile
-
-    from geo3d.data.video_decode import VideoFile, encode_av1
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "roundtrip.mp4"
         encode_av1(path, [frames], fps)
@@ -151,10 +159,6 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
     """Per camera, over the executed steps: the images eval hands the policy vs the stored frames after the
     training image path (mean abs, PSNR; the stored frame turned by 180 degrees too), and the codec's own
     noise on these very renders (AV1 round trip, then the same image path) as the yardstick."""
-    from geo3d.evaluation.observation import observation_to_inputs
-    from geo3d.data.transforms import RAW_RENDER, to_model_images, to_upright
-    from geo3d.core.sim import raw_frames
-
     fps = mixture.datasets[span.dataset_id].fps
     stored_as = mixture.frame_orientation(span.dataset_id)
     evals = np.stack([observation_to_inputs(trace[t], image_size)[0] for t in range(steps)])
@@ -173,9 +177,6 @@ def image_errors(trace: list[dict], mixture: Any, span: Any, image_size: int | N
 
 def state_errors(trace: list[dict], mixture: Any, span: Any, steps: int) -> tuple[dict[str, float], int]:
     """Max |state_from_obs - observation.state| per part over the executed steps, and the worst step."""
-    from geo3d.data.lerobot_layout import STATE_KEY
-    from geo3d.core.sim import state_from_obs
-
     recorded = mixture.datasets[span.dataset_id].episode_columns(span.episode_index)[STATE_KEY]
     diffs = np.stack([np.abs(state_from_obs(trace[t]) - recorded[t]) for t in range(steps)])
     return ({name: float(diffs[:, sl].max()) for name, sl in STATE_GROUPS.items()},
@@ -203,8 +204,6 @@ def judge(rep: ReplayReport, tol: Tolerances, full: bool) -> list[str]:
 
 def dataset_episodes(root: Path, suite: str) -> list[int]:
     """Episode indices of the suite's dataset folder under root."""
-    from geo3d.data.suites import open_dataset, resolve_suite
-
     ds = open_dataset(resolve_suite(suite, root)[0])  # LeRobot or LIBERO HDF5, whichever the folder holds
     try:
         return list(ds.episode_indices)
@@ -218,12 +217,6 @@ def replay(cfg: Any, suite: str, episode: int, root: Path, task_id: int | None =
     """Replay one episode of `suite`'s dataset folder under `root` and report what differs.
 
     task/init state/seed default to the dataset's generation.json; the seed falls back to eval.seed."""
-    from geo3d.evaluation.evaluate import resolve_gl, settings_from
-    from geo3d.evaluation.runner import Job, PolicySource, _Worker
-    from geo3d.core import sim
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.core.preemption import PreemptionFlag
-
     start = time.perf_counter()
     recorded_success = None
     if task_id is None or init_state is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 
 CONTROL_HZ = 20  # LIBERO's OSC controller runs at 20 Hz
@@ -21,7 +22,6 @@ class RolloutVideo:
     def write(self, path: Path, fps: int = CONTROL_HZ) -> Path | None:
         if not self.frames:
             return None
-        import av
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.mp4")

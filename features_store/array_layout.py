@@ -14,13 +14,16 @@ Index arrays are chunked by shard, so every chunk file of a shard belongs to tha
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
 
-from geo3d.features_store.token_codec import FILL_BITS
 from geo3d.features_store.spec import StoreSpec
+from geo3d.features_store.token_codec import FILL_BITS
 
 TOKENS = "tokens"
 INT_INDEX = ("dataset_id", "episode_index", "frame_index")
@@ -44,8 +47,6 @@ def lock_name(shard: int) -> str:
 
 def require_zarr3() -> Any:
     """zarr-python >= 3.1 (zarr v3 format, sharding codec); older installs would fail obscurely."""
-    import zarr
-
     major, minor = (int(x) for x in zarr.__version__.split(".")[:2])
     if (major, minor) < (3, 1):
         from geo3d.core.errors import StoreError
@@ -55,8 +56,6 @@ def require_zarr3() -> Any:
 
 
 def _compressors(spec: StoreSpec) -> Any:
-    from zarr.codecs import BloscCodec, ZstdCodec
-
     lay = spec.layout
     if lay.compressor == "none":
         return None
@@ -68,7 +67,6 @@ def _compressors(spec: StoreSpec) -> Any:
 def create_arrays(root: Path, spec: StoreSpec, attributes: dict[str, Any]) -> None:
     """Create the root group (with metadata) and every array under `root` (a fresh, private directory)."""
     zarr = require_zarr3()
-    from zarr.codecs import ZstdCodec
 
     lay = spec.layout
     store = zarr.storage.LocalStore(root)
@@ -105,8 +103,6 @@ def chunk_files(spec: StoreSpec, shard: int) -> list[str]:
 
 def index_digest(int_index: dict[str, np.ndarray], content_id: np.ndarray, checksum: np.ndarray) -> str:
     """One hash over a shard's index arrays, recorded in its marker: catches a corrupted index chunk."""
-    import hashlib
-
     h = hashlib.sha256()
     for key in INT_INDEX:
         h.update(np.ascontiguousarray(int_index[key], dtype="<i4").tobytes())

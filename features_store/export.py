@@ -15,11 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import h5py
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from geo3d.features_store import array_layout as L
-from geo3d.features_store.token_codec import frame_checksums
 from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.core.provenance import provenance, utc_now
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.metadata import read_metadata
+from geo3d.features_store.reader import FeatureReader
+from geo3d.features_store.store import open_arrays
+from geo3d.features_store.token_codec import bits_to_bf16, frame_checksums
 
 FORMATS = ("hdf5", "npy", "pt")
 EXPORT_VERSION = 1
@@ -112,8 +119,6 @@ def read_blocks(store: Path, arrays: dict[str, Any], index: dict[str, np.ndarray
 
 def export_metadata(store: Path, meta: dict[str, Any], sel: Selection, fmt: str) -> dict[str, Any]:
     """What the export holds and how it was made (embedded in every format)."""
-    from geo3d.core.provenance import provenance, utc_now
-
     spec = meta["spec"]
     return {"export_version": EXPORT_VERSION, "format": fmt, "store": str(store.resolve()),
             "frames": int(len(sel.frames)), "frame_shape": list(meta["shape"][1:]), "dtype": "bfloat16",
@@ -124,8 +129,6 @@ def export_metadata(store: Path, meta: dict[str, Any], sel: Selection, fmt: str)
 
 # ---- the writers: one function per format, each (blocks, meta, tmp_path) -> None ----------------------
 def _write_hdf5(blocks: Iterator, meta: dict[str, Any], out: Path, progress: Callable[[int], None]) -> None:
-    import h5py
-
     n, shape = meta["frames"], meta["frame_shape"]
     with h5py.File(out, "w") as h:
         h.attrs["geo3d_export"] = json.dumps(meta)
@@ -160,10 +163,6 @@ def _write_npy(blocks: Iterator, meta: dict[str, Any], out: Path, progress: Call
 
 
 def _write_pt(blocks: Iterator, meta: dict[str, Any], out: Path, progress: Callable[[int], None]) -> None:
-    import torch
-
-    from geo3d.features_store.token_codec import bits_to_bf16
-
     out.mkdir()
     (out / "metadata.json").write_text(json.dumps(meta, indent=1))
     files = []
@@ -215,7 +214,6 @@ def read_export(path: Path, fmt: str) -> tuple[dict[str, Any], Iterator[np.ndarr
     if fmt == "npy":
         index = {k: np.load(path / "index" / f"{k}.npy") for k in INDEX_FIELDS}
         return meta, _npy_blocks(path / "tokens.npy"), index
-    import torch
 
     parts = json.loads((path / "parts.json").read_text())  # parts are memory-mapped: pages go with each part
     index = {k: [] for k in INDEX_FIELDS}
@@ -293,12 +291,6 @@ def write_export(blocks: Iterator, meta: dict[str, Any], tmp: Path, fmt: str,
 def run_export(store: Path, fmt: str, out: Path, suite: str | None = None, frames: str | None = None,
                allow_incomplete: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Select, stream, write to a temp name, verify, publish. Returns a summary for the CLI."""
-    from tqdm import tqdm
-
-    from geo3d.features_store.metadata import read_metadata
-    from geo3d.features_store.reader import FeatureReader
-    from geo3d.features_store.store import open_arrays
-
     if fmt not in FORMATS:
         raise Geo3dError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)

@@ -8,8 +8,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from geo3d.features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
+from geo3d import __version__
 from geo3d.core.errors import StoreError
+from geo3d.core.provenance import provenance, utc_now
+from geo3d.features_store.spec import CHECKSUM_ALGO, DTYPE, META_KEY, SCHEMA_VERSION, STORAGE_DTYPE, StoreSpec
 
 
 class SchemaTooNewError(StoreError):
@@ -18,9 +20,6 @@ class SchemaTooNewError(StoreError):
 
 def build_metadata(spec: StoreSpec) -> dict[str, Any]:
     """Everything needed to interpret the store without geo3d's code at hand, plus how it was made."""
-    from geo3d import __version__
-    from geo3d.core.provenance import provenance, utc_now
-
     return {
         "schema_version": SCHEMA_VERSION,
         "dtype": DTYPE,

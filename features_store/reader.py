@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from geo3d.core.errors import StoreError
 from geo3d.features_store import array_layout as L
 from geo3d.features_store.metadata import read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import ShardFileReader, direct_io
 from geo3d.features_store.spec import StoreSpec
-from geo3d.core.errors import StoreError
+from geo3d.features_store.store import committed_shards, open_arrays
+from geo3d.features_store.token_codec import bits_to_bf16, frame_checksums
 
 
 class FeatureReader:
@@ -45,8 +47,6 @@ class FeatureReader:
         return self.spec.frames
 
     def __getitem__(self, i: int):
-        from geo3d.features_store.token_codec import bits_to_bf16, frame_checksums
-
         i = self._check_frame(i)
         bits = self._direct().frame(i) if direct_io(self.spec) else self._tokens_array()[i]
         if self.verify_checksums and frame_checksums(bits[None])[0] != self.index("checksum")[i]:
@@ -55,8 +55,6 @@ class FeatureReader:
 
     # ---- committed frames ------------------------------------------------------------------------
     def _scan_committed(self) -> np.ndarray:
-        from geo3d.features_store.store import committed_shards
-
         mask = np.zeros(self.spec.num_shards, dtype=bool)
         mask[committed_shards(self.path)] = True
         return mask
@@ -121,8 +119,6 @@ class FeatureReader:
         return self.index("content_id")
 
     def _load_index(self) -> dict[str, np.ndarray]:
-        from geo3d.features_store.store import open_arrays
-
         self._ensure_open()
         arrays = open_arrays(self.path, mode="r")
         return {k: np.asarray(arrays[k][:]) for k in (*L.INT_INDEX, L.CONTENT_ID, L.CHECKSUM)}

@@ -12,21 +12,20 @@ and read the store back with plain zarr-python). Other layouts keep zarr's path.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import google_crc32c
 import numpy as np
 
-from geo3d.features_store.spec import StoreSpec
 from geo3d.core.errors import StoreError
+from geo3d.features_store.spec import StoreSpec
 
 EMPTY = np.uint64(2**64 - 1)  # zarr's marker for a chunk that is not in the shard
 
 
 def direct_io(spec: StoreSpec) -> bool:
     """True for the layouts this module writes/reads: sharded, uncompressed, little-endian host."""
-    import sys
-
     lay = spec.layout
     return (lay.sharding and lay.compressor == "none" and sys.byteorder == "little"
             and spec.frames % lay.chunk_frames == 0)  # else zarr fill-pads a boundary chunk: leave it to zarr

@@ -28,14 +28,16 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from geo3d import __version__
+from geo3d.core.errors import StoreError
+from geo3d.core.provenance import utc_now
 from geo3d.features_store import array_layout as L
-from geo3d.features_store.token_codec import bf16_to_bits, encode_content_ids, frame_checksums, nonfinite_frames
 from geo3d.features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
 from geo3d.features_store.lease import ShardLease, lock_scope_problem, try_lock
 from geo3d.features_store.metadata import build_metadata, read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import direct_io, write_shard_file
 from geo3d.features_store.spec import META_KEY, StoreSpec, attach_view, diff_specs
-from geo3d.core.errors import StoreError
+from geo3d.features_store.token_codec import bf16_to_bits, encode_content_ids, frame_checksums, nonfinite_frames
 
 
 class FeatureStore:
@@ -167,9 +169,6 @@ class FeatureStore:
 
     def _write_and_commit(self, shard: int, rng: range, bits: np.ndarray, index: Mapping[str, Any],
                           writer_info: Mapping[str, Any] | None) -> dict[str, Any]:
-        from geo3d import __version__
-        from geo3d.core.provenance import utc_now
-
         arrays = self._open_arrays()
         ints = {k: np.asarray(index[k], dtype=np.int64) for k in L.INT_INDEX}
         for k, v in ints.items():
@@ -233,8 +232,6 @@ class FeatureStore:
     # ---- repair ----------------------------------------------------------------------------------
     def mark_damaged(self, shards: Iterable[int], reason: str = "") -> list[int]:
         """Un-commit `shards` (their markers move to damaged/) so the next precompute redoes exactly them."""
-        from geo3d.core.provenance import utc_now
-
         done = []
         for i in sorted(set(int(s) for s in shards)):
             self._check_shard(i)

@@ -9,6 +9,7 @@ lock file, and each of its 6 files rounded up to a 4 KiB filesystem block.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,6 @@ def remaining_bytes(spec: Any, committed: list[int]) -> int:
 
 def du_bytes(path: str | Path) -> int:
     """Bytes actually allocated under `path` (st_blocks, like `du`): an existing store's or checkpoint's size."""
-    import os
-
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -75,7 +76,6 @@ def _for_each_frame(fn: Callable[[int], None], n: int) -> None:
         for i in range(n):
             fn(i)
         return
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fn, range(n)))

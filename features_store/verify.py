@@ -12,19 +12,23 @@ Levels (each reported with its measured cost per 10k frames):
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from geo3d.core.errors import StoreError
 from geo3d.features_store import array_layout as L
-from geo3d.features_store.token_codec import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
+from geo3d.features_store.dataset_check import dataset_differences
 from geo3d.features_store.metadata import SchemaTooNewError, read_metadata, spec_from_metadata
 from geo3d.features_store.spec import StoreSpec
 from geo3d.features_store.store import FeatureStore, describe_trial, open_arrays
+from geo3d.features_store.token_codec import FILL_BITS, bits_to_bf16, frame_checksums, nonfinite_frames
 from geo3d.features_store.tolerance import comparison_rule
 from geo3d.features_store.verify_report import VerifyReport
-from geo3d.core.errors import StoreError
 
 RecomputeFn = Callable[[np.ndarray], Any]  # frame indices -> torch.bfloat16 [k, V, T, D]
 
@@ -155,10 +159,6 @@ def _check_shards(store: FeatureStore, arrays: dict[str, Any], committed: list[i
     Shards are checked by `workers` threads (zarr I/O, sha256 and numpy release the GIL), so reading one shard
     overlaps hashing another; faults are merged in shard order. Returns the index arrays and the shards whose
     index could be read (the later checks use only those)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     n = store.spec.frames
     index = {k: np.full(n, -1, dtype=np.int64) for k in L.INT_INDEX}
     index[L.CONTENT_ID] = np.zeros(n, dtype=np.uint64)
@@ -266,8 +266,6 @@ def _live_mask(spec: StoreSpec, shards: list[int]) -> np.ndarray:
 def _check_dataset(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[int], mixture: Any,
                    report: VerifyReport) -> bool:
     """Store vs dataset on disk. Returns False when the frame maps cannot be aligned (skip --deep)."""
-    from geo3d.features_store.dataset_check import dataset_differences
-
     aligned = len(mixture) == spec.frames
     for d in dataset_differences(spec, index, _live_mask(spec, committed), mixture):
         if len(d.frames):
@@ -280,8 +278,6 @@ def _check_dataset(spec: StoreSpec, index: dict[str, np.ndarray], committed: lis
 def _check_deep(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[int], mixture: Any,
                 report: VerifyReport, progress: bool) -> int:
     """Decode every committed frame of the dataset and compare content identities."""
-    from tqdm import tqdm
-
     done = set(committed)
     bad, checked = [], 0
     spans = [s for s in mixture.episodes()
@@ -310,8 +306,6 @@ def _check_deep(spec: StoreSpec, index: dict[str, np.ndarray], committed: list[i
 def _check_recompute(store: FeatureStore, arrays: dict[str, Any], committed: list[int], recompute: RecomputeFn,
                      k: int, seed: int, atol: float | None, report: VerifyReport) -> int:
     """Re-encode K random committed frames and compare with the stored tokens."""
-    import torch
-
     spec = store.spec
     pool = np.concatenate([np.asarray(store.shard_range(i)) for i in committed])
     frames = np.sort(np.random.default_rng(seed).choice(pool, size=min(k, len(pool)), replace=False))

@@ -9,10 +9,12 @@ message listing the valid keys.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from geo3d.core.errors import Geo3dError
+from geo3d.data.norm_stats import NORM_METHODS
 
 COMPRESSOR_TYPES = ("none", "mean", "pool", "per_layer", "qformer")
 VLM_DTYPES = ("float32", "bfloat16", "float16")
@@ -146,7 +148,6 @@ class PolicyConfig:
         self._validate_design()
 
     def _validate_normalization(self) -> None:
-        from geo3d.data.norm_stats import NORM_METHODS
         n, dim = self.normalization, self.action_head.action_dim
         for key in ("action", "state"):
             if getattr(n, key) not in NORM_METHODS:
@@ -186,8 +187,6 @@ def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
 
 def full_model_section(model_cfg: Any) -> dict:
     """The `model:` section with every default filled in and validated (what a run records)."""
-    import dataclasses
-
     return dataclasses.asdict(PolicyConfig.from_cfg(model_cfg))
 
 

@@ -27,7 +27,6 @@ from transformers.processing_utils import ProcessorMixin
 from geo3d.core.errors import Geo3dError
 from geo3d.data.norm_stats import Normalizer, load_norm_stats
 from geo3d.policy.configuration_policy import PolicyConfig
-from geo3d.policy.vlm import vlm_source_dir
 
 VLM_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 PROCESSOR_FILE = "processor.json"
@@ -117,12 +116,12 @@ class PolicyProcessor:
         self.state = Normalizer(stats, "state", spec.state)
 
     @classmethod
-    def for_config(cls, model_cfg: Any, stats: dict[str, Any]) -> "PolicyProcessor":
-        """A new run's processor: the base VLM's processor files (model.vlm.source), model.vlm.prompt_template
-        and model.normalization, the run's norm stats."""
+    def for_training(cls, vlm_dir: str | Path, model_cfg: Any, stats: dict[str, Any]) -> "PolicyProcessor":
+        """A new run's processor: the base VLM's processor files (`vlm_dir`: `policy.vlm.model_dir`, or
+        `geo3d.policy.vlm.vlm_source_dir` without a model), model.vlm.prompt_template and model.normalization,
+        the run's norm stats."""
         vlm = PolicyConfig.from_cfg(model_cfg).vlm
-        vlm_dir = vlm_source_dir(vlm)
-        if not (vlm_dir / "tokenizer_config.json").is_file():
+        if not (Path(vlm_dir) / "tokenizer_config.json").is_file():
             raise Geo3dError(f"model.vlm.source={vlm.source} has no processor files (tokenizer_config.json) in "
                              f"{vlm_dir}: point it at a full Qwen2.5-VL checkpoint directory")
         return cls(VLMInputs.from_dir(vlm_dir, vlm.prompt_template), stats,

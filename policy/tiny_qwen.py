@@ -16,7 +16,13 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
 from geo3d.policy.configuration_policy import TinyVLMConfig
+from geo3d.policy.processor_policy import QwenVLImageTextProcessor
 
 RECIPE_VERSION = 1  # bump when the build below changes, so stale cached dirs are not reused
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -55,8 +61,6 @@ def _corpus() -> list[str]:
 def build_tokenizer(tiny: TinyVLMConfig):
     """Train the byte-level BPE (Qwen2 pre-tokenizer) and wrap it as the Qwen2 tokenizer class."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -74,8 +78,6 @@ def build_tokenizer(tiny: TinyVLMConfig):
 
 def build_config(tiny: TinyVLMConfig, tokenizer):
     """A Qwen2_5_VLConfig at tiny dims whose special-token ids are this tokenizer's."""
-    from transformers import Qwen2_5_VLConfig
-
     ids = tokenizer.convert_tokens_to_ids
     head_dim = tiny.hidden // tiny.heads
     if sum(tiny.mrope_section) * 2 != head_dim:
@@ -96,10 +98,6 @@ def build_config(tiny: TinyVLMConfig, tokenizer):
 
 
 def build_processor(tiny: TinyVLMConfig, tokenizer):
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-
-    from geo3d.policy.processor_policy import QwenVLImageTextProcessor
-
     image_processor = Qwen2VLImageProcessorPil(min_pixels=tiny.min_pixels, max_pixels=tiny.max_pixels)
     return QwenVLImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
@@ -137,9 +135,6 @@ def tiny_model_dir(tiny: TinyVLMConfig, cache_root: str | Path | None = None) ->
 
 def build_tiny_model(tiny: TinyVLMConfig, model_dir: Path, dtype, attn_implementation: str, meta: bool = False):
     """Random-init Qwen2_5_VLForConditionalGeneration from the tiny dir's config, seeded by `tiny.seed`."""
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     config = Qwen2_5_VLConfig.from_pretrained(model_dir, local_files_only=True)
     build = Qwen2_5_VLForConditionalGeneration._from_config
     if meta:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.initialization import no_init_weights
 
 from geo3d.core.errors import Geo3dError
 from geo3d.policy.configuration_policy import VLMConfig
@@ -114,8 +116,6 @@ class QwenVLBackbone(nn.Module):
 
     @classmethod
     def _build_local(cls, path: Path, dtype: torch.dtype, attn: str, meta: bool) -> "QwenVLBackbone":
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
         if meta:
             if (path / "config.json").is_file():
                 config = Qwen2_5_VLConfig.from_pretrained(path, local_files_only=True)
@@ -137,9 +137,6 @@ class QwenVLBackbone(nn.Module):
     def from_saved_config(cls, config_dir: Path, cfg: VLMConfig, meta: bool = False) -> "QwenVLBackbone":
         """The architecture a checkpoint saved (its vlm/config.json), weights left uninitialized: the caller
         loads the checkpoint's own weights next, so no base model directory is read."""
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        from transformers.initialization import no_init_weights
-
         config = Qwen2_5_VLConfig.from_pretrained(config_dir, local_files_only=True)
         with torch.device("meta") if meta else contextlib.nullcontext(), no_init_weights():
             model = Qwen2_5_VLForConditionalGeneration._from_config(

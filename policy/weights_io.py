@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from geo3d.core.errors import Geo3dError
 
@@ -40,9 +43,6 @@ def _dedupe_tied(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
 def save_weights(state_dict: Mapping[str, torch.Tensor], directory: str | Path,
                  max_shard_size: int | str = "5GB") -> dict[str, str]:
     """Write the weights into `directory` (single file or shards + index); returns the tied aliases."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
     d = Path(directory)
     tensors, tied = _dedupe_tied(state_dict)
     split = split_torch_state_dict_into_shards(tensors, filename_pattern=PATTERN, max_shard_size=max_shard_size)
@@ -83,9 +83,6 @@ def tied_aliases(directory: str | Path) -> dict[str, str]:
 
 def load_weights(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint (tied aliases excluded), on `device`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     out: dict[str, torch.Tensor] = {}
     for f in weight_files(directory):
         try:

@@ -23,6 +23,8 @@ import numpy as np
 
 from geo3d.core.errors import DataError
 from geo3d.core.preemption import ignore_stop_signals
+from geo3d.data.mixture import LiberoMixture
+from geo3d.encoders.views import frames_to_model_input
 
 # One LiberoMixture per (suite, data root, image size) in each process: decode processes build theirs once;
 # in-process decoding (threads) keys by the source, so two runs on other data in one process never mix them.
@@ -55,7 +57,6 @@ def _init_worker(source: DataSource, ignore_signals: bool) -> None:
     if ignore_signals:
         ignore_stop_signals()
         threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    from geo3d.data.mixture import LiberoMixture
 
     key = (source.suite, source.data_root, source.image_size)
     if key not in _MIXTURES:
@@ -75,8 +76,6 @@ def _ready() -> bool:
 
 def decode_episode(source: DataSource, dataset_id: int, episode_index: int) -> DecodedEpisode:
     """Decode one episode in order; frames go through the one image path (to_model_images)."""
-    from geo3d.encoders.views import frames_to_model_input
-
     key = (source.suite, source.data_root, source.image_size)
     if key not in _MIXTURES:
         _init_worker(source, ignore_signals=False)

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from geo3d.features_store.store_size import remaining_bytes, spec_bytes
 from geo3d.core.errors import StoreError
 from geo3d.core.storage_faults import free_bytes, human_bytes
+from geo3d.features_store.store import committed_shards
+from geo3d.features_store.store_size import remaining_bytes, spec_bytes
 
 
 def space_report(spec: Any, committed: list[int], where: str | Path) -> tuple[int, int | None, int]:
@@ -33,8 +34,6 @@ def check_free_space(spec: Any, committed: list[int], where: str | Path, require
 
 
 def _committed(path: str | Path) -> list[int]:
-    from geo3d.features_store.store import committed_shards
-
     try:
         return committed_shards(Path(path))
     except (StoreError, OSError):  # the store was never created, or its directory vanished

@@ -55,7 +55,7 @@ def _parts(compressor: str, store: Path, patch_embed: str, device: str):
     policy = build_policy(cfg.model, device=device)
     keep_trainable_fp32(policy, "bf16")
     optimizer = build_optimizer(policy.module_groups(), cfg.train)
-    processor = PolicyProcessor.for_config(cfg.model, compute_norm_stats(mixture))
+    processor = PolicyProcessor.for_training(policy.vlm.model_dir, cfg.model, compute_norm_stats(mixture))
     dataset = GeoTrainDataset(mixture, str(store))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), shuffle=True,
                                          num_workers=0, collate_fn=TrainCollator(processor),

@@ -117,16 +117,20 @@ def test_state_off_drops_the_token_and_freezes_the_unused_encoder():
 
 def test_prompt_template_wraps_the_instruction_like_the_fork(tmp_path_factory):
     from geo3d.policy.processor_policy import PolicyProcessor
+    from geo3d.policy.vlm import vlm_source_dir
 
     stats = {f: {k: [0.0] * 8 if k in ("min", "mean") else [1.0] * 8 for k in ("min", "max", "mean", "std")}
              for f in ("action", "state")}
-    fork = PolicyProcessor.for_config(compose_train_config(overrides=["model_config=tiny", "preset=fork"]).model,
-                                      stats).vlm_inputs
+    def vlm_inputs(model_cfg):
+        return PolicyProcessor.for_training(vlm_source_dir(PolicyConfig.from_cfg(model_cfg).vlm), model_cfg,
+                                            stats).vlm_inputs
+
+    fork = vlm_inputs(compose_train_config(overrides=["model_config=tiny", "preset=fork"]).model)
     assert fork.template == FORK_COT
     text = fork.prompt("pick up the black bowl", num_views=2)
     assert "Your task is pick up the black bowl. To identify the key objects for your task." in text
     assert text.count("<|image_pad|>") == 2 and text.index("<|vision_end|>") < text.index("Your task is")
-    raw = PolicyProcessor.for_config(compose_train_config(overrides=["model_config=tiny"]).model, stats).vlm_inputs
+    raw = vlm_inputs(compose_train_config(overrides=["model_config=tiny"]).model)
     assert "Your task" not in raw.prompt("pick up the black bowl", 2) and raw.template == "{instruction}"
     images = np.zeros((1, 2, 56, 56, 3), dtype=np.uint8)
     assert fork(images, ["x"])["input_ids"].shape[1] > raw(images, ["x"])["input_ids"].shape[1]

@@ -16,8 +16,10 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig
 
+from geo3d.core.storage_faults import human_bytes
 from geo3d.features_store.store_size import du_bytes
 from geo3d.policy.run_dir import CKPT_DIR, latest_checkpoint
+from geo3d.train.run_config import run_dir_of
 
 FP32 = 4
 
@@ -38,8 +40,6 @@ def param_counts(cfg: Any) -> dict[str, dict[str, int]]:
 
 def estimate_checkpoint_bytes(cfg: DictConfig) -> tuple[int, str]:
     """(bytes, how it was obtained): the newest complete checkpoint's size, else the parameter-count estimate."""
-    from geo3d.train.run_config import run_dir_of
-
     last = latest_checkpoint(run_dir_of(cfg))
     if last is not None:
         return du_bytes(last), f"the size of {last}"
@@ -59,9 +59,6 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
 
 def fault_hooks(cfg: DictConfig) -> dict[str, Callable[[], Any]]:
     """storage_guard hooks for a training run."""
-    from geo3d.core.storage_faults import human_bytes
-    from geo3d.train.run_config import run_dir_of
-
     run_dir = run_dir_of(cfg)
 
     def needed() -> str:

@@ -151,7 +151,7 @@ def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: Preemp
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
         setup.write_run_records(cfg, run_dir, spec)
-    processor = PolicyProcessor.for_config(cfg.model, norm_stats)
+    processor = PolicyProcessor.for_training(policy.vlm.model_dir, cfg.model, norm_stats)
     loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(processor), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,

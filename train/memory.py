@@ -29,11 +29,15 @@ Not counted: allocator fragmentation (reserved minus allocated), NCCL buffers, k
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.train.optim import apply_freeze, resolve_implementation
 
 GB = 1024**3
 GPU_COUNTS = (1, 4, 8)
@@ -103,10 +107,6 @@ class MemoryTable:
 def _param_groups(cfg: DictConfig) -> tuple[dict[str, dict[str, int]], Any]:
     """Per module group: params, trainable, bytes as stored, trainable matmul weights (autocast copies); and
     the VLM config — from a meta-device build with the freeze list applied."""
-    import warnings
-
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.train.optim import apply_freeze
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "base dir not found: using the published architecture"
         policy = build_policy(cfg.model, device="cpu", meta=True)
@@ -210,8 +210,6 @@ def optimizer_temp_bytes(groups: dict[str, dict[str, int]], implementation: str)
 def estimate_memory(cfg: DictConfig, gpu_counts: tuple[int, ...] = GPU_COUNTS,
                     seq_text: int | None = None) -> MemoryTable:
     """The per-GPU table for the run `cfg` describes (the composed `geo3d train` config), on a CUDA device."""
-    from geo3d.train.optim import resolve_implementation
-
     groups, vlm_config = _param_groups(cfg)
     vlm_trainable = groups.get("vlm", {}).get("trainable", 0) > 0
     act, info = activation_bytes(cfg, vlm_config, vlm_trainable, seq_text)

@@ -6,6 +6,7 @@ the compressor, attention mass on geometry tokens per DiT layer); `geo3d report`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -136,7 +137,6 @@ def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name
                          "or set train.wandb.enabled=false") from e
     config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else {}
     config["store_identity"] = dict(store) if store is not None else None  # type: ignore[index]
-    import hashlib
     # one wandb run per run directory: run names repeat (qformer_s42 in every demo run, both presets of an
     # ablation), the directory does not, and `--resume` keeps it, so a resumed run continues its own curve
     wandb_id = f"{run_name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}"

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from geo3d.core.errors import StoreError
+from geo3d.data.content_id import frame_content_id
+from geo3d.features_store.dataset_check import dataset_differences
 from geo3d.features_store.store import describe_trial
 
 
@@ -38,8 +40,6 @@ def sample_frames(num_frames: int, count: int) -> list[int]:
 def check_store_matches_dataset(reader: Any, mixture: Any, store_path: str | Path, check_frames: int) -> None:
     """The store must belong to this dataset (geo3d.features_store.dataset_check, the same check verify-cache runs),
     be complete, and the content identities of sampled frames must agree."""
-    from geo3d.features_store.dataset_check import dataset_differences
-
     spec = reader.spec
     index = {k: getattr(reader, k) for k in ("dataset_id", "episode_index", "frame_index")}
     problems = [d.message for d in dataset_differences(spec, index, reader.committed_mask(), mixture)]
@@ -73,5 +73,4 @@ def _store_content_id(reader: Any, i: int) -> int:
 
 
 def _dataset_content_id(mixture: Any, i: int) -> Any:
-    from geo3d.data.content_id import frame_content_id
     return int(frame_content_id(mixture.read_stored_frames(i)))

@@ -9,11 +9,15 @@ from typing import Any, Iterator
 from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
 from geo3d.core.errors import Geo3dError
 from geo3d.core.storage_faults import existing_ancestor, free_bytes, human_bytes
+from geo3d.data.suites import SUITE_FOLDERS, find_suite_folder, open_dataset, resolve_data_root, suite_members
+from geo3d.features_store.store_size import estimate_bytes, remaining_bytes, spec_bytes
+from geo3d.policy.pretrained import read_marker
+from geo3d.policy.run_dir import latest_checkpoint
+from geo3d.train.disk_space import checkpoint_bytes_from_counts
+from geo3d.train.run_config import run_dir_of
 
 
 def check_suites(plan: Any) -> Iterator[Finding]:
-    from geo3d.data.suites import SUITE_FOLDERS, find_suite_folder, open_dataset, resolve_data_root, suite_members
-
     try:
         root = resolve_data_root(plan.suite, plan.data_root)
         members = suite_members(plan.suite)
@@ -42,8 +46,6 @@ def check_suites(plan: Any) -> Iterator[Finding]:
 def check_store(plan: Any) -> Iterator[Finding]:
     """An existing store: committed shards vs all (cheap: a directory listing) and free disk for the rest;
     no store yet: free disk vs the size the config's store will have."""
-    from geo3d.features_store.store_size import estimate_bytes, remaining_bytes, spec_bytes
-
     if not plan.store:
         yield missing("store", plan.needs_store, "no --store given", "pass --store PATH")
         return
@@ -82,9 +84,6 @@ def check_store(plan: Any) -> Iterator[Finding]:
 
 def check_run_disk(plan: Any) -> Iterator[Finding]:
     """Free disk at the training run directory vs the checkpoints the run will keep (train/disk_space.py)."""
-    from geo3d.train.disk_space import checkpoint_bytes_from_counts
-    from geo3d.train.run_config import run_dir_of
-
     t = plan.train_cfg.train
     one = checkpoint_bytes_from_counts(plan.param_counts(), bool(t.ema.enabled), bool(t.checkpoint.starvla_pt))
     saves = -(-int(t.max_steps) // int(t.save_interval))
@@ -100,9 +99,6 @@ def check_run_disk(plan: Any) -> Iterator[Finding]:
 
 
 def check_checkpoint(plan: Any) -> Iterator[Finding]:
-    from geo3d.policy.pretrained import read_marker
-    from geo3d.policy.run_dir import latest_checkpoint
-
     if not plan.ckpt:
         yield Finding("checkpoint", NA, "no --ckpt given (needed only by eval/serve)")
         return

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import is_flash_attn_2_available
 
 from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
 
 
 def check_torch(plan: Any) -> Iterator[Finding]:
-    import torch
-
     yield Finding("torch", OK, f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none, CPU wheel'})")
     if not torch.cuda.is_available():
         yield missing("CUDA", plan.needs_gpu, "no CUDA device visible" + (" (the run needs a GPU)" if plan.needs_gpu
@@ -33,8 +36,6 @@ def check_gpu_memory(plan: Any) -> Iterator[Finding]:
     `train --dry-run` prints: weights, gradients, Adam, EMA, bf16 autocast copies, activations, the optimizer's
     scratch, the CUDA context). `free` is read with doctor's own CUDA context open, about the size of the run's,
     so it is compared with the estimate without the context."""
-    import torch
-
     table = plan.memory_table()
     row = table.row(1)
     a = table.assumptions
@@ -56,11 +57,6 @@ def check_gpu_memory(plan: Any) -> Iterator[Finding]:
 def check_attention(plan: Any) -> Iterator[Finding]:
     """SDPA, and whether transformers can use flash_attention_2 here (flash_attn installed and a CUDA GPU):
     the VLM's kernel is `model.vlm.attn_implementation` (sdpa by default; `make gpu-check` times the step)."""
-    import importlib.util
-
-    import torch.nn.functional as F
-    from transformers.utils import is_flash_attn_2_available
-
     impl = plan.attn_implementation
     sdpa = hasattr(F, "scaled_dot_product_attention")
     yield Finding("SDPA", OK if sdpa else (FAIL if impl == "sdpa" else WARN),

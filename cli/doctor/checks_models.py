@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
 from geo3d.cli.doctor.safetensors_check import safetensors_problem
 from geo3d.core.errors import Geo3dError
+from geo3d.encoders import mapanything as ma
 
 QWEN_TOKENIZER = ("tokenizer_config.json",)
 QWEN_TOKENIZER_ANY = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -16,8 +17,6 @@ QWEN_PROCESSOR = ("preprocessor_config.json", "processor_config.json")  # the hu
 
 
 def check_mapanything(plan: Any) -> Iterator[Finding]:
-    from geo3d.encoders import mapanything as ma
-
     need = plan.encoder == "mapanything"
     if not need:
         yield Finding("MapAnything", NA, f"encoder.name={plan.encoder}: not used by this run")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
+from geo3d.core.errors import Geo3dError
+
 OK, FAIL, WARN, NA = "ok", "FAIL", "warn", "not available"
 
 
@@ -30,8 +32,6 @@ def missing(check: str, needed: bool, detail: str, fix: str) -> Finding:
 
 def guarded(check: str, fn: Callable[[], Iterable[Finding]]) -> list[Finding]:
     """Run one check; an unexpected error becomes a FAIL finding instead of a traceback that hides the rest."""
-    from geo3d.core.errors import Geo3dError
-
     try:
         return list(fn())
     except Geo3dError as e:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from geo3d.cli.doctor import checks_data as D
+from geo3d.cli.doctor import checks_env as E
+from geo3d.cli.doctor import checks_models as M
 from geo3d.cli.doctor.findings import Finding, guarded
 from geo3d.cli.submit import DEFAULTS as SUBMIT_DEFAULTS
 from geo3d.cli.submit import config_schema as submit_schema
 from geo3d.core.cliutil import build_config
+from geo3d.core.config import data_root_from
+from geo3d.features_store import StoreLayout
 from geo3d.precompute.cli import DEFAULTS as PRECOMPUTE_DEFAULTS
 from geo3d.precompute.cli import config_schema as precompute_schema
 from geo3d.train.run_config import compose_train_config
@@ -51,7 +57,6 @@ class Plan:
 
     @property
     def data_root(self) -> str | None:
-        from geo3d.core.config import data_root_from
         return data_root_from(self.pre_cfg)
 
     @property
@@ -103,9 +108,6 @@ class Plan:
 
     @property
     def store_layout(self) -> Any:
-        from omegaconf import OmegaConf
-
-        from geo3d.features_store import StoreLayout
         return StoreLayout.from_config(OmegaConf.to_container(self.pre_cfg.store, resolve=True))
 
     def param_counts(self) -> dict[str, dict[str, int]]:
@@ -134,8 +136,6 @@ class Plan:
 
 def _quiet(fn: Any, *args: Any) -> Any:
     """A missing Qwen directory is its own finding: the meta build's fallback warning is not repeated."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return fn(*args)
@@ -161,10 +161,6 @@ def compose(config: list[Path] | None, overrides: list[str] | None, flags: dict[
 
 
 def run_checks(plan: Plan) -> list[Finding]:
-    from geo3d.cli.doctor import checks_data as D
-    from geo3d.cli.doctor import checks_env as E
-    from geo3d.cli.doctor import checks_models as M
-
     checks: list[tuple[str, Any]] = [("torch", E.check_torch), ("attention", E.check_attention)]
     if plan.needs_train:
         checks.append(("GPU memory", E.check_gpu_memory))

@@ -12,10 +12,21 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from geo3d.data.lerobot_layout import VIEW_NAMES as VIEWS  # the one view order
-from geo3d.core.errors import Geo3dError
+from geo3d.cli.inspection.model_views import encoder_images, vlm_images
 from geo3d.cli.inspection.sources import Sample
+from geo3d.core.errors import Geo3dError
+from geo3d.core.provenance import provenance
+from geo3d.data.lerobot_layout import VIEW_NAMES as VIEWS  # the one view order
+from geo3d.data.orientation import orientation_probe
+from geo3d.encoders import build_encoder, preflight_encoder
+from geo3d.encoders.views import frames_to_model_input, norm_mean_std
+from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.pretrained import resolve_checkpoint
+from geo3d.policy.processor_policy import PolicyProcessor
+from geo3d.policy.vlm import vlm_source_dir
+
 RESULT_FILE = "inspect.json"
 
 
@@ -35,7 +46,6 @@ def encoder_for(cfg: DictConfig, marker: dict[str, Any] | None, weights: str | N
     if marker and marker.get("store"):
         from geo3d.evaluation.geometry import build_live_encoder
         return build_live_encoder(marker["store"], image_size, "cpu", weights)
-    from geo3d.encoders import build_encoder, preflight_encoder
     preflight_encoder(cfg.encoder, image_size)
     return build_encoder(cfg.encoder, image_size, "cpu")
 
@@ -54,7 +64,6 @@ def prompt_text(processor: Any, input_ids: torch.Tensor) -> str:
 
 
 def _png(path: Path, img: np.ndarray) -> str:
-    from PIL import Image
     Image.fromarray(img).save(path)
     return path.name
 
@@ -65,11 +74,6 @@ def _floats(x: Any) -> Any:
 
 def inspect_sample(paths: InputPaths, sample: Sample, out: Path) -> dict[str, Any]:
     """Run `sample` through the real input paths and write vlm_<view>.png, geometry_<view>.png, inspect.json."""
-    from geo3d.data.orientation import orientation_probe
-    from geo3d.cli.inspection.model_views import encoder_images, vlm_images
-    from geo3d.core.provenance import provenance
-    from geo3d.encoders.views import frames_to_model_input, norm_mean_std
-
     pipe = paths.processor
     vlm = pipe.preprocess(sample.images[None], [sample.instruction], sample.state[None])  # as TrainCollator calls it
     enc = paths.encoder
@@ -108,8 +112,6 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | 
     """With a checkpoint: its own processor and recorded encoder. Without: the processor `geo3d train` builds
     (the model's processor files, norm stats computed over the config's data mixture) and the precompute
     encoder config."""
-    from geo3d.policy.processor_policy import PolicyProcessor
-
     marker = None
     if ckpt:
         from geo3d.policy.pretrained import read_marker, resolve_checkpoint
@@ -118,10 +120,10 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | 
         processor = PolicyProcessor.from_pretrained(ck)
     else:
         from geo3d.data.norm_stats import compute_norm_stats
-        processor = PolicyProcessor.for_config(cfg.model, compute_norm_stats(mixture))
+        processor = PolicyProcessor.for_training(vlm_source_dir(PolicyConfig.from_cfg(cfg.model).vlm), cfg.model,
+                                                 compute_norm_stats(mixture))
     return InputPaths(cfg, processor, encoder_for(cfg, marker, weights), ckpt)
 
 
 def checkpoint_config(ckpt: str) -> DictConfig:
-    from geo3d.policy.pretrained import resolve_checkpoint
     return OmegaConf.load(resolve_checkpoint(ckpt) / "config.yaml")

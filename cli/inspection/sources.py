@@ -7,7 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from geo3d.core import sim
 from geo3d.core.errors import Geo3dError
+from geo3d.data.content_id import frame_content_id
+from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
+from geo3d.evaluation.evaluate import resolve_gl
+from geo3d.evaluation.observation import observation_to_inputs
 
 
 @dataclass
@@ -29,8 +34,6 @@ class Sample:
 
 def dataset_sample(mixture: Any, frame: int) -> Sample:
     """Global frame `frame` of the mixture: `mixture[frame]` is exactly what training's dataset returns."""
-    from geo3d.data.content_id import frame_content_id
-
     n = len(mixture)
     if not -n <= int(frame) < n:
         raise Geo3dError(f"--frame {frame} is out of range: suite {mixture.suite} has {n} frames (0..{n - 1})")
@@ -49,12 +52,6 @@ def dataset_sample(mixture: Any, frame: int) -> Sample:
 def sim_sample(suite: str, task_id: int, init_state: int, image_size: int, eval_cfg: Any) -> Sample:
     """Bundled init state `init_state` of the suite's benchmark task, rendered and settled as `geo3d eval` does,
     mapped to policy inputs by eval's `observation_to_inputs`; the geometry encoder gets those same images."""
-    from geo3d.evaluation.evaluate import resolve_gl
-    from geo3d.evaluation.observation import observation_to_inputs
-    from geo3d.core import sim
-    from geo3d.data.content_id import frame_content_id
-    from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
-
     sim.configure(resolve_gl(str(eval_cfg.gl)))
     task = sim.get_task(suite, int(task_id))
     states = sim.init_states(task)
