@@ -12,7 +12,7 @@ import typer
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
 from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Rule, Schema, Str
 from geo3d.core.errors import Geo3dError
-from geo3d.evaluation.protocols import PROTOCOLS
+from geo3d.evaluation.server_requests import PROTOCOLS
 
 DEFAULTS = ("data", "eval")
 # Types and ranges configs/eval.yaml's defaults cannot say (null defaults, bounds, choices).

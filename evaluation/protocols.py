@@ -25,9 +25,9 @@ import numpy as np
 
 from geo3d.evaluation.episode import sim_gripper
 from geo3d.evaluation.msgpack_wire import packb
-from geo3d.evaluation.server_requests import BadRequest, Checker, Query, parse_infer, plain_id, split_message
+from geo3d.evaluation.server_requests import (PROTOCOLS, BadRequest, Checker, Query, parse_infer, plain_id,
+                                              split_message)
 
-PROTOCOLS = ("geo3d", "starvla", "openpi")
 STARVLA_UNNORM_KEY = "geo3d"  # one set of action statistics per checkpoint (its training mixture)
 OPENPI_KEYS = ("observation/image", "observation/wrist_image", "observation/state", "prompt")
 

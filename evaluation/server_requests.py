@@ -18,6 +18,8 @@ import numpy as np
 
 from geo3d.data.lerobot_layout import STATE_DIM  # the simulator state (eef pos 3, axis-angle 3, gripper qpos 2)
 
+PROTOCOLS = ("geo3d", "starvla", "openpi")  # the client profiles (evaluation/protocols.py), `serve.protocol`
+
 MESSAGE_TYPES = ("infer", "health", "ping", "reset")
 STATE_MEANING = "eef pos 3, eef axis-angle 3, gripper qpos 2"
 
