@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
+from geo3d.core.taps import DEFAULT_TAP, ENCODER
 from geo3d.encoders.base import GeometryEncoder, state_dict_sha256
-from geo3d.encoders.tiny_model import TinyGeometryModel
+from geo3d.encoders.tiny_model import TAPS, TinyGeometryModel
 
 
 class TinyEncoder(GeometryEncoder):
@@ -17,16 +18,22 @@ class TinyEncoder(GeometryEncoder):
     data_norm_type = "dinov2"  # the stand-in takes MapAnything's inputs
 
     def __init__(self, *, width: int, depth: int, heads: int, out_dim: int, seed: int, image_size: int,
-                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto"):
+                 tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto",
+                 tap: str = DEFAULT_TAP):
         self.config = dict(width=width, depth=depth, heads=heads, out_dim=out_dim, seed=seed)
         model = TinyGeometryModel(width, depth, heads, out_dim, seed)
         self._weights_sha256 = state_dict_sha256(model)  # computed on CPU before any device move
-        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=out_dim,
-                         device=device, dtype=dtype)
+        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, device=device,
+                         dtype=dtype, tap=tap)
 
-    def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.model(views)
+    def available_taps(self) -> tuple[str, ...]:
+        return TAPS
 
-    def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": f"sha256:{self._weights_sha256}",
-                "config": {**self.config, "layer": "info_sharing final (after norm)"}, "compute_dtype": self.dtype}
+    def tap_dim(self, tap: str) -> int:
+        return int(self.config["width"] if tap == ENCODER else self.config["out_dim"])
+
+    def tap_features(self, views: list[torch.Tensor], taps: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        return self.model.features(views, taps)
+
+    def base_identity(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": f"sha256:{self._weights_sha256}", "config": dict(self.config)}
