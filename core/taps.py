@@ -47,22 +47,28 @@ def layer_description(tap: str) -> str:
     return LAYERS[tap]
 
 
-def check_taps(taps: Iterable[str] | str | None, available: Iterable[str], encoder: str) -> tuple[str, ...]:
-    """`precompute.taps` as a tuple: non-empty, no repeats, each one this encoder can give."""
+def parse_taps(taps: Iterable[str] | str | None) -> tuple[str, ...]:
+    """`precompute.taps` (a list, or a comma-separated string) as a tuple: non-empty, no repeats, known names."""
     if taps is None or isinstance(taps, str):
         items = [t.strip() for t in (taps or "").split(",") if t.strip()]
     else:
-        items = [str(t) for t in taps]
+        items = [str(t).strip() for t in taps]
     if not items:
-        raise Geo3dError(f"precompute.taps is empty; give at least one of {', '.join(available)}")
+        raise Geo3dError(f"precompute.taps is empty; give at least one, e.g. [{INFO_SHARING}, {ENCODER}]")
     if len(set(items)) != len(items):
         raise Geo3dError(f"precompute.taps repeats a tap: {items}; each tap makes one store")
+    for t in items:
+        layer_description(t)
+    return tuple(items)
+
+
+def check_available(taps: tuple[str, ...], available: Iterable[str], encoder: str) -> None:
+    """Each requested tap must be one the built encoder gives (MapAnything's intermediates depend on its config)."""
     known = list(available)
-    unknown = [t for t in items if t not in known]
+    unknown = [t for t in taps if t not in known]
     if unknown:
         raise Geo3dError(f"encoder {encoder!r} has no tap {', '.join(map(repr, unknown))}; its taps: "
                          f"{', '.join(known)} (precompute.taps)")
-    return tuple(items)
 
 
 def tap_store_path(store: str | Path, tap: str) -> Path:
@@ -76,6 +82,32 @@ def tap_store_path(store: str | Path, tap: str) -> Path:
     if p.suffix == ".zarr":
         return p.with_name(f"{p.stem}{STORE_TAP_SEPARATOR}{tap}.zarr")
     return p.with_name(f"{p.name}{STORE_TAP_SEPARATOR}{tap}")
+
+
+def sibling_store(path: str | Path, tap: str, wanted: str) -> Path | None:
+    """The store of tap `wanted` made by the same pass as the `tap` store at `path` (None: not named by
+    `tap_store_path`, so its siblings cannot be told)."""
+    p = Path(path)
+    if tap != DEFAULT_TAP:
+        suffix = f"{STORE_TAP_SEPARATOR}{tap}"
+        if p.name.endswith(suffix + ".zarr"):
+            p = p.with_name(p.name[: -len(suffix + ".zarr")] + ".zarr")
+        elif p.name.endswith(suffix):
+            p = p.with_name(p.name[: -len(suffix)])
+        else:
+            return None
+    return tap_store_path(p, wanted)
+
+
+def refuse_other_tap(store_tap: str, wanted: str | None, store: str | Path, what: str) -> None:
+    """A run (train, verify-cache) that asks for `wanted` tokens must get a store of that tap."""
+    if wanted is None or wanted == store_tap:
+        return
+    sibling = sibling_store(store, store_tap, wanted)
+    hint = f"pass --store {sibling} (the {wanted} store of the same precompute pass, made with " \
+           f"`geo3d precompute --taps {store_tap},{wanted}`)" if sibling else f"pass the {wanted} store"
+    raise Geo3dError(f"store {store} holds {store_tap!r} tokens but {what} asks for {wanted!r}: {hint}, or ask for "
+                     f"{store_tap!r}")
 
 
 def tap_of(encoder_identity: dict | None) -> str | None:

@@ -1,5 +1,7 @@
 """Stage 1 for one worker: claim store shards, decode, encode on the device, commit in the background.
 
+`store` is a precompute.tap_stores.TapStores (one store per encoder tap, claimed and written together).
+
 decode (background processes, whole episodes, ahead) -> encode (this thread, batches that never cross a
 store shard, so a shard's bytes do not depend on which worker made it) -> write + checksum + commit
 (background thread). The three overlap; memory stays bounded (prefetch episodes + writer queue depth).
@@ -10,7 +12,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -43,34 +45,42 @@ class RunStats:
 
 
 class TokenBuffers:
-    """Reusable (pinned, on CUDA) CPU buffers for a shard's tokens: the writer hands them back after commit."""
+    """Reusable (pinned, on CUDA) CPU buffers for a shard's tokens, one pool per tap (D may differ between taps):
+    the writer hands them back after commit."""
 
-    def __init__(self, shape: tuple[int, ...], pinned: bool, count: int):
-        self.shape, self.pinned = shape, pinned
-        self.free: "queue.Queue[torch.Tensor]" = queue.Queue()
-        for _ in range(count):
-            self.free.put(torch.empty(shape, dtype=torch.bfloat16, pin_memory=pinned))
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], pinned: bool, count: int):
+        self.shapes, self.pinned = dict(shapes), pinned
+        self.free: dict[str, "queue.Queue[torch.Tensor]"] = {tap: queue.Queue() for tap in self.shapes}
+        for tap, shape in self.shapes.items():
+            for _ in range(count):
+                self.free[tap].put(torch.empty(shape, dtype=torch.bfloat16, pin_memory=pinned))
 
-    def take(self, n: int) -> torch.Tensor:
-        return self.free.get()[:n]
+    def take(self, n: int, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return {tap: self.free[tap].get()[:n] for tap in taps}
 
-    def give_back(self, t: torch.Tensor) -> None:
-        base = t._base if t._base is not None else t
-        self.free.put(base)
+    def give_back(self, tokens: Mapping[str, torch.Tensor]) -> None:
+        for tap, t in tokens.items():
+            self.free[tap].put(t._base if t._base is not None else t)
 
 
-def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tensor, batch_size: int,
-                  stop: Callable[[int], bool] | None = None, on_batch: Callable[[int], None] | None = None) -> bool:
-    """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] in fixed batches; False if `stop(done)` said so."""
+def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tensor | Mapping[str, torch.Tensor],
+                  batch_size: int, stop: Callable[[int], bool] | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> bool:
+    """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] in fixed batches; False if `stop(done)` said so.
+
+    `out` is one tensor (the encoder's own tap) or {tap: tensor}: every tap from the same forward per batch."""
     device = encoder.device
     cuda = device.type == "cuda"
+    outs = dict(out) if isinstance(out, Mapping) else {encoder.tap: out}
     for a in range(0, len(frames), batch_size):
         if stop is not None and stop(a):
             return False
         x = torch.from_numpy(frames[a:a + batch_size])
         if cuda:  # pinned (cached host allocator) -> async copies, so the CPU can queue the next batch early
             x = x.pin_memory().to(device, non_blocking=True)
-        out[a:a + len(x)].copy_(encoder.encode(x), non_blocking=cuda)
+        got = encoder.encode_taps(x, tuple(outs))
+        for tap, dst in outs.items():
+            dst[a:a + len(x)].copy_(got[tap], non_blocking=cuda)
         if on_batch is not None:
             on_batch(len(x))
     if device.type == "cuda":
@@ -103,7 +113,7 @@ def _encode_shard(encoder: GeometryEncoder, store: Any, lease: Any, feeder: Any,
     """Decode + encode one claimed shard and queue it for commit; False when dropped on preemption."""
     rng = store.shard_range(lease.shard)
     frames, index = feeder.shard(rng)
-    out = buffers.take(len(rng))
+    out = buffers.take(len(rng), lease.taps)  # only the taps whose stores still lack this shard
     t0 = time.perf_counter()
 
     def stop(done: int) -> bool:  # on preemption: finish this shard only if the rest is quick
