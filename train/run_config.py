@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "suite": "data.suite",
     "data_root": "data.data_root",
     "store": "train.store",
+    "tap": "train.tap",
     "out": "train.out_dir",
     "max_steps": "train.max_steps",
     "seed": "train.seed",
