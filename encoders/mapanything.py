@@ -1,6 +1,7 @@
 """`mapanything`: the real frozen MapAnything (facebookresearch/map-anything) up to its info_sharing features.
 
-Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run), offline:
+Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run; an `encoder`-tap-only
+pass stops after the fusion norm; taps: geo3d.core.taps), offline:
 weights from a local directory (config.json + model.safetensors) loaded with strict=True, and the DINOv2
 architecture from the torch hub cache, loaded with `source="local"` and `torch_hub_pretrained=False`: building
 the encoder makes no network call at all. Images are normalized as the model's `encoder.data_norm_type` says.
