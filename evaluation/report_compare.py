@@ -17,7 +17,7 @@ from typing import Any
 
 from geo3d.core.taps import DEFAULT_TAP, ENCODER, run_label
 from geo3d.evaluation.report import RunSummary, SuiteEval
-from geo3d.evaluation.stats import (ALPHA, CONFIDENCE, POWER, PairedTable, UnpairedError, mcnemar_exact, mean_sd,
+from geo3d.evaluation.stats import (ALPHA, CONFIDENCE, POWER, PairedTable, mcnemar_exact, mean_sd,
                                     newcombe_paired, paired_table, pairs_needed, seeds_needed, wilson)
 
 ALL = "all"  # the pooled row over every suite both sides evaluated
