@@ -36,6 +36,7 @@ RULES = {
     "slurm.precompute.num_shards": Int(min=1), "slurm.precompute.max_parallel": Int(min=1, null=True),
     "slurm.train.main_process_port": Int(min=1, max=65535),
     "slurm.ablation.eval_suites": Rule(("list",), choices=("auto",)),
+    "slurm.ablation.seeds": Rule(("list",), null=True),
     "stage.encoder": OneOf("tiny", "mapanything"),
     **{f"stage.{k}": Str(null=True) for k in ("store", "weights", "out", "compressor", "ckpt", "eval_suite",
                                                "eval_out")},
@@ -221,8 +222,9 @@ def eval_cmd(
 @handle_errors
 def ablation_cmd(
     overrides: Optional[List[str]] = OVERRIDES_ARG,
-    compressors: Optional[str] = typer.Option(None, help="Comma list, e.g. pool,per_layer,qformer "
-                                                         "(slurm.ablation.compressors)."),
+    compressors: Optional[str] = typer.Option(None, help="Comma list of compressor[@tap], e.g. "
+                                                         "none,qformer,qformer@encoder (slurm.ablation.compressors)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma list of training seeds, one run each (slurm.ablation.seeds)."),
     suite: Optional[str] = SUITE, data_root: Optional[Path] = DATA_ROOT, store: Optional[Path] = STORE,
     encoder: Optional[str] = typer.Option(None, help="tiny | mapanything (stage.encoder)."),
     weights: Optional[Path] = typer.Option(None, help="MapAnything weights folder (stage.weights)."),
@@ -231,8 +233,8 @@ def ablation_cmd(
     partition: Optional[str] = PARTITION, account: Optional[str] = ACCOUNT,
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
-    """Submit precompute -> verify -> one train job per compressor -> its eval jobs (slurm.ablation.eval_suites;
-    eval.* overrides go to them), chained with --dependency=afterok."""
+    """Submit precompute (every tap the runs read) -> verify -> one train job per compressor[@tap] and seed -> its
+    eval jobs (slurm.ablation.eval_suites; eval.* overrides go to them), chained with --dependency=afterok."""
     from geo3d.cli.slurm.jobs import ablation_jobs
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
@@ -240,6 +242,11 @@ def ablation_cmd(
         "slurm.account": account, "slurm.activate": activate}, forward_to="ablation")
     if compressors:
         cfg.slurm.ablation.compressors = [c.strip() for c in compressors.split(",") if c.strip()]
+    if seeds:
+        try:
+            cfg.slurm.ablation.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise Geo3dError(f"--seeds {seeds!r}: give integers, e.g. --seeds 0,1,2") from None
     if train_config:
         cfg.stage.train_configs = [*cfg.stage.train_configs, *map(str, train_config)]
     submit_jobs(cfg, "ablation", ablation_jobs, dry_run)

@@ -99,8 +99,8 @@ def make_env(task: SimTask, image_size: int = 256, seed: int = 0) -> Any:
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # hold still, gripper open
 
 
-def seed_episode(seed: int, init_id: int) -> None:
-    """Seed python, numpy and torch for one episode: seed * 1000 + init state id.
+def seed_episode(seed: int, init_id: int) -> int:
+    """Seed python, numpy and torch for one episode with seed * 1000 + init state id; returns that episode seed.
 
     Why before every reset: LIBERO places the fixtures (cabinet, stove, ...) at `env.reset()` from numpy's
     global RNG, and `set_init_state` restores only the jointed bodies. The same (seed, init state) therefore
@@ -114,6 +114,18 @@ def seed_episode(seed: int, init_id: int) -> None:
     np.random.seed(s % 2**32)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(s)
+    return s
+
+
+def state_digest(env: Any) -> str | None:
+    """A short sha256 of the simulator's full MuJoCo state (time, qpos, qvel, ...): two runs of an episode ended in
+    the same state exactly when these agree. None for an env without `get_sim_state`."""
+    import hashlib
+
+    get = getattr(env, "get_sim_state", None)
+    if get is None:
+        return None
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(get(), dtype=np.float64)).tobytes()).hexdigest()[:16]
 
 
 def reset_to(env: Any, init_state: np.ndarray, settle_steps: int = 10) -> dict:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from geo3d.core.errors import Geo3dError
+from geo3d.core.taps import DEFAULT_TAP
 from geo3d.encoders.base import GeometryEncoder
 
 ENCODER_NAMES = ("tiny", "mapanything")
@@ -26,8 +27,9 @@ def preflight_encoder(enc_cfg: Any, image_size: int) -> None:
         raise Geo3dError(f"unknown encoder {enc_cfg.name!r}; choose one of {', '.join(ENCODER_NAMES)}")
 
 
-def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str) -> GeometryEncoder:
-    """Build the encoder named by `encoder.name` from the `encoder` config section."""
+def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str, tap: str = DEFAULT_TAP) -> GeometryEncoder:
+    """Build the encoder named by `encoder.name` from the `encoder` config section; `tap` is what `encode` gives
+    (`encode_taps` gives any of `available_taps()` from the same forward)."""
     name = enc_cfg.name
     tokens = int(enc_cfg.tokens_per_view)
     if name == "tiny":
@@ -36,11 +38,11 @@ def build_encoder(enc_cfg: Any, image_size: int, device: torch.device | str) -> 
         t = enc_cfg.tiny
         return TinyEncoder(width=int(t.width), depth=int(t.depth), heads=int(t.heads), out_dim=int(t.out_dim),
                            seed=int(t.seed), image_size=image_size, tokens_per_view=tokens, device=device,
-                           dtype=str(t.dtype), init=str(t.init))
+                           dtype=str(t.dtype), init=str(t.init), tap=tap)
     if name == "mapanything":
         from geo3d.encoders.mapanything import MapAnythingEncoder
 
         m = enc_cfg.mapanything
         return MapAnythingEncoder(weights=m.weights, image_size=image_size, tokens_per_view=tokens,
-                                  device=device, dtype=str(m.dtype))
+                                  device=device, dtype=str(m.dtype), tap=tap)
     raise Geo3dError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_NAMES)}")

@@ -1,6 +1,7 @@
 """`mapanything`: the real frozen MapAnything (facebookresearch/map-anything) up to its info_sharing features.
 
-Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run), offline:
+Runs encoder -> fusion norm -> info_sharing by hand (the DPT / pose / scale heads never run; an `encoder`-tap-only
+pass stops after the fusion norm; taps: geo3d.core.taps), offline:
 weights from a local directory (config.json + model.safetensors) loaded with strict=True, and the DINOv2
 architecture from the torch hub cache, loaded with `source="local"` and `torch_hub_pretrained=False`: building
 the encoder makes no network call at all. Images are normalized as the model's `encoder.data_norm_type` says.
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from geo3d.core.errors import Geo3dError
+from geo3d.core.taps import DEFAULT_TAP, ENCODER, INFO_SHARING, intermediate_layer
 from geo3d.encoders.base import GeometryEncoder
 
 # uniception 0.1.7 declares unpinned torch/torchvision/torchaudio, so a plain `pip install` of it (or of mapanything,
@@ -194,50 +196,84 @@ def model_norm_type(model: torch.nn.Module) -> str:
     return norm
 
 
+def intermediate_indices(model: torch.nn.Module) -> tuple[int, ...]:
+    """The info_sharing layers whose outputs MapAnything's IFR transformer returns beside its final output, in
+    the order it returns them (its depth loop: ascending). v1.1's released config: `indices: [7, 11]`.
+    Only an explicit list of non-negative layers is used (uniception also accepts an int = "last n")."""
+    indices = getattr(getattr(model, "info_sharing", None), "indices", None)
+    if isinstance(indices, (list, tuple)) and all(isinstance(i, int) and i >= 0 for i in indices):
+        return tuple(sorted(indices))
+    return ()
+
+
 class MapAnythingEncoder(GeometryEncoder):
-    """Frozen MapAnything; tokens = per-view final info_sharing features pooled to T per view."""
+    """Frozen MapAnything; tokens = one tap of its forward (default: the per-view final info_sharing features),
+    pooled to T per view. Taps: `info_sharing`, `encoder` (the DINOv2 output after `fusion_norm_layer`, i.e. the
+    info_sharing input and the DPT head's first input), `info_sharing_<i>` for the IFR's intermediate layers."""
 
     name = "mapanything"
 
     def __init__(self, *, weights: str | Path | None, image_size: int, tokens_per_view: int,
-                 device: torch.device | str = "cuda", dtype: str = "auto"):
+                 device: torch.device | str = "cuda", dtype: str = "auto", tap: str = DEFAULT_TAP):
         from geo3d.encoders.views import check_image_size
 
         check_image_size(image_size)  # before the ~20 s model build
         self.weights = check_weights_dir(weights)
         model, self.config = load_mapanything(self.weights)
         self.data_norm_type = model_norm_type(model)
-        dim = int(self.config["info_sharing_config"]["module_args"].get("dim", 1536))
-        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=dim,
-                         device=device, dtype=dtype)
+        self._dims = {INFO_SHARING: int(self.config["info_sharing_config"]["module_args"].get("dim", 1536)),
+                      ENCODER: int(model.fusion_norm_layer.normalized_shape[0])}  # LayerNorm(enc_embed_dim)
+        self._intermediates = intermediate_indices(model)
+        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, device=device,
+                         dtype=dtype, tap=tap)
         self._fingerprint = {f: file_sha256(self.weights / f) for f in ("config.json", "model.safetensors")}
 
-    def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """encoder (all views, view-major) -> fusion norm (fp32) -> info_sharing with registers + scale token.
+    def available_taps(self) -> tuple[str, ...]:
+        return (INFO_SHARING, ENCODER, *(f"{INFO_SHARING}_{i}" for i in self._intermediates))
+
+    def tap_dim(self, tap: str) -> int:
+        return self._dims[ENCODER] if tap == ENCODER else self._dims[INFO_SHARING]
+
+    def tap_features(self, views: list[torch.Tensor], taps: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        """encoder (all views, view-major) -> fusion norm (fp32) -> info_sharing with registers + scale token,
+        the latter only when an info_sharing tap is asked for.
 
         Images only: MapAnything's optional geometric inputs are all masked out and add exact zeros before the
         fusion norm, so applying the fusion norm directly gives the same features as its forward().
         """
-        from uniception.models.info_sharing.base import MultiViewTransformerInput
-
         m = self.model
         inputs = [{"img": v, "data_norm_type": [self.data_norm_type]} for v in views]
         feats, registers = m._encode_n_views(inputs)
         with torch.autocast(self.device.type, enabled=False):
             fused = [m.fusion_norm_layer(f.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
                      for f in feats]
-        scale = m.scale_token[None, :, None].expand(views[0].shape[0], -1, 1)
+        out: dict[str, list[torch.Tensor]] = {ENCODER: fused} if ENCODER in taps else {}
+        if any(t != ENCODER for t in taps):
+            out.update(self._info_sharing_taps(fused, registers, views[0].shape[0], taps))
+        return out
+
+    def _info_sharing_taps(self, fused: list[torch.Tensor], registers: Any, batch: int,
+                           taps: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        from uniception.models.info_sharing.base import MultiViewTransformerInput
+
+        m = self.model
+        scale = m.scale_token[None, :, None].expand(batch, -1, 1)
         out = m.info_sharing(MultiViewTransformerInput(features=fused, additional_input_tokens_per_view=registers,
                                                        additional_input_tokens=scale))
-        final = out[0] if isinstance(out, tuple) else out  # IFR variants return (final, intermediates)
-        return list(final.features)
+        final, intermediates = out if isinstance(out, tuple) else (out, [])  # IFR: (final, [per index])
+        got: dict[str, list[torch.Tensor]] = {}
+        for t in taps:
+            if t == INFO_SHARING:
+                got[t] = list(final.features)
+            elif (layer := intermediate_layer(t)) is not None:
+                got[t] = list(intermediates[self._intermediates.index(layer)].features)
+        return got
 
-    def identity(self) -> dict[str, Any]:
+    def base_identity(self) -> dict[str, Any]:
         combined = hashlib.sha256(json.dumps(self._fingerprint, sort_keys=True).encode()).hexdigest()
         return {"name": self.name, "fingerprint": f"sha256:{combined}",
                 "config": {"model_name": self.config.get("name"), "files_sha256": self._fingerprint,
-                           "layer": "info_sharing final (after norm)", "info_sharing_dim": self.dim},
-                "compute_dtype": self.dtype}
+                           "info_sharing_dim": self._dims[INFO_SHARING]}}
 
     def versions(self) -> dict[str, str | None]:
         """Library versions, recorded per shard (not part of the identity: a patch release may still resume)."""

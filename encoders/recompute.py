@@ -15,6 +15,7 @@ from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
 from geo3d.core.provenance import without_runtime
 from geo3d.encoders.tiny import UNHASHED_PREFIX
+from geo3d.core.taps import tap_of
 
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
 
@@ -34,6 +35,7 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
                          f"(encoder.tiny.init={encoder.get('config', {}).get('init')}): nobody can rebuild that "
                          "encoder, so they cannot be recomputed, verified against it or used for live geometry; "
                          "make the store with a real encoder (or encoder.tiny.init=seeded)")
+    encoder = {**encoder, "tap": tap_of(dict(encoder))}  # records made before taps existed: the default tap
     built = _build_from_record(dict(encoder), dict(preprocessing), int(tokens_per_view), resolve_device(device, None))
     for what, mine, theirs in (("encoder identity", built.identity(), without_runtime(encoder)),
                                ("preprocessing", built.preprocessing(), preprocessing)):
@@ -55,7 +57,8 @@ def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, de
         raise StoreError("the store's encoder identity records no compute_dtype (written before geo3d chose the "
                          "compute dtype per device): recompute the store with `geo3d precompute --overwrite`")
     # The recorded dtype, not this machine's `auto`: only the dtype that made the tokens can reproduce them.
-    common = dict(image_size=image_size, tokens_per_view=tokens, device=device, dtype=str(enc["compute_dtype"]))
+    common = dict(image_size=image_size, tokens_per_view=tokens, device=device, dtype=str(enc["compute_dtype"]),
+                  tap=str(enc["tap"]))
     if enc["name"] == "tiny":
         cfg = {k: v for k, v in enc["config"].items() if k != "layer"}
         return TinyEncoder(**cfg, **common)

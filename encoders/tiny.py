@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from geo3d.core.errors import Geo3dError
+from geo3d.core.taps import DEFAULT_TAP, ENCODER
 from geo3d.encoders.base import GeometryEncoder, state_dict_sha256
-from geo3d.encoders.tiny_model import TinyGeometryModel
+from geo3d.encoders.tiny_model import TAPS, TinyGeometryModel
 
 TINY_INITS = ("seeded", "device_random")
 UNHASHED_PREFIX = "unhashed:"  # fingerprint of weights nobody can rebuild bit for bit
@@ -28,7 +29,7 @@ class TinyEncoder(GeometryEncoder):
 
     def __init__(self, *, width: int, depth: int, heads: int, out_dim: int, seed: int, image_size: int,
                  tokens_per_view: int, device: torch.device | str = "cpu", dtype: str = "auto",
-                 init: str = "seeded"):
+                 init: str = "seeded", tap: str = DEFAULT_TAP):
         if init not in TINY_INITS:
             raise Geo3dError(f"encoder.tiny.init must be one of {', '.join(TINY_INITS)}, got {init!r}")
         self.config = dict(width=width, depth=depth, heads=heads, out_dim=out_dim, seed=seed)
@@ -39,12 +40,17 @@ class TinyEncoder(GeometryEncoder):
             self.config["init"] = init
             model = TinyGeometryModel(width, depth, heads, out_dim, seed, init_device=device)
             self._fingerprint = f"{UNHASHED_PREFIX}random weights drawn on {torch.device(device).type}, not hashed"
-        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, dim=out_dim,
-                         device=device, dtype=dtype)
+        super().__init__(model, image_size=image_size, tokens_per_view=tokens_per_view, device=device,
+                         dtype=dtype, tap=tap)
 
-    def view_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.model(views)
+    def available_taps(self) -> tuple[str, ...]:
+        return TAPS
 
-    def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": self._fingerprint,
-                "config": {**self.config, "layer": "info_sharing final (after norm)"}, "compute_dtype": self.dtype}
+    def tap_dim(self, tap: str) -> int:
+        return int(self.config["width"] if tap == ENCODER else self.config["out_dim"])
+
+    def tap_features(self, views: list[torch.Tensor], taps: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        return self.model.features(views, taps)
+
+    def base_identity(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": self._fingerprint, "config": dict(self.config)}

@@ -3,6 +3,7 @@
 patch-14 ViT per view (cls token = per-view register) -> fusion LayerNorm -> alternating per-view / global
 attention over [patches, register] per view plus one global scale token, view 0 tagged as reference ->
 final LayerNorm -> per-view feature grids [B, D, h, w]. Deterministic: weights come from a seeded generator.
+Two taps, like the real model's: `encoder` (after the fusion norm, per view) and `info_sharing` (final).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geo3d.core.errors import Geo3dError
+from geo3d.core.taps import ENCODER, INFO_SHARING
 from geo3d.encoders.views import PATCH_SIZE
+
+TAPS = (INFO_SHARING, ENCODER)
 
 
 class Block(nn.Module):
@@ -139,11 +143,19 @@ class TinyGeometryModel(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=gen, device=device) * std)
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """V normalized images [B,3,H,W] -> V per-view feature grids [B,out_dim,h,w]."""
+        """V normalized images [B,3,H,W] -> V per-view feature grids [B,out_dim,h,w] (the final tap)."""
+        return self.features(views, (INFO_SHARING,))[INFO_SHARING]
+
+    def features(self, views: list[torch.Tensor], taps: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+        """Per tap, V per-view grids from one pass; info_sharing runs only when it is asked for."""
         v_count = len(views)
         feats, regs = self.encoder(torch.cat(views, dim=0))  # view-major, like MapAnything
         with torch.autocast(feats.device.type, enabled=False):  # fusion norm in fp32, as MapAnything does
             feats = self.fusion_norm_layer(feats.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        b = views[0].shape[0]
-        scale = self.scale_token[None].expand(b, -1)
-        return self.info_sharing(list(feats.chunk(v_count)), list(regs.chunk(v_count)), scale)
+        out: dict[str, list[torch.Tensor]] = {}
+        if ENCODER in taps:
+            out[ENCODER] = list(feats.chunk(v_count))
+        if INFO_SHARING in taps:
+            scale = self.scale_token[None].expand(views[0].shape[0], -1)
+            out[INFO_SHARING] = self.info_sharing(list(feats.chunk(v_count)), list(regs.chunk(v_count)), scale)
+        return out

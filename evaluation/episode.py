@@ -40,6 +40,8 @@ class EpisodeResult:
     seconds: float
     error: str | None = None     # simulator failure (counted as a failed episode)
     video: str | None = None
+    seed: int | None = None      # the episode seed (geo3d.core.sim.seed_episode: eval.seed * 1000 + init state)
+    final_state: str | None = None  # sha256/16 of the simulator state at the end (geo3d.core.sim.state_digest)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,13 +68,18 @@ def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarr
     """Run one episode. A simulator exception (e.g. MuJoCo instability) ends it as a failure with the error
     recorded; policy errors propagate: a broken policy or a lost server must stop the evaluation, not
     score zeros. `should_stop` is polled every step (EpisodeInterrupted)."""
-    from geo3d.core.sim import reset_to
+    from geo3d.core.sim import reset_to, state_digest
 
     start = time.perf_counter()
     steps = queries = 0
 
     def result(success: bool, error: str | None = None) -> EpisodeResult:
-        return EpisodeResult(task_id, episode, success, steps, queries, time.perf_counter() - start, error)
+        try:
+            digest = state_digest(env)
+        except Exception:  # a simulator that just failed may not give its state: the error is recorded anyway
+            digest = None
+        return EpisodeResult(task_id, episode, success, steps, queries, time.perf_counter() - start, error,
+                             final_state=digest)
 
     try:
         obs = reset_to(env, init_state, settings.settle_steps)

@@ -33,8 +33,9 @@ def select_tasks(tasks: list[Any], wanted: Any) -> list[Any]:
     return chosen
 
 
-def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | None]:
-    """(checkpoint dir, step, image size) of the evaluated policy, from --ckpt or the server's metadata."""
+def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | None, dict[str, Any]]:
+    """(checkpoint dir, step, image size, what the policy is: compressor, tap, preset) of the evaluated policy,
+    from --ckpt (its checkpoint.json) or the server's metadata."""
     if source.server:
         from geo3d.evaluation.client import RemotePolicy
 
@@ -43,13 +44,14 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
             meta = client.metadata
         finally:
             client.close()
-        return meta.get("checkpoint"), meta.get("step"), meta.get("image_size")
+        return meta.get("checkpoint"), meta.get("step"), meta.get("image_size"), {"compressor": meta.get("compressor")}
     from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
     marker = read_marker(ckpt)
     image_size = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "data.image_size", default=None)
-    return str(ckpt), int(marker["step"]), None if image_size is None else int(image_size)
+    policy = {k: marker.get(k) for k in ("compressor", "tap", "preset")}
+    return str(ckpt), int(marker["step"]), None if image_size is None else int(image_size), policy
 
 
 def default_out(ckpt: str | None, step: int | None, suite: str) -> Path:
@@ -137,7 +139,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
 
     e = cfg.eval
     settings = settings_from(cfg)
-    ckpt, step, image_size = checkpoint_of(source)  # a wrong --ckpt / --server fails before the simulator loads
+    ckpt, step, image_size, policy = checkpoint_of(source)  # a wrong --ckpt / --server fails before the simulator loads
     settings = EpisodeSettings(**{**settings.__dict__, "image_size": image_size})
     gl = resolve_gl(str(e.gl))
     sim.configure(gl)
@@ -176,7 +178,7 @@ def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: boo
         bar.close()
         episodes.sort(key=lambda r: (r["task_id"], r["episode"]))
         rows, summary = summarize(episodes, tasks)
-        results = {"suite": e.suite, "complete": complete, "checkpoint": ckpt, "step": step,
+        results = {"suite": e.suite, "complete": complete, "checkpoint": ckpt, "step": step, "policy": policy,
                    "server": source.server, "summary": summary, "tasks": rows, "episodes": episodes,
                    "settings": {**settings.__dict__, "episodes_per_task": int(e.episodes_per_task),
                                 "render_size": int(e.render_size), "seed": int(e.seed), "gl": gl,

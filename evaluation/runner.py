@@ -81,10 +81,11 @@ class _Worker:
         if settings.image_size is None and getattr(self.policy, "image_size", None):
             settings = EpisodeSettings(**{**settings.__dict__, "image_size": int(self.policy.image_size)})
         self._env_for(job)
-        sim.seed_episode(job.seed, job.episode)
+        episode_seed = sim.seed_episode(job.seed, job.episode)
         video = RolloutVideo() if job.video_dir else None
         res = run_episode(self.env, self.policy, self.task.language, self.init_states[job.episode], job.task_id,
                           job.episode, settings, on_frame=video.add if video else None, should_stop=lambda: self.stop.requested)
+        res.seed = episode_seed
         if video is not None:
             outcome = "success" if res.success else "failure"
             name = f"task{job.task_id:02d}_ep{job.episode:03d}_{outcome}.mp4"

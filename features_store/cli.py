@@ -18,6 +18,7 @@ import typer
 from geo3d.core.cliutil import handle_errors
 from geo3d.core.config import DATA_ROOT_ENV
 from geo3d.core.errors import DataError, Geo3dError, StoreError
+from geo3d.core.taps import refuse_other_tap
 from geo3d.features_store.metadata import (SchemaTooNewError, read_metadata, recorded_data_root,
                                            spec_from_metadata)
 
@@ -41,6 +42,8 @@ def verify_cache(
                                       "`geo3d precompute` redoes exactly those."),
     no_dataset: bool = typer.Option(False, "--no-dataset", help="Check the store alone (skip the dataset checks)."),
     seed: int = typer.Option(0, "--seed", help="Seed choosing the --recompute frames."),
+    tap: Optional[str] = typer.Option(None, "--tap", help="Refuse the store unless it holds this encoder tap's "
+                                      "tokens (info_sharing | encoder | info_sharing_<layer>): what a run asks for."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Prove a features store complete and true; name every bad frame."""
@@ -54,6 +57,8 @@ def verify_cache(
     if not (store / "zarr.json").is_file():
         read_metadata(store)  # no store here: a usage error (exit 2) naming the path
     spec = _spec_or_none(store)
+    if tap is not None and spec is not None:
+        refuse_other_tap(spec.tap, tap, store, "--tap")
     data_root = data_root or _env_data_root() or recorded_data_root(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
     recompute_fn = make_recompute_fn(spec, str(data_root) if data_root else None) if recompute and spec is not None else None
@@ -61,9 +66,11 @@ def verify_cache(
                           seed=seed, recompute_atol=recompute_atol, progress=progress)
     marked = _mark(store, report) if mark_damaged else []
     if as_json:
-        print(json.dumps({**report.to_dict(), "data_root": data_root and str(data_root), "marked_damaged": marked},
-                         default=str))
+        print(json.dumps({**report.to_dict(), "tap": spec and spec.tap, "data_root": data_root and str(data_root),
+                          "marked_damaged": marked}, default=str))
     else:
+        if spec is not None:
+            print(f"tap: {spec.tap} ({spec.encoder.get('config', {}).get('layer', '?')})")
         if mixture is not None:
             print(f"dataset: {spec.dataset.get('suite')} from {data_root or 'the default location'}")
         print(report.summary())

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
 from geo3d.core.provenance import without_runtime
+from geo3d.core.taps import tap_of
 
 SCHEMA_VERSION = 1
 DTYPE = "bfloat16"  # the real dtype of the tokens
@@ -58,7 +59,7 @@ class StoreLayout:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """Everything that defines a store's content. `encoder` = {name, fingerprint, config}; `preprocessing` =
+    """Everything that defines a store's content. `encoder` = {name, tap, fingerprint, config}; `preprocessing` =
     {resolution, view order, rotation, normalization, pooling...}; `dataset` = `LiberoMixture.identity()`."""
 
     frames: int
@@ -77,9 +78,17 @@ class StoreSpec:
         missing = [k for k in ("name", "fingerprint", "config") if k not in self.encoder]
         if missing:
             raise StoreError(f"store spec: encoder identity lacks {missing}; pass {{name, fingerprint, config}}")
+        # The tap (geo3d.core.taps) is part of what the tokens mean; stores made before taps existed hold the
+        # default tap and read back with it, so they still attach to and compare with new specs.
+        object.__setattr__(self, "encoder", {**self.encoder, "tap": tap_of(dict(self.encoder))})
         # Normalise to plain JSON types so a spec read back from disk compares equal to the one given.
         for name in ("encoder", "preprocessing", "dataset"):
             object.__setattr__(self, name, _jsonable(getattr(self, name), name))
+
+    @property
+    def tap(self) -> str:
+        """Which encoder output the tokens are (geo3d.core.taps)."""
+        return str(self.encoder["tap"])
 
     @property
     def shard_frames(self) -> int:

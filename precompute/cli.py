@@ -68,7 +68,10 @@ def precompute(
     encoder: Optional[str] = typer.Option(None, "--encoder", help="tiny | mapanything"),
     weights: Optional[str] = typer.Option(None, "--weights", help="MapAnything weights dir (config.json + "
                                                                   "model.safetensors)."),
-    store: Optional[str] = typer.Option(None, "--store", help="Path of the Zarr features store to build."),
+    store: Optional[str] = typer.Option(None, "--store", help="Path of the Zarr features store to build (the "
+                                        "info_sharing tap's; other taps' stores go beside it as <name>@<tap>.zarr)."),
+    taps: Optional[str] = typer.Option(None, "--taps", help="Comma-separated encoder taps, one store each from the "
+                                       "same forward (precompute.taps), e.g. info_sharing,encoder."),
     shard: Optional[int] = typer.Option(None, "--shard", help="This worker's index (default: SLURM array / "
                                                               "torchrun rank, else 0)."),
     num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Number of workers (default: from the "
@@ -86,7 +89,7 @@ def precompute(
 ) -> None:
     """Encode every frame into the store; resumable, shardable (any number of workers), preemption-safe."""
     flags = {"data.suite": suite, "data.data_root": data_root, "encoder.name": encoder,
-             "encoder.mapanything.weights": weights, "precompute.store": store, "precompute.shard": shard,
+             "encoder.mapanything.weights": weights, "precompute.store": store, "precompute.taps": taps, "precompute.shard": shard,
              "precompute.num_shards": num_shards, "precompute.batch_size": batch_size, "precompute.device": device,
              "precompute.overwrite": True if overwrite else None,
              "precompute.require_space": True if require_space else None, "precompute.limit_frames": limit_frames}
@@ -98,9 +101,10 @@ def precompute(
     r = run_precompute(cfg)
     fps = r.frames / r.seconds if r.seconds > 0 else 0.0
     steady = f", {r.steady_fps:.1f} after the first shard" if r.steady_fps else ""
+    stores = ", ".join(f"{tap} {path}" for tap, path in r.stores.items())
     print(f"precompute: {r.frames} frames in {r.seconds:.1f} s ({fps:.1f} frames/s{steady}), {r.bytes_written} bytes "
-          f"written, {len(r.shards)} shards committed by this worker; store "
-          f"{'complete' if r.store_complete else f'incomplete ({r.missing_shards} shards left)'}", flush=True)
+          f"written, {len(r.shards)} shards committed by this worker; store{'s' if len(r.stores) > 1 else ''} "
+          f"{'complete' if r.store_complete else f'incomplete ({r.missing_shards} shards left)'}: {stores}", flush=True)
     if r.preempted_by:
         dropped = f"; dropped unfinished shard(s) {r.dropped}" if r.dropped else ""
         code = exit_code_for(r.preempted_by)  # 130 for Ctrl-C, 75 (requeue) for SIGTERM/SIGUSR1

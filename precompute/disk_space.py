@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from geo3d.core.errors import StoreError
 from geo3d.core.storage_faults import free_bytes, human_bytes
@@ -15,18 +15,23 @@ from geo3d.features_store.store import committed_shards
 from geo3d.features_store.store_size import remaining_bytes, spec_bytes
 
 
-def space_report(spec: Any, committed: list[int], where: str | Path) -> tuple[int, int | None, int]:
-    """(bytes still needed, bytes free at `where`, bytes of the complete store)."""
-    return remaining_bytes(spec, committed), free_bytes(where), spec_bytes(spec)
+def space_report(stores: Mapping[Path, Any], where: str | Path) -> tuple[int, int | None, int]:
+    """(bytes still needed by every store of the pass, bytes free at `where`, bytes of the complete stores).
+    `stores` maps each store path to its spec; the tap stores of one pass sit side by side (one filesystem)."""
+    need = sum(remaining_bytes(spec, _committed(path)) for path, spec in stores.items())
+    return need, free_bytes(where), sum(spec_bytes(spec) for spec in stores.values())
 
 
-def check_free_space(spec: Any, committed: list[int], where: str | Path, require: bool) -> None:
-    """Warn (or, with `require`, refuse before any work) when the store will not fit in the free space."""
-    need, free, total = space_report(spec, committed, where)
+def check_free_space(stores: Mapping[Path, Any], where: str | Path, require: bool) -> None:
+    """Warn (or, with `require`, refuse before any work) when the stores will not fit in the free space."""
+    need, free, total = space_report(stores, where)
     if free is None or free >= need:
         return
-    msg = (f"the store at {where} still needs ~{human_bytes(need)} ({len(committed)}/{spec.num_shards} shards "
-           f"committed; complete store ~{human_bytes(total)}) but only {human_bytes(free)} is free there")
+    done = " + ".join(f"{len(_committed(p))}/{spec.num_shards}" for p, spec in stores.items())
+    what = f"the store at {where} still needs" if len(stores) == 1 else \
+        f"the {len(stores)} tap stores beside {where} still need"
+    msg = (f"{what} ~{human_bytes(need)} ({done} shards committed; complete store{'s' if len(stores) > 1 else ''} "
+           f"~{human_bytes(total)}) but only {human_bytes(free)} is free there")
     if require:
         raise StoreError(f"{msg}; free space or choose another --store (refused because of --require-space)")
     print(f"precompute: warning: {msg}; the run will stop with a storage fault when the disk fills (pass "
@@ -40,13 +45,16 @@ def _committed(path: str | Path) -> list[int]:
         return []
 
 
-def fault_hooks(spec: Any, path: str | Path) -> dict[str, Callable[[], Any]]:
-    """storage_guard hooks: what the store still needs, and what is safe (the committed shards)."""
+def fault_hooks(stores: Mapping[Path, Any]) -> dict[str, Callable[[], Any]]:
+    """storage_guard hooks: what the stores still need, and what is safe (the committed shards)."""
 
     def safe() -> str:
-        done = _committed(path)
-        frames = sum(min(spec.shard_frames, spec.frames - i * spec.shard_frames) for i in done)
-        return (f"{len(done)} of {spec.num_shards} shards committed ({frames} of {spec.frames} frames) in {path}; "
-                f"committed shards are never recomputed")
+        parts = []
+        for path, spec in stores.items():
+            done = _committed(path)
+            frames = sum(min(spec.shard_frames, spec.frames - i * spec.shard_frames) for i in done)
+            parts.append(f"{len(done)} of {spec.num_shards} shards committed ({frames} of {spec.frames} frames) "
+                         f"in {path}")
+        return "; ".join(parts) + "; committed shards are never recomputed"
 
-    return {"needed": lambda: remaining_bytes(spec, _committed(path)), "safe": safe}
+    return {"needed": lambda: sum(remaining_bytes(spec, _committed(p)) for p, spec in stores.items()), "safe": safe}

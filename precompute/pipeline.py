@@ -1,5 +1,8 @@
 """Stage 1 for one worker: claim store shards, decode, encode on the device, commit in the background.
 
+`store` is a precompute.tap_stores.TapStores: one store per encoder tap (`precompute.taps`), claimed and written
+together; each encoder call computes every tap the shards in its batch still lack, from one forward.
+
 decode (background processes, whole episodes, ahead) -> encode (this thread) -> write + checksum + commit
 (background threads). The three overlap; memory stays bounded (prefetch episodes + token buffers).
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -52,53 +55,60 @@ class RunStats:
 
 
 class TokenBuffers:
-    """Reusable (pinned, on CUDA) CPU buffers for a shard's tokens: the writer hands them back after commit."""
+    """Reusable (pinned, on CUDA) CPU buffers for a shard's tokens, one pool per tap (D may differ between taps):
+    the writer hands them back after commit."""
 
-    def __init__(self, shape: tuple[int, ...], pinned: bool, count: int):
-        self.shape, self.pinned = shape, pinned
-        self.free: "queue.Queue[torch.Tensor]" = queue.Queue()
-        for _ in range(count):
-            self.free.put(torch.empty(shape, dtype=torch.bfloat16, pin_memory=pinned))
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], pinned: bool, count: int):
+        self.shapes, self.pinned = dict(shapes), pinned
+        self.free: dict[str, "queue.Queue[torch.Tensor]"] = {tap: queue.Queue() for tap in self.shapes}
+        for tap, shape in self.shapes.items():
+            for _ in range(count):
+                self.free[tap].put(torch.empty(shape, dtype=torch.bfloat16, pin_memory=pinned))
 
-    def take(self, n: int) -> torch.Tensor:
-        return self.free.get()[:n]
+    def take(self, n: int, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return {tap: self.free[tap].get()[:n] for tap in taps}
 
-    def give_back(self, t: torch.Tensor) -> None:
-        base = t._base if t._base is not None else t
-        self.free.put(base)
+    def give_back(self, tokens: Mapping[str, torch.Tensor]) -> None:
+        for tap, t in tokens.items():
+            self.free[tap].put(t._base if t._base is not None else t)
 
 
-def encode_array(encoder: GeometryEncoder, frames: np.ndarray, pad_to: int | None = None) -> torch.Tensor:
-    """uint8 [n,V,S,S,3] -> bf16 [n,V,T,D] on the encoder's device, in one call of `pad_to` rows when given
-    (the pad repeats the last frame; its tokens are dropped)."""
+def encode_array(encoder: GeometryEncoder, frames: np.ndarray, taps: tuple[str, ...],
+                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """uint8 [n,V,S,S,3] -> {tap: bf16 [n,V,T,D]} on the encoder's device, every tap from one forward, in one call
+    of `pad_to` rows when given (the pad repeats the last frame; its tokens are dropped)."""
     n = len(frames)
     if pad_to is not None and n < pad_to:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad_to - n, axis=0)])
     x = torch.from_numpy(frames)
     if encoder.device.type == "cuda":  # pinned (cached host allocator) -> async copies, the CPU queues ahead
         x = x.pin_memory().to(encoder.device, non_blocking=True)
-    return encoder.encode(x)[:n]
+    return {tap: y[:n] for tap, y in encoder.encode_taps(x, taps).items()}
 
 
-def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tensor, batch_size: int,
-                  full_batches: bool = False) -> None:
-    """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] in fixed batches (the encoder-only benchmark)."""
+def encode_frames(encoder: GeometryEncoder, frames: np.ndarray, out: torch.Tensor | Mapping[str, torch.Tensor],
+                  batch_size: int, full_batches: bool = False) -> None:
+    """Encode uint8 [n,V,S,S,3] into `out` bf16 [n,V,T,D] (one tensor: the encoder's own tap, or {tap: tensor})
+    in fixed batches (the encoder-only benchmark, the taps tests)."""
     cuda = encoder.device.type == "cuda"
+    outs = dict(out) if isinstance(out, Mapping) else {encoder.tap: out}
     for a in range(0, len(frames), batch_size):
-        y = encode_array(encoder, frames[a:a + batch_size], batch_size if full_batches else None)
-        out[a:a + len(y)].copy_(y, non_blocking=cuda)
+        got = encode_array(encoder, frames[a:a + batch_size], tuple(outs), batch_size if full_batches else None)
+        for tap, dst in outs.items():
+            dst[a:a + len(got[tap])].copy_(got[tap], non_blocking=cuda)
     if cuda:
         torch.cuda.current_stream(encoder.device).synchronize()
 
 
 @dataclass
 class _Shard:
-    """A claimed shard in flight: its decoded frames, index, token buffer and how far the encoder got."""
+    """A claimed shard in flight: its decoded frames, index, token buffers (one per tap its stores still lack)
+    and how far the encoder got."""
 
     lease: Any
     frames: np.ndarray
     index: dict[str, np.ndarray]
-    out: torch.Tensor
+    out: dict[str, torch.Tensor]
     done: int = 0
     encode_s: float = 0.0
 
@@ -157,7 +167,7 @@ def _open(store: Any, lease: Any, feeder: Any, buffers: TokenBuffers) -> _Shard:
     try:
         rng = store.shard_range(lease.shard)
         frames, index = feeder.shard(rng)
-        return _Shard(lease, frames, index, buffers.take(len(rng)))
+        return _Shard(lease, frames, index, buffers.take(len(rng), lease.taps))
     except BaseException:
         lease.release()
         raise
@@ -176,10 +186,12 @@ def _encode_batch(encoder: GeometryEncoder, flight: list[_Shard], batch_size: in
     t0 = time.perf_counter()
     x = parts[0][0].frames[parts[0][1]:parts[0][2]] if len(parts) == 1 else \
         np.concatenate([s.frames[a:b] for s, a, b in parts])
-    y = encode_array(encoder, x, batch_size if full_batches else None)
+    taps = tuple(dict.fromkeys(t for s, _, _ in parts for t in s.out))  # what any shard of the batch lacks
+    y = encode_array(encoder, x, taps, batch_size if full_batches else None)
     cuda, off = encoder.device.type == "cuda", 0
     for s, a, b in parts:
-        s.out[a:b].copy_(y[off:off + b - a], non_blocking=cuda)
+        for tap, dst in s.out.items():
+            dst[a:b].copy_(y[tap][off:off + b - a], non_blocking=cuda)
         off, s.done = off + b - a, b
     dt = time.perf_counter() - t0
     for s, a, b in parts:

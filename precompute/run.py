@@ -29,18 +29,27 @@ class RunResult:
     preempted_by: str | None
     store_complete: bool
     missing_shards: int
-    trial: dict | None = None  # --limit-frames: what the trial encoded (the store stays incomplete)
+    stores: dict[str, str]  # tap -> store path
+    trial: dict | None = None  # --limit-frames: what the trial encoded (the stores stay incomplete)
 
 
-def build_spec(encoder: Any, mixture: Any, store_cfg: Any) -> Any:
-    """The store's identity: encoder fingerprint + preprocessing + dataset identity + layout."""
+def build_spec(encoder: Any, mixture: Any, store_cfg: Any, tap: str | None = None) -> Any:
+    """A tap store's identity: encoder identity (fingerprint, tap) + preprocessing + dataset identity + layout."""
     from geo3d.features_store import StoreLayout, StoreSpec
     from geo3d.data.lerobot_layout import VIEW_NAMES
 
+    tap = tap or encoder.tap
     layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
-    return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view, dim=encoder.dim,
-                     encoder=encoder.store_identity(), preprocessing=encoder.preprocessing(),
+    return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view,
+                     dim=encoder.tap_dim(tap), encoder=encoder.store_identity(tap), preprocessing=encoder.preprocessing(),
                      dataset=mixture.identity(), layout=StoreLayout.from_config(layout_cfg))
+
+
+def tap_store_paths(store: str | Path, taps: tuple[str, ...]) -> dict[str, Path]:
+    """tap -> its store path (geo3d.core.taps.tap_store_path: info_sharing at --store, others beside it)."""
+    from geo3d.core.taps import tap_store_path
+
+    return {t: tap_store_path(store, t) for t in taps}
 
 
 def _log_paths(store_path: Path) -> tuple[Path, Path]:
@@ -107,6 +116,7 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     from geo3d.precompute.decode import DataSource, EpisodeFeeder
     from geo3d.encoders import build_encoder, preflight_encoder
     from geo3d.core.device import resolve_device
+    from geo3d.core.taps import check_available, parse_taps
     from geo3d.precompute.worker_slot import worker_slot
 
     p = cfg.precompute
@@ -121,76 +131,96 @@ def run_precompute(cfg: DictConfig) -> RunResult:
     if device == "cpu":
         torch.set_num_threads(_cpu_threads(p))
     image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
+    taps = parse_taps(p.taps)  # names checked before any slow work; which ones this encoder has: once built
     preflight_encoder(cfg.encoder, image_size)  # bad weights / package / hub code / size: before any other work
     mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size).validate_files()
     feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
                            workers=int(p.decode_workers), prefetch=_prefetch(p))
     try:
         feeder.warm_up()  # decode workers start while the model is built (MapAnything: ~20 s)
-        encoder = build_encoder(cfg.encoder, image_size, device)
-        return _run(cfg, slot, device, encoder, mixture, feeder)
+        encoder = build_encoder(cfg.encoder, image_size, device, tap=taps[0])
+        check_available(taps, encoder.available_taps(), encoder.name)
+        return _run(cfg, slot, device, encoder, taps, mixture, feeder)
     finally:
         feeder.close()
 
 
-def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any) -> RunResult:
+def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, taps: tuple[str, ...], mixture: Any,
+         feeder: Any) -> RunResult:
     """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
     from geo3d.core.storage_faults import resume_command, storage_guard
     from geo3d.precompute.disk_space import fault_hooks
 
-    spec = build_spec(encoder, mixture, cfg.store)
+    paths = tap_store_paths(cfg.precompute.store, taps)
+    specs = {t: build_spec(encoder, mixture, cfg.store, t) for t in taps}
     with storage_guard("precompute", cfg.precompute.store, resume=resume_command(drop=("--overwrite",)),
-                       **fault_hooks(spec, cfg.precompute.store)):
-        return _run_store(cfg, slot, device, encoder, mixture, feeder, spec)
+                       **fault_hooks({paths[t]: specs[t] for t in taps})):
+        return _run_store(cfg, slot, device, encoder, mixture, feeder, paths, specs)
+
+
+def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: dict[str, Path],
+                 specs: dict[str, Any]) -> tuple[Any, list[Path]]:
+    """Open or create every tap store, record the run's config and provenance in each; a TapStores group."""
+    from geo3d.core.config import data_root_from, save_resolved
+    from geo3d.core.provenance import provenance
+    from geo3d.features_store import FeatureStore
+    from geo3d.precompute.disk_space import check_free_space
+    from geo3d.precompute.tap_stores import TapStores
+
+    p = cfg.precompute
+    for path in paths.values():
+        _refuse_old_orientation(path, bool(p.overwrite))
+    group = TapStores({t: FeatureStore.open_or_create(paths[t], specs[t], overwrite=bool(p.overwrite)) for t in paths})
+    check_free_space({paths[t]: specs[t] for t in paths}, group.path, bool(p.require_space))
+    log_paths = []
+    for tap, store in group.stores.items():
+        cfg_path, log_path = _log_paths(store.path)
+        save_resolved(cfg, cfg_path.parent, cfg_path.name)
+        cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(
+            {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions(),
+             "tap": tap, "taps_of_this_pass": {t: str(s.path) for t, s in group.stores.items()},
+             "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
+            indent=2))
+        log_paths.append(log_path)
+    return group, log_paths
 
 
 def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
-               spec: Any) -> RunResult:
+               paths: dict[str, Path], specs: dict[str, Any]) -> RunResult:
     from tqdm import tqdm
 
-    from geo3d.features_store import FeatureStore
-    from geo3d.core.config import data_root_from, save_resolved
-    from geo3d.core.provenance import provenance
+    from geo3d.core.preemption import PreemptionFlag
     from geo3d.precompute.pipeline import TokenBuffers, run_worker
     from geo3d.precompute.shard_planner import ShardPlanner
-    from geo3d.precompute.disk_space import check_free_space
-    from geo3d.core.preemption import PreemptionFlag
     from geo3d.precompute.shard_writer import ShardWriter
 
     p = cfg.precompute
-    _refuse_old_orientation(Path(p.store), bool(p.overwrite))
-    store = FeatureStore.open_or_create(p.store, spec, overwrite=bool(p.overwrite))
-    check_free_space(spec, store.committed_shards(), store.path, bool(p.require_space))
-    cfg_path, log_path = _log_paths(store.path)
-    save_resolved(cfg, cfg_path.parent, cfg_path.name)
-    cfg_path.with_name(cfg_path.name.replace(".config.yaml", ".provenance.json")).write_text(json.dumps(
-        {**provenance(), "worker": vars(slot), "device": str(device), "encoder_versions": encoder.versions(),
-         "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
-        indent=2))
-    end = trial_end(store, p.limit_frames)
-    missing = [i for i in store.missing_shards() if i < end]
-    todo = sum(len(store.shard_range(i)) for i in missing)
-    print(f"precompute: {len(mixture)} frames, {store.num_shards} shards ({len(missing)} to do) -> {store.path}; "
-          f"encoder {spec.encoder['name']} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
+    group, log_paths = _open_stores(cfg, slot, device, encoder, paths, specs)
+    end = trial_end(group, p.limit_frames)
+    missing = [i for i in group.missing_shards() if i < end]
+    todo = sum(len(group.shard_range(i)) for i in missing)
+    where = ", ".join(f"{t} -> {s.path}" for t, s in group.stores.items())
+    print(f"precompute: {len(mixture)} frames, {group.num_shards} shards ({len(missing)} to do); {where}; "
+          f"encoder {encoder.name} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
           file=sys.stderr, flush=True)
-    _note_other_device(store.spec.encoder, encoder.runtime())
+    _note_other_device(group.first.spec.encoder, encoder.runtime())
     threads, batch = max(1, int(p.writer_threads)), int(p.batch_size)
     # token buffers: the shards one batch can touch (ceil(batch / shard) + a partly encoded one + a short last
     # shard), one queued for the writer, one per writer thread
-    in_flight = -(-batch // spec.shard_frames) + 2
-    buffers = TokenBuffers((spec.shard_frames, *spec.frame_shape), pinned=str(device).startswith("cuda"),
-                           count=in_flight + 1 + threads)
+    in_flight = -(-batch // group.first.spec.shard_frames) + 2
+    buffers = TokenBuffers({t: (s.shard_frames, *s.frame_shape) for t, s in specs.items()},
+                           pinned=str(device).startswith("cuda"), count=in_flight + 1 + threads)
     full = full_batches(p.full_batches, device)
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions(),
                    "runtime": encoder.runtime(), "batch_size": batch, "full_batches": full}
-    writer = ShardWriter(store, writer_info, log_path if p.log_shards else None, depth=1, threads=threads,
+    writer = ShardWriter(group, writer_info, log_paths if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
     preempt = PreemptionFlag(announce="precompute stops at the next safe point (the current shard is finished "
                              "if quick, else dropped)").install()
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
-        stats = run_worker(encoder, store, ShardPlanner(store, slot.rank, slot.world, end), feeder, writer, buffers,
+        stats = run_worker(encoder, group, ShardPlanner(group, slot.rank, slot.world, end), feeder, writer, buffers,
                            batch, preempt, float(p.preempt_grace_s), bar, full)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
@@ -199,32 +229,35 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     finally:
         bar.close()
         preempt.restore()
-    left = store.missing_shards()
-    trial = record_trial(store, p.limit_frames, end, left)
+    left = group.missing_shards()
+    trial = record_trial(group, p.limit_frames, end, left)
     return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
-                     stats.dropped, preempt.signal_name, not left, len(left), trial)
+                     stats.dropped, preempt.signal_name, not left, len(left),
+                     {t: str(s.path) for t, s in group.stores.items()}, trial)
 
 
-def trial_end(store: Any, limit_frames: int | None) -> int:
+def trial_end(group: Any, limit_frames: int | None) -> int:
     """The shards a run encodes: all, or (a trial, --limit-frames N) those holding the first N frames."""
     if limit_frames is None:
-        return store.num_shards
-    return min(store.num_shards, -(-int(limit_frames) // store.spec.shard_frames))
+        return group.num_shards
+    return min(group.num_shards, -(-int(limit_frames) // group.first.spec.shard_frames))
 
 
-def record_trial(store: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
-    """A trial marks the store as one (verify-cache and train name it); a complete store is no trial."""
+def record_trial(group: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
+    """A trial marks every store of the pass as one (verify-cache and train name it); a complete one is no trial."""
     from geo3d.core.provenance import utc_now
     from geo3d.features_store.store import set_trial_record
 
     if not left:
-        set_trial_record(store.path, None)
+        for store in group.stores.values():
+            set_trial_record(store.path, None)
         return None
     if limit_frames is None:
         return None
-    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": store.num_shards,
-              "shard_frames": store.spec.shard_frames,
-              "frames": min(end * store.spec.shard_frames, store.spec.frames), "total_frames": store.spec.frames,
-              "made_utc": utc_now()}
-    set_trial_record(store.path, record)
+    spec = group.first.spec
+    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": group.num_shards,
+              "shard_frames": spec.shard_frames, "frames": min(end * spec.shard_frames, spec.frames),
+              "total_frames": spec.frames, "made_utc": utc_now()}
+    for store in group.stores.values():
+        set_trial_record(store.path, record)
     return record

@@ -22,10 +22,13 @@ import numpy as np
 class ShardWriter:
     """`threads` writer threads; a bounded queue (at most `depth` encoded shards wait for a free thread)."""
 
-    def __init__(self, store: Any, writer_info: dict[str, Any], log_path: Path | None, depth: int = 1, threads: int = 1,
+    def __init__(self, store: Any, writer_info: dict[str, Any], log_path: Path | list[Path] | None, depth: int = 1,
+                 threads: int = 1,
                  on_commit: Callable[[int, int], None] | None = None,
                  recycle: Callable[[Any], None] | None = None):
-        self.store, self.writer_info, self.log_path = store, writer_info, log_path
+        self.store, self.writer_info = store, writer_info
+        # one shard log per store of the pass (each store's precompute_logs/ tells its own history)
+        self.log_paths = [] if log_path is None else [log_path] if isinstance(log_path, Path) else list(log_path)
         self.on_commit, self.recycle = on_commit, recycle  # recycle: hand the token buffer back for reuse
         self.queue: "queue.Queue[tuple | None]" = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
@@ -68,16 +71,19 @@ class ShardWriter:
     def _write(self, lease: Any, tokens: Any, index: dict[str, np.ndarray], encode_s: float) -> None:
         t0 = time.perf_counter()
         marker = self.store.write_shard(lease.shard, tokens, index, writer_info=self.writer_info)
-        nbytes = int(tokens.numel()) * 2
+        parts = tokens if isinstance(tokens, dict) else {"": tokens}  # {tap: tokens} for TapStores
+        nbytes = sum(int(t.numel()) * 2 for t in parts.values())
         with self._lock:
             self.bytes_written += nbytes
             self.shards_committed.append(lease.shard)
-        if self.log_path is not None:  # an append-only record of every shard this worker encoded
+        if self.log_paths:  # an append-only record of every shard this worker encoded
             rec = {"shard": lease.shard, "frames": [marker["start"], marker["stop"]], "encode_s": round(encode_s, 3),
                    "write_s": round(time.perf_counter() - t0, 3), "bytes": nbytes, "host": socket.gethostname(),
-                   "pid": os.getpid(), "written_utc": marker["written_utc"]}
-            with self._lock, open(self.log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                   "pid": os.getpid(), "written_utc": marker["written_utc"], "taps": [t for t in parts if t]}
+            with self._lock:
+                for path in self.log_paths:
+                    with open(path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
         if self.on_commit is not None:
             self.on_commit(lease.shard, nbytes)
 

@@ -81,11 +81,12 @@ class NullEncoder:
 
     def __init__(self, real):
         self.__dict__.update({k: getattr(real, k) for k in ("image_size", "tokens_per_view", "dim", "device",
-                                                           "dtype", "name")})
+                                                           "dtype", "name", "tap")})
         self._real = real
+        self.available_taps, self.tap_dim = real.available_taps, real.tap_dim
 
-    def identity(self):
-        return {**self._real.identity(), "name": "null-bench"}
+    def identity(self, tap=None):
+        return {**self._real.identity(tap), "name": "null-bench"}
 
     def runtime(self):
         return self._real.runtime()
@@ -100,7 +101,11 @@ class NullEncoder:
         return self._real.versions()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((images.shape[0], images.shape[1], self.tokens_per_view, self.dim), dtype=torch.bfloat16)
+        return self.encode_taps(images, (self.tap,))[self.tap]
+
+    def encode_taps(self, images: torch.Tensor, taps) -> dict:
+        return {t: torch.zeros((images.shape[0], images.shape[1], self.tokens_per_view, self.tap_dim(t)),
+                               dtype=torch.bfloat16) for t in taps}
 
 
 def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], decode_per_cpu_s: float,

@@ -43,11 +43,13 @@ FAKE_MODELS = textwrap.dedent('''
             return SimpleNamespace(features=f, registers=f.mean((2, 3))[:, :, None])
 
     class _InfoSharing(nn.Module):
+        indices = [3, 1]  # like uniception's IFR: intermediates come back in depth order (1, then 3)
         def forward(self, inp):
             assert inp.additional_input_tokens.shape[-1] == 1 and len(inp.additional_input_tokens_per_view) == 2
             assert all(f.dtype == torch.float32 for f in inp.features)  # fusion norm ran in fp32
             mixed = sum(inp.features) / len(inp.features)
-            return SimpleNamespace(features=[f + mixed for f in inp.features]), []
+            inter = [SimpleNamespace(features=[f * k + mixed for f in inp.features]) for k in (2.0, 3.0)]
+            return SimpleNamespace(features=[f + mixed for f in inp.features]), inter
 
     class MapAnything(nn.Module):
         def __init__(self, dim):
@@ -270,6 +272,39 @@ def test_normalization_follows_the_models_data_norm_type(monkeypatch, tmp_path, 
     monkeypatch.setenv("FAKE_MA_NORM", "some_future_norm")
     with pytest.raises(Geo3dError, match="unknown image normalization data_norm_type='some_future_norm'"):
         MapAnythingEncoder(weights=weights, image_size=28, tokens_per_view=4, device="cpu")
+
+
+def test_taps_of_one_forward_match_the_models_outputs(monkeypatch, tmp_path, weights, fake_pkgs, hub):
+    """encoder = the fusion norm's output (info_sharing's input); info_sharing_<i> = the IFR's intermediate of
+    layer i (returned in depth order); all from one forward equal separate single-tap encoders bit for bit."""
+    from geo3d.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.views import pool_view_features
+
+    monkeypatch.syspath_prepend(str(fake_pkgs))
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
+    torch.manual_seed(0)  # the stand-in's layers are random-init: the same seed builds the same "weights"
+    enc = MapAnythingEncoder(weights=weights, image_size=56, tokens_per_view=4, device="cpu", dtype="float32")
+    assert enc.available_taps() == ("info_sharing", "encoder", "info_sharing_1", "info_sharing_3")
+    x = torch.randint(0, 256, (2, 2, 56, 56, 3), dtype=torch.uint8)
+    taps = enc.available_taps()
+    both = enc.encode_taps(x, taps)
+    views = enc.model_inputs(x)
+    with torch.inference_mode():
+        feats, _ = enc.model._encode_n_views([{"img": v, "data_norm_type": ["dinov2"]} for v in views])
+        fused = [enc.model.fusion_norm_layer(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for f in feats]
+        mixed = sum(fused) / 2
+    want = {"encoder": fused, "info_sharing": [f + mixed for f in fused],
+            "info_sharing_1": [f * 2.0 + mixed for f in fused], "info_sharing_3": [f * 3.0 + mixed for f in fused]}
+    for tap in taps:
+        assert torch.equal(both[tap], pool_view_features(want[tap], 4)), tap
+        torch.manual_seed(0)
+        alone = MapAnythingEncoder(weights=weights, image_size=56, tokens_per_view=4, device="cpu", dtype="float32",
+                                   tap=tap)
+        assert torch.equal(alone.encode(x), both[tap]) and alone.identity()["tap"] == tap
+    assert enc.identity("info_sharing_3")["config"]["layer"].startswith("info_sharing layer 3")
+    with pytest.raises(Geo3dError, match="has no tap 'info_sharing_7'"):
+        enc.encode_taps(x, ("info_sharing_7",))
 
 
 @pytest.mark.parametrize("workers, cpus, expect", [(0, 8, 8), (2, 8, 6), (4, 2, 1)])

@@ -180,3 +180,36 @@ def test_adapter_tokens_equal_mapanythings_own_forward(small_weights, monkeypatc
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours[0], ours[1])  # two different frames give different tokens
     assert enc.data_norm_type == reference.encoder.data_norm_type == "dinov2"
+
+
+def test_every_tap_equals_mapanythings_own_forward_and_one_pass_equals_separate_ones(small_weights):
+    """encoder = what MapAnything's forward feeds info_sharing (the fusion norm's output, also its DPT head's first
+    input); info_sharing_<i> = the IFR's intermediates (indices [1, 2] here; [7, 11] in the release); all taps of
+    one pass equal single-tap passes bit for bit (fp32, CPU)."""
+    from geo3d.encoders.mapanything import MapAnythingEncoder
+    from geo3d.encoders.views import pool_view_features
+
+    weights, reference = small_weights
+    enc = MapAnythingEncoder(weights=weights, image_size=IMAGE, tokens_per_view=TOKENS, device="cpu", dtype="float32")
+    taps = enc.available_taps()
+    assert taps == ("info_sharing", "encoder", "info_sharing_1", "info_sharing_2")
+    images = _demo_frames()
+    both = enc.encode_taps(images, taps)
+    captured = {}
+    pre = reference.info_sharing.register_forward_pre_hook(lambda m, args: captured.setdefault("in", args[0]))
+    post = reference.info_sharing.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        with torch.inference_mode():
+            reference(_normalized_by_uniception(images, reference.encoder.data_norm_type))
+    finally:
+        pre.remove()
+        post.remove()
+    final, intermediates = captured["out"]
+    theirs = {"info_sharing": final.features, "encoder": captured["in"].features,
+              "info_sharing_1": intermediates[0].features, "info_sharing_2": intermediates[1].features}
+    for tap in taps:
+        assert torch.equal(both[tap], pool_view_features(list(theirs[tap]), TOKENS)), tap
+        single = MapAnythingEncoder(weights=weights, image_size=IMAGE, tokens_per_view=TOKENS, device="cpu",
+                                    dtype="float32", tap=tap)
+        assert torch.equal(single.encode(images), both[tap]), tap
+    assert not torch.equal(both["encoder"], both["info_sharing"])

@@ -95,7 +95,8 @@ def test_device_random_init_is_unhashed_and_never_rebuilt(monkeypatch):
 
 def test_seeded_identity_is_unchanged_and_the_store_identity_adds_the_runtime():
     enc = TinyEncoder(**SMALL)
-    assert set(enc.identity()) == {"name", "fingerprint", "config", "compute_dtype"}  # old stores still attach
+    assert set(enc.identity()) == {"name", "tap", "fingerprint", "config", "compute_dtype"}  # old stores (no tap)
+    # still attach: they read as info_sharing (geo3d.core.taps.tap_of)
     assert "init" not in enc.identity()["config"]
     rec = enc.store_identity()
     assert rec["runtime"]["device_type"] == "cpu" and {k: v for k, v in rec.items() if k != "runtime"} == enc.identity()

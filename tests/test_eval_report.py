@@ -39,8 +39,10 @@ def test_report_compares_two_runs(runs, tmp_path):
     assert img.format == "PNG" and img.size[0] > 800 and img.size[1] > 600
     assert np.asarray(img.convert("L")).std() > 10  # something was drawn
     md = (out / "report.md").read_text()
-    assert "| run_qformer | qformer | geo3d | 2 |" in md and "| run_pool | pool | fork | 2 |" in md
-    summary = {r["compressor"]: r for r in json.loads((out / "report.json").read_text())}
+    assert "| run_qformer | qformer@info_sharing | geo3d | 42 | 2 |" in md  # the label names the store's tap
+    assert "| run_pool | pool@info_sharing | fork | 42 | 2 |" in md
+    summary = {r["compressor"]: r for r in json.loads((out / "report.json").read_text())["runs"]}
+    assert summary["qformer"]["tap"] == "info_sharing" and summary["qformer"]["label"] == "qformer@info_sharing"
     assert summary["qformer"]["preset"] == "geo3d" and summary["pool"]["preset"] == "fork"
     launch = json.loads((runs["pool"] / "provenance.json").read_text())[-1]
     assert launch["preset"] == "fork" and "git_commit" in json.dumps(launch)

@@ -69,7 +69,7 @@ def test_export_round_trips_bit_for_bit(store, tmp_path, fmt):
     assert np.array_equal(index["global_index"], np.arange(N))
     for k in INDEX_FIELDS[1:]:
         assert np.array_equal(np.asarray(index[k]).astype(np.uint64), reader.index(k).astype(np.uint64)), k
-    assert meta["encoder"] == ENCODER and meta["frames"] == N and meta["dtype"] == "bfloat16"
+    assert meta["encoder"] == {**ENCODER, "tap": "info_sharing"} and meta["frames"] == N  # the tap: issue 23 and meta["dtype"] == "bfloat16"
     assert meta["store_metadata"]["spec"]["dataset"]["datasets"] == DATASETS
     assert not list(tmp_path.glob(".*tmp*"))  # temp output renamed away
 

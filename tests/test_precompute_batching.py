@@ -39,8 +39,8 @@ def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] 
 
     def build(*a, **k):
         enc = real_build(*a, **k)
-        real_encode = enc.encode
-        enc.encode = lambda x: (calls.append(len(x)), real_encode(x))[1]
+        real_encode = enc.encode_taps  # every tap of a batch from one call
+        enc.encode_taps = lambda x, taps: (calls.append(len(x)), real_encode(x, taps))[1]
         return enc
 
     cfg = precompute_config([

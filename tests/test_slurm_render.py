@@ -57,17 +57,46 @@ def test_dry_run_renders_the_chain_and_writes_nothing(ablation):
     assert "--requeue" not in sbatch_lines(scripts["verify.sbatch"])
     # overrides are routed: precompute.* to geo3d precompute, the rest to geo3d train; paths made absolute
     assert "EXTRA_ARGS=(precompute.batch_size=8)" in scripts["precompute.sbatch"]
-    assert "STORE=/data/s.zarr" in scripts["verify.sbatch"]
+    assert "STORES=(/data/s.zarr)" in scripts["verify.sbatch"] and "TAPS=(info_sharing)" in scripts["verify.sbatch"]
     assert "train.max_steps=5" in scripts["train_pool.sbatch"]
     assert f"OUT={cwd / 'runs' / 'qformer'}" in scripts["train_qformer.sbatch"]
     launcher = scripts["ablation.sh"]
-    assert "COMPRESSORS=(pool qformer)" in launcher and '--dependency="afterok:$LAST_ID"' in launcher
+    assert "RUNS=(pool qformer)" in launcher and '--dependency="afterok:$LAST_ID"' in launcher
     assert "EVAL_SUITES=(libero_spatial libero_object)" in launcher and '"afterok:$TRAIN_ID"' in launcher
     ev = scripts["eval_qformer_libero_object.sbatch"]  # eval.* overrides reach geo3d eval only
     assert f"CKPT={cwd / 'runs' / 'qformer'}" in ev and "SUITE=libero_object" in ev
     assert "EXTRA_ARGS=(eval.episodes_per_task=3)" in ev and "eval.episodes" not in scripts["train_pool.sbatch"]
     assert "--requeue" in sbatch_lines(ev) and "--signal=B:USR1@300" in sbatch_lines(ev)
     assert '--resume "${EXTRA_ARGS[@]}"' in ev
+
+
+def test_ablation_over_taps_and_seeds(tmp_path):
+    """none + qformer on both taps x 2 seeds: precompute writes both taps in one pass, verify checks each tap's
+    store, each run reads its tap's store (--tap) with its seed, run dirs and jobs are named compressor@tap_s<seed>."""
+    r = submit("ablation", *BASE, "--out", "runs", "--compressors", "none,qformer,qformer@encoder", "--seeds", "0,1",
+               "slurm.ablation.eval_suites=[libero_spatial]", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    scripts = split_scripts(r.stdout)
+    runs = [f"{c}_s{s}" for c in ("none", "qformer", "qformer@encoder") for s in (0, 1)]
+    assert set(scripts) == {"precompute.sbatch", "verify.sbatch", "ablation.sh", *(f"train_{n}.sbatch" for n in runs),
+                            *(f"eval_{n}_libero_spatial.sbatch" for n in runs)}
+    assert "EXTRA_ARGS=('precompute.taps=[info_sharing,encoder]')" in scripts["precompute.sbatch"]
+    verify = scripts["verify.sbatch"]
+    assert "STORES=(/data/s.zarr /data/s@encoder.zarr)" in verify and "TAPS=(info_sharing encoder)" in verify
+    enc = scripts["train_qformer@encoder_s1.sbatch"]
+    assert "STORE=/data/s@encoder.zarr" in enc and "EXTRA_ARGS=(--tap encoder --seed 1" in enc
+    assert f"OUT={tmp_path / 'runs' / 'qformer@encoder_s1'}" in enc
+    assert "STORE=/data/s.zarr" in scripts["train_qformer_s0.sbatch"] and "--tap info_sharing --seed 0" in \
+        scripts["train_qformer_s0.sbatch"]
+    assert "--tap" not in scripts["train_none_s1.sbatch"] and "--seed 1" in scripts["train_none_s1.sbatch"]
+    assert f"RUNS=({' '.join(runs)})" in scripts["ablation.sh"]
+    assert f"CKPT={tmp_path / 'runs' / 'qformer@encoder_s0'}" in scripts["eval_qformer@encoder_s0_libero_spatial.sbatch"]
+    for bad, msg in ((["--compressors", "none@encoder"], "has no tap"),
+                     (["--compressors", "qformer,qformer@info_sharing"], "compressors repeat"),
+                     (["--compressors", "qformer@encoder", "precompute.taps=[info_sharing]"], "lacks ['encoder']"),
+                     (["--compressors", "qformer@dino"], "unknown encoder tap"), (["--seeds", "0,x"], "integers")):
+        r = submit("ablation", *BASE, "--out", "runs", *bad, "--dry-run", cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr, (bad, r.stderr)
 
 
 def test_submit_eval_renders_one_job_and_refuses_bad_input(tmp_path):
@@ -237,3 +266,31 @@ def test_a_refused_requeue_is_retried_then_reported(job, tmp_path):
     _, err = p.communicate(timeout=60)
     tries = [line for line in log.read_text().splitlines() if line == "scontrol requeue 4242"]
     assert p.returncode == 75 and len(tries) == 3 and "requeue failed" in err, (tries, err)
+
+
+def test_the_verify_job_checks_every_tap_store_and_fails_if_one_does(tmp_path):
+    """Rendered for qformer + qformer@encoder: verify-cache runs on both stores with --tap, each report lands in the
+    logs (verify_<job>.json, verify_<job>_encoder.json), and the job fails with the worst exit code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "geo3d").write_text(f"#!/bin/bash\necho \"argv $*\" >> {tmp_path / 'fake.log'}\necho '{{}}'\n"
+                                   "[[ $2 == *@encoder.zarr ]] && exit ${FAKE_EXIT:-0}; exit 0\n")
+    (bin_dir / "geo3d").chmod(0o755)
+    r = submit("ablation", *BASE, "--out", "runs", "--compressors", "qformer,qformer@encoder", "--dry-run",
+               "--activate", f"export PATH={bin_dir}:$PATH", f"slurm.submit_dir={tmp_path / 'subs'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "verify.sbatch"
+    script.write_text(split_scripts(r.stdout)["verify.sbatch"])
+    import shlex
+
+    logs = next(shlex.split(line.split("=", 1)[1])[0] for line in script.read_text().splitlines()
+                if line.startswith("LOG_DIR="))
+    Path(logs).mkdir(parents=True)
+    env = {**os.environ, "SLURM_JOB_ID": "77"}
+    assert subprocess.run(["bash", str(script)], env=env, capture_output=True, timeout=30).returncode == 0
+    argv = [line for line in (tmp_path / "fake.log").read_text().splitlines()]
+    assert argv[0].startswith("argv verify-cache /data/s.zarr --json --tap info_sharing")
+    assert argv[1].startswith("argv verify-cache /data/s@encoder.zarr --json --tap encoder")
+    assert sorted(p.name for p in Path(logs).iterdir()) == ["verify_77.json", "verify_77_encoder.json"]
+    r = subprocess.run(["bash", str(script)], env={**env, "FAKE_EXIT": "1"}, capture_output=True, timeout=30)
+    assert r.returncode == 1

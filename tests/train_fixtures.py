@@ -14,7 +14,7 @@ ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {
 
 
 def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, shard_frames: int = 16,
-                        seed: int = 0, preprocessing: dict | None = None) -> Path:
+                        seed: int = 0, preprocessing: dict | None = None, encoder: dict | None = None) -> Path:
     """A complete store for `mixture`: index arrays and content ids from the data layer, random bf16 tokens."""
     n = len(mixture)
     content = np.zeros(n, dtype=np.uint64)
@@ -24,7 +24,7 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
     from geo3d.encoders.views import image_path_probe
     preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224),
                      **(preprocessing or {})}
-    spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=ENCODER, preprocessing=preprocessing,
+    spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=encoder or ENCODER, preprocessing=preprocessing,
                      dataset=mixture.identity(), layout=StoreLayout(shard_frames=shard_frames))
     store = FeatureStore.open_or_create(path, spec)
     g = torch.Generator().manual_seed(seed)

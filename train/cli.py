@@ -20,6 +20,8 @@ def train(
     data_root: Optional[Path] = typer.Option(None, help="Folder holding the suite folders (else "
                                                         "$GEO3D_DATA_ROOT; demo falls back to demo_data/)."),
     store: Optional[Path] = typer.Option(None, help="Features store made by `geo3d precompute` for this suite."),
+    tap: Optional[str] = typer.Option(None, help="Encoder tap the run asks for (train.tap): info_sharing | encoder "
+                                                 "| info_sharing_<i>; a store of another tap is refused."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<train.run_name>)."),
     config: Optional[List[Path]] = CONFIG_OPTION,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the run directory from its latest "
@@ -42,7 +44,7 @@ def train(
     from geo3d.train.run_config import DEMO_NOTE, compose_train_config, uses_demo_preset
 
     flags = {"compressor": compressor, "suite": suite, "data_root": str(data_root) if data_root else None,
-             "store": str(store) if store else None, "out": str(out) if out else None,
+             "store": str(store) if store else None, "tap": tap, "out": str(out) if out else None,
              "max_steps": max_steps, "seed": seed}
     cfg = compose_train_config(config, overrides, flags)
     if uses_demo_preset(list(config or []), flags):

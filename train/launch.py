@@ -126,6 +126,7 @@ def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: Preemp
     reader = setup.open_checked_store(cfg, store, mixture) if store else None
     spec = reader.spec if reader is not None else None
     del reader  # workers open their own handles
+    setup.check_resume_store(ckpt, spec)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()

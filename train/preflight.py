@@ -55,6 +55,9 @@ def check_store_path(cfg: DictConfig) -> str | None:
     """The store path when the compressor needs geometry (required then, and must exist)."""
     store = cfg.train.store
     if not uses_geometry(cfg):
+        if OmegaConf.select(cfg, "train.tap", default=None) is not None:
+            raise Geo3dError("compressor 'none' reads no geometry tokens, so it has no encoder tap: drop --tap "
+                             "(train.tap); its runs are the baseline of every tap")
         return None
     if not store:
         raise StoreError(f"compressor {compressor_type(cfg)!r} needs cached geometry tokens: pass --store PATH "
@@ -94,7 +97,10 @@ def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     from geo3d.features_store import FeatureReader
     from geo3d.data.orientation import refuse_old_store
     from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
+    from geo3d.core.taps import refuse_other_tap
     reader = FeatureReader(store)
+    refuse_other_tap(reader.spec.tap, OmegaConf.select(cfg, "train.tap", default=None), store,
+                     "this run (--tap / train.tap)")
     refuse_old_store(reader.spec.preprocessing, store)
     check_token_shape(reader.spec, cfg.model.geometry, store)
     check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))
@@ -126,14 +132,34 @@ def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
 def _store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
-    return {"path": str(cfg.train.store), "frames": spec.frames, "shape": [spec.views, spec.tokens, spec.dim],
-            "encoder": dict(spec.encoder), "preprocessing": dict(spec.preprocessing)}
+    return {"path": str(cfg.train.store), "tap": spec.tap, "frames": spec.frames,
+            "shape": [spec.views, spec.tokens, spec.dim], "encoder": dict(spec.encoder),
+            "preprocessing": dict(spec.preprocessing)}
+
+
+def check_resume_store(ckpt: Path | None, spec: Any) -> None:
+    """A resumed run must read the same tokens it started on: the store path may move (train.store may change on
+    --resume), its encoder identity (weights, tap, dtype) may not."""
+    if ckpt is None or spec is None:
+        return
+    from geo3d.core.taps import tap_of
+    from geo3d.features_store.spec import diff_specs
+    recorded = (read_marker(ckpt).get("store") or {}).get("encoder")
+    if not recorded:
+        return
+    diffs = diff_specs({**recorded, "tap": tap_of(recorded)}, dict(spec.encoder))
+    if diffs:
+        raise StoreError(f"--resume: the store's tokens differ from those {ckpt} was trained on:\n  "
+                         + "\n  ".join(d.replace("store has", "checkpoint has").replace("requested", "store has")
+                                        for d in diffs)
+                         + "\nresume with the run's own store (checkpoint.json 'store.path'), or start a new run")
 
 
 def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
     """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
     from geo3d.data.orientation import orientation_probe
-    return {"compressor": compressor_type(cfg), "preset": preset_of(cfg), "store": _store_record(cfg, spec),
+    return {"compressor": compressor_type(cfg), "tap": spec.tap if spec is not None else None,
+            "preset": preset_of(cfg), "store": _store_record(cfg, spec),
             "provenance": provenance(), "image_orientation": orientation_probe()}
 
 

@@ -31,6 +31,7 @@ FLAG_KEYS = {
     "suite": "data.suite",
     "data_root": "data.data_root",
     "store": "train.store",
+    "tap": "train.tap",
     "out": "train.out_dir",
     "max_steps": "train.max_steps",
     "seed": "train.seed",
@@ -44,7 +45,7 @@ FLAG_LABELS = {key: "--" + flag.replace("_", "-") for flag, key in FLAG_KEYS.ite
 RULES: dict[str, Rule] = {
     **DATA_RULES,
     "preset": Str(null=True),
-    "train.out_dir": Str(null=True), "train.store": Str(null=True),
+    "train.out_dir": Str(null=True), "train.store": Str(null=True), "train.tap": Str(null=True),
     "train.seed": Int(min=0),
     "train.per_device_batch_size": Int(min=1), "train.grad_accum_steps": Int(min=1),
     "train.max_steps": Int(min=1), "train.save_interval": Int(min=1), "train.log_interval": Int(min=1),

@@ -18,6 +18,7 @@ from geo3d.core.config import CONFIG_DIR, data_root_from
 from geo3d.core.errors import Geo3dError
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
 from geo3d.cli.slurm.render import render
+from geo3d.core.taps import tap_store_path
 from geo3d.policy.run_dir import CHECKPOINT_GLOB
 
 LOG_DIR = "logs"
@@ -105,9 +106,14 @@ def precompute_job(cfg: DictConfig, job_dir: Path) -> JobScript:
     return JobScript("precompute", "precompute.sbatch", text, str(log))
 
 
-def verify_job(cfg: DictConfig, job_dir: Path) -> JobScript:
+def verify_job(cfg: DictConfig, job_dir: Path, taps: tuple[str, ...] = ()) -> JobScript:
+    """verify-cache of the store, or of each tap store of an ablation's precompute pass (--tap checked too)."""
     log = job_dir / LOG_DIR / "verify_%j.out"
-    settings = {**_common_settings(cfg, job_dir), "STORE": absolute(require(cfg, "stage.store", "--store")),
+    store = absolute(require(cfg, "stage.store", "--store"))
+    stores = [str(tap_store_path(store, t)) for t in taps] if taps else [store]
+    settings = {**_common_settings(cfg, job_dir), "STORES": stores, "TAPS": list(taps) or [""],
+                # report verify_<job>.json for the default tap's store (or the one store), verify_<job>_<tap>.json else
+                "REPORT_SUFFIXES": [f"_{t}" if t != "info_sharing" else "" for t in taps] or [""],
                 "EXTRA_ARGS": [*_data_root_args(cfg), "--no-progress"]}
     text = render("verify.sbatch", sbatch=sbatch_options(cfg, "verify", "verify", log, False), settings=settings,
                   setup=setup_lines(cfg))
@@ -130,10 +136,12 @@ def check_train_configs_suite(cfg: DictConfig, suite: str) -> None:
                              f"pass --suite {theirs} (the store must be built for the same suite)")
 
 
-def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobScript:
-    """One compressor run: one process on one GPU, else the multi-node template (accelerate launch per node)."""
+def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str, tap: str | None = None,
+              seed: int | None = None, name: str | None = None) -> JobScript:
+    """One compressor run: one process on one GPU, else the multi-node template (accelerate launch per node).
+    With a `tap` it reads that tap's store (geo3d.core.taps.tap_store_path) and asks for it (--tap)."""
     t = cfg.slurm.train
-    name = f"train_{compressor}"
+    name = f"train_{name or compressor}"
     log = job_dir / LOG_DIR / f"{name}_%j.out"
     suite = require(cfg, "data.suite", "--suite")
     check_train_configs_suite(cfg, suite)
@@ -141,8 +149,10 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str) -> JobS
     for c in cfg.stage.train_configs:
         extra += ["--config", _config_arg(str(c))]
     extra += [str(o) for o in cfg.stage.train_overrides]
+    extra = [*(["--tap", tap] if tap else []), *(["--seed", str(seed)] if seed is not None else []), *extra]
+    store = absolute(require(cfg, "stage.store", "--store"))
     settings = {**_common_settings(cfg, job_dir), "COMPRESSOR": compressor, "SUITE": suite,
-                "STORE": absolute(require(cfg, "stage.store", "--store")), "OUT": absolute(out),
+                "STORE": str(tap_store_path(store, tap)) if tap else store, "OUT": absolute(out),
                 "CHECKPOINT_GLOB": CHECKPOINT_GLOB, "EXTRA_ARGS": extra}
     opts = sbatch_options(cfg, "train", name, log, True)
     nodes = int(t.nodes)
@@ -188,20 +198,69 @@ def ablation_eval_suites(cfg: DictConfig) -> list[str]:
     return [str(s) for s in suites or []]
 
 
-def ablation_jobs(cfg: DictConfig, job_dir: Path) -> list[JobScript]:
-    """precompute -> verify -> one train job per compressor (run dirs <out>/<compressor>) -> one eval job per
-    compressor and eval suite, plus the launcher."""
-    compressors = [str(c) for c in cfg.slurm.ablation.compressors]
-    if not compressors:
+@dataclass(frozen=True)
+class AblationRun:
+    """One training run of the chain: `qformer@encoder` at seed 1 -> run dir <out>/qformer@encoder_s1."""
+
+    compressor: str
+    tap: str | None  # None for `none` (reads no geometry)
+    seed: int | None  # None: the train config's seed
+
+    @property
+    def name(self) -> str:
+        """Bare compressor for the default tap (run dirs as before taps existed), compressor@tap otherwise."""
+        label = f"{self.compressor}@{self.tap}" if self.tap not in (None, "info_sharing") else self.compressor
+        return label if self.seed is None else f"{label}_s{self.seed}"
+
+
+def ablation_runs(cfg: DictConfig) -> list[AblationRun]:
+    """slurm.ablation.compressors (`qformer`, `qformer@encoder`, ...; a bare name reads the info_sharing store)
+    x slurm.ablation.seeds (null: one run each, with the train config's seed)."""
+    from geo3d.core.taps import DEFAULT_TAP, parse_run_label
+
+    entries = [str(c) for c in cfg.slurm.ablation.compressors]
+    if not entries:
         raise Geo3dError("no compressors to run: pass --compressors pool,per_layer,qformer "
-                         "(or set slurm.ablation.compressors)")
-    if len(set(compressors)) != len(compressors):
-        raise Geo3dError(f"compressors repeat: {compressors}; each run needs its own compressor")
+                         "(or set slurm.ablation.compressors; qformer@encoder trains on the encoder tap's store)")
+    parsed = [parse_run_label(e) for e in entries]
+    if any(c == "none" and t for c, t in parsed):
+        raise Geo3dError("`none` reads no geometry tokens, so it has no tap: list it as `none`")
+    runs = [(c, None if c == "none" else (t or DEFAULT_TAP)) for c, t in parsed]
+    if len(set(runs)) != len(runs):
+        raise Geo3dError(f"compressors repeat: {entries}; each run needs its own compressor@tap")
+    seeds = cfg.slurm.ablation.get("seeds")
+    seeds = [None] if seeds in (None, []) else [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise Geo3dError(f"slurm.ablation.seeds repeat: {seeds}")
+    return [AblationRun(c, t, s) for c, t in runs for s in seeds]
+
+
+def _precompute_taps(cfg: DictConfig, runs: list[AblationRun]) -> tuple[str, ...]:
+    """The taps the runs read, in order (info_sharing first); precompute writes all of them in one pass."""
+    from geo3d.core.taps import DEFAULT_TAP, parse_taps
+
+    taps = tuple(dict.fromkeys(r.tap for r in sorted(runs, key=lambda r: r.tap != DEFAULT_TAP) if r.tap))
+    taps = taps or (DEFAULT_TAP,)
+    given = [o for o in cfg.stage.precompute_overrides if str(o).startswith("precompute.taps=")]
+    if given:
+        mine = parse_taps(OmegaConf.from_dotlist([str(given[-1])]).precompute.taps)
+        if missing := [t for t in taps if t not in mine]:
+            raise Geo3dError(f"{given[-1]} lacks {missing}, which runs of the chain read; add them or drop the override")
+    elif taps != (DEFAULT_TAP,):
+        cfg.stage.precompute_overrides = [*cfg.stage.precompute_overrides, f"precompute.taps=[{','.join(taps)}]"]
+    return taps
+
+
+def ablation_jobs(cfg: DictConfig, job_dir: Path) -> list[JobScript]:
+    """precompute (every tap the runs read, one pass) -> verify (each tap store) -> one train job per run (run dirs
+    <out>/<compressor>[@<tap>][_s<seed>]) -> one eval job per run and eval suite, plus the launcher."""
+    runs = ablation_runs(cfg)
+    taps = _precompute_taps(cfg, runs)
     out_root = Path(require(cfg, "stage.out", "--out"))
-    jobs = [precompute_job(cfg, job_dir), verify_job(cfg, job_dir)]
-    jobs += [train_job(cfg, job_dir, c, str(out_root / c)) for c in compressors]
+    jobs = [precompute_job(cfg, job_dir), verify_job(cfg, job_dir, taps)]
+    jobs += [train_job(cfg, job_dir, r.compressor, str(out_root / r.name), r.tap, r.seed, r.name) for r in runs]
     suites = ablation_eval_suites(cfg)
-    jobs += [eval_job(cfg, job_dir, str(out_root / c), s, f"eval_{c}_{s}") for c in compressors for s in suites]
-    launcher = render("ablation.sh", settings={"JOB_DIR": str(job_dir), "COMPRESSORS": compressors,
+    jobs += [eval_job(cfg, job_dir, str(out_root / r.name), s, f"eval_{r.name}_{s}") for r in runs for s in suites]
+    launcher = render("ablation.sh", settings={"JOB_DIR": str(job_dir), "RUNS": [r.name for r in runs],
                                                "EVAL_SUITES": suites})
     return [*jobs, JobScript("ablation", "ablation.sh", launcher)]
