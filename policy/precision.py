@@ -1,8 +1,7 @@
 """Training precision: fp32 master weights for every trainable parameter; compute in the device's native dtype.
 
 AdamW on bf16 weights at lr 1e-5 loses most updates to rounding (a bf16 weight near 0.02 moves in steps of
-~1e-4), so every trainable parameter is fp32 on every launch path (plain, accelerate single/multi GPU,
-DeepSpeed: its bf16 mode keeps fp32 master partitions of fp32 parameters and casts the module itself).
+~1e-4), so every trainable parameter is fp32 on every launch path (plain, accelerate single/multi GPU, multi-node).
 The forward/backward runs under accelerate's bf16 autocast where the device computes bf16 natively
 (`geo3d.core.device`: CUDA, AVX512-BF16/AMX CPUs) and in plain fp32 where bf16 would be emulated.
 Frozen parameters keep `model.vlm.dtype` (memory); only that mix needs autocast, which is checked here.
