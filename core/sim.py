@@ -7,8 +7,10 @@ variables that must be set before the first import. `configure()` handles all th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +109,6 @@ def seed_episode(seed: int, init_id: int) -> int:
     gives the same scene only when the RNG is seeded the same way right before the reset: eval and the
     demo-data generator both call this. The flow-matching sampler also draws from torch's global RNG.
     """
-    import random
-
     s = int(seed) * 1000 + int(init_id)
     random.seed(s)
     np.random.seed(s % 2**32)
@@ -120,8 +120,6 @@ def seed_episode(seed: int, init_id: int) -> int:
 def state_digest(env: Any) -> str | None:
     """A short sha256 of the simulator's full MuJoCo state (time, qpos, qvel, ...): two runs of an episode ended in
     the same state exactly when these agree. None for an env without `get_sim_state`."""
-    import hashlib
-
     get = getattr(env, "get_sim_state", None)
     if get is None:
         return None

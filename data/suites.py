@@ -14,6 +14,7 @@ from typing import Any
 
 from geo3d.core.config import DATA_ROOT_ENV, PACKAGE_ROOT
 from geo3d.core.errors import DataError
+from geo3d.data.lerobot_format import LeRobotDataset
 from geo3d.data.libero_hdf5 import LiberoHDF5Dataset, is_hdf5_suite_folder
 
 SUITE_FOLDERS = {
@@ -88,8 +89,6 @@ def resolve_suite(suite: str, data_root: str | Path | None = None) -> list[Path]
 def open_dataset(path: Path, **kwargs: Any) -> Any:
     """The reader for a resolved suite folder: `LeRobotDataset` or `LiberoHDF5Dataset` (same interface)."""
     if _is_lerobot(path):
-        from geo3d.data.lerobot_format import LeRobotDataset
-
         return LeRobotDataset(path, **kwargs)
 
     return LiberoHDF5Dataset(path, **kwargs)

@@ -23,6 +23,7 @@ import torch
 from geo3d.core.errors import Geo3dError
 from geo3d.core.taps import DEFAULT_TAP, ENCODER, INFO_SHARING, intermediate_layer
 from geo3d.encoders.base import GeometryEncoder
+from geo3d.encoders.views import check_image_size, norm_mean_std
 
 # uniception 0.1.7 declares unpinned torch/torchvision/torchaudio, so a plain `pip install` of it (or of mapanything,
 # or timm) may replace the installed torch and bring a torchvision built for another one. Install without deps.
@@ -186,8 +187,6 @@ def load_mapanything(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def model_norm_type(model: torch.nn.Module) -> str:
     """The image normalization the model's encoder was trained with (`encoder.data_norm_type`), checked known."""
-    from geo3d.encoders.views import norm_mean_std
-
     norm = getattr(getattr(model, "encoder", None), "data_norm_type", None)
     if not isinstance(norm, str):
         raise Geo3dError("the MapAnything model has no encoder.data_norm_type, so the image normalization it "
@@ -215,8 +214,6 @@ class MapAnythingEncoder(GeometryEncoder):
 
     def __init__(self, *, weights: str | Path | None, image_size: int, tokens_per_view: int,
                  device: torch.device | str = "cuda", dtype: str = "auto", tap: str = DEFAULT_TAP):
-        from geo3d.encoders.views import check_image_size
-
         check_image_size(image_size)  # before the ~20 s model build
         self.weights = check_weights_dir(weights)
         model, self.config = load_mapanything(self.weights)

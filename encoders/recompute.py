@@ -11,11 +11,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from geo3d.core.device import resolve_device
 from geo3d.core.errors import StoreError
 from geo3d.core.jsonvalue import plain_json
 from geo3d.core.provenance import without_runtime
-from geo3d.encoders.tiny import UNHASHED_PREFIX
 from geo3d.core.taps import tap_of
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.orientation import refuse_old_store
+from geo3d.encoders.mapanything import MapAnythingEncoder
+from geo3d.encoders.tiny import UNHASHED_PREFIX, TinyEncoder
+from geo3d.encoders.views import frames_to_model_input
 
 WEIGHTS_ENV = "GEO3D_MAPANYTHING_WEIGHTS"  # where the MapAnything weights are on this machine (not in the store)
 
@@ -26,9 +31,6 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
     Used by `verify-cache --recompute` and by evaluation to encode live frames exactly like the training tokens.
     """
-    from geo3d.data.orientation import refuse_old_store
-    from geo3d.core.device import resolve_device
-
     refuse_old_store(preprocessing, "behind these tokens")
     if str(encoder.get("fingerprint", "")).startswith(UNHASHED_PREFIX):
         raise StoreError("these tokens were made by the benchmark stand-in with unhashed random weights "
@@ -46,9 +48,6 @@ def encoder_from_record(encoder: Mapping[str, Any], preprocessing: Mapping[str, 
 
 
 def _build_from_record(enc: dict[str, Any], pre: dict[str, Any], tokens: int, device: str) -> Any:
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-    from geo3d.encoders.tiny import TinyEncoder
-
     try:
         image_size = int(pre["resize"]["size"][0])
     except (KeyError, TypeError, IndexError) as e:
@@ -78,9 +77,6 @@ def make_recompute_fn(spec: Any, data_root: str | None) -> Callable[[np.ndarray]
     `fn.device` / `fn.runtime` tell the verifier where and with which kernels the encoder ran, so it can decide
     whether a bit-exact comparison is meaningful (geo3d.features_store.tolerance).
     """
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.encoders.views import frames_to_model_input
-
     encoder = encoder_from_record(spec.encoder, spec.preprocessing, spec.tokens)
     suite = spec.dataset.get("suite")
     mixture = LiberoMixture(suite, data_root, image_size=encoder.image_size)

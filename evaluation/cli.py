@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import List, Optional
-
-import functools
 
 import typer
 
@@ -135,7 +134,7 @@ def report_cmd(
     config: Optional[List[Path]] = CONFIG_OPTION,
 ) -> None:
     """Loss curves, compressor grad norms, geometry attention mass, and success rates from RUN_DIR/eval*/."""
-    from geo3d.evaluation.report import write_report
+    from geo3d.evaluation.report_render import write_report  # matplotlib
 
     cfg = build_config(DEFAULTS, config, None, {"report.out": str(out) if out else None}, schema=config_schema())
     paths = write_report(run_dirs, Path(cfg.report.out or "report"))
@@ -160,8 +159,8 @@ def replay_cmd(
 ) -> None:
     """Execute dataset episodes' recorded actions in the simulator under eval's protocol (eval.* settings) and
     check they reproduce: outcome, observation.state, images vs stored frames. Exit 0 all reproduced, 1 not."""
-    from geo3d.evaluation.replay import dataset_episodes, markdown, replay, write_reports
     from geo3d.data.suites import resolve_data_root
+    from geo3d.evaluation.replay import dataset_episodes, markdown, replay, write_reports
 
     cfg = build_config(DEFAULTS, config, overrides, {"data.data_root": str(data_root) if data_root else None},
                        schema=config_schema())

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from geo3d.core.sim import reset_to, state_digest
 from geo3d.evaluation.observation import observation_to_inputs, upright_frame
 from geo3d.evaluation.policy_handle import Policy, check_action_chunk
 
@@ -68,8 +69,6 @@ def run_episode(env: Any, policy: Policy, instruction: str, init_state: np.ndarr
     """Run one episode. A simulator exception (e.g. MuJoCo instability) ends it as a failure with the error
     recorded; policy errors propagate: a broken policy or a lost server must stop the evaluation, not
     score zeros. `should_stop` is polled every step (EpisodeInterrupted)."""
-    from geo3d.core.sim import reset_to, state_digest
-
     start = time.perf_counter()
     steps = queries = 0
 

@@ -7,13 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
+from geo3d.core import sim
+from geo3d.core.config import save_resolved
+from geo3d.core.errors import Geo3dError
+from geo3d.core.preemption import Preempted, PreemptionFlag
+from geo3d.core.provenance import provenance
+from geo3d.data.orientation import orientation_probe, refuse_old_orientation
+from geo3d.evaluation.client import RemotePolicy
 from geo3d.evaluation.episode import MAX_STEPS, EpisodeInterrupted, EpisodeSettings
 from geo3d.evaluation.results import markdown, summarize, write_json_atomic
 from geo3d.evaluation.runner import Job, PolicySource, read_done, run_jobs
-from geo3d.core.errors import Geo3dError
-from geo3d.core.preemption import Preempted, PreemptionFlag
+from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 
 EPISODES_FILE, RESULTS_FILE, TABLE_FILE = "episodes.jsonl", "results.json", "results.md"
 
@@ -37,15 +45,12 @@ def checkpoint_of(source: PolicySource) -> tuple[str | None, int | None, int | N
     """(checkpoint dir, step, image size, what the policy is: compressor, tap, preset) of the evaluated policy,
     from --ckpt (its checkpoint.json) or the server's metadata."""
     if source.server:
-        from geo3d.evaluation.client import RemotePolicy
-
         client = RemotePolicy(source.server, connect_timeout=30)
         try:
             meta = client.metadata
         finally:
             client.close()
         return meta.get("checkpoint"), meta.get("step"), meta.get("image_size"), {"compressor": meta.get("compressor")}
-    from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 
     ckpt = resolve_checkpoint(source.ckpt)
     marker = read_marker(ckpt)
@@ -96,7 +101,6 @@ def check_resume_matches(out: Path, cfg: DictConfig, ckpt: str | None) -> None:
             if before != now:
                 diffs.append(f"eval.{key}: results have {before!r}, now {now!r}")
     if saved_res.exists():
-        from geo3d.data.orientation import refuse_old_orientation
         refuse_old_orientation(json.loads(saved_res.read_text()).get("image_orientation"),
                                f"the evaluation in {out}", "Start it over with --overwrite (or --out elsewhere), "
                                "with a checkpoint trained by this version.")
@@ -112,7 +116,6 @@ def check_resume_matches(out: Path, cfg: DictConfig, ckpt: str | None) -> None:
 def resolve_gl(gl: str) -> str:
     if gl != "auto":
         return gl
-    import torch
 
     return "egl" if torch.cuda.is_available() else "osmesa"
 
@@ -130,13 +133,6 @@ def settings_from(cfg: DictConfig) -> EpisodeSettings:
 
 def evaluate(cfg: DictConfig, source: PolicySource, resume: bool, overwrite: bool) -> dict[str, Any]:
     """Run the evaluation described by `cfg.eval` and return the results written to OUT/results.json."""
-    from tqdm import tqdm
-
-    from geo3d.core import sim
-    from geo3d.core.config import save_resolved
-    from geo3d.data.orientation import orientation_probe
-    from geo3d.core.provenance import provenance
-
     e = cfg.eval
     settings = settings_from(cfg)
     ckpt, step, image_size, policy = checkpoint_of(source)  # a wrong --ckpt / --server fails before the simulator loads

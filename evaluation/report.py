@@ -5,7 +5,8 @@ Per run it reads RUN_DIR/metrics.jsonl (written by train/metrics.py), RUN_DIR/re
 preset, train.seed), RUN_DIR/provenance.json (the store the run trained on, hence its encoder tap) and every eval
 result RUN_DIR/eval*/results.json (written by `geo3d eval`, whose default --out for a run's checkpoint is
 RUN_DIR/eval_<suite>_step<N>/): per suite the complete evaluation of the latest step, with its episodes. The
-analysis (seeds, intervals, paired tests) is evaluation/report_compare.py; drawing is evaluation/report_render.py.
+analysis (seeds, intervals, paired tests) is evaluation/report_compare.py; drawing and writing the report
+(`write_report`) is evaluation/report_render.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from geo3d.core.errors import Geo3dError
 from geo3d.core.taps import run_label, tap_of
@@ -91,7 +94,6 @@ def _recorded(run_dir: Path, key: str) -> Any:
     cfg = run_dir / "resolved_config.yaml"
     if not cfg.exists():
         return None
-    from omegaconf import OmegaConf
 
     return OmegaConf.select(OmegaConf.load(cfg), key, default=None)
 
@@ -161,35 +163,3 @@ def load_run(run_dir: str | Path) -> RunSummary:
                 run.geom_attn.setdefault(layer, []).append(m)
     run.evals = _eval_results(run_dir)
     return run
-
-
-def _run_record(r: RunSummary) -> dict[str, Any]:
-    return {"run_dir": str(r.run_dir), "label": r.config_label, "compressor": r.compressor, "tap": r.tap,
-            "preset": r.preset, "seed": r.seed, "last_step": r.steps[-1] if r.steps else None,
-            "final_loss": r.tail_mean(r.loss), "compressor_grad_norm": r.tail_mean(r.grad_compressor),
-            "geom_attention_mass": {i: r.tail_mean(v) for i, v in sorted(r.geom_attn.items())},
-            "success": r.success,
-            "eval_settings": {s: e.settings for s, e in r.evals.items()}}
-
-
-def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
-    """report.png + report.md + report.json (the numbers behind both) in `out`."""
-    from geo3d.core.provenance import provenance
-    from geo3d.evaluation.report_compare import analyse
-    from geo3d.evaluation.report_render import markdown_report, render_png
-
-    if not run_dirs:
-        raise Geo3dError("give at least one run directory")
-    runs = [load_run(d) for d in run_dirs]
-    dirs = [r.run_dir.resolve() for r in runs]
-    if len(set(dirs)) != len(dirs):
-        raise Geo3dError("a run directory is given twice: each run counts once (seeds are separate runs)")
-    analysis = analyse(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    png = render_png(runs, analysis, out / "report.png")
-    md = out / "report.md"
-    md.write_text(markdown_report(runs, analysis))
-    js = out / "report.json"
-    js.write_text(json.dumps({"runs": [_run_record(r) for r in runs], **analysis, "provenance": provenance()},
-                             indent=2, default=str))
-    return [png, md, js]

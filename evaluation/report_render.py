@@ -4,11 +4,17 @@ paired differences with their intervals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from geo3d.evaluation.report import RunSummary
-from geo3d.evaluation.report_compare import ALL, METHODS, power_line, verdict
+import matplotlib
+import matplotlib.pyplot as plt
+
+from geo3d.core.errors import Geo3dError
+from geo3d.core.provenance import provenance
+from geo3d.evaluation.report import RunSummary, load_run
+from geo3d.evaluation.report_compare import ALL, METHODS, analyse, power_line, verdict
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:
@@ -164,10 +170,7 @@ def _plot_differences(ax, comps: list[dict[str, Any]]) -> None:
 
 
 def render_png(runs: list[RunSummary], analysis: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     _plot_curves(axes[0, 0], runs, "steps", "loss", "training loss (flow matching)", log=True)
@@ -185,3 +188,31 @@ def render_png(runs: list[RunSummary], analysis: dict[str, Any], path: Path) -> 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _run_record(r: RunSummary) -> dict[str, Any]:
+    return {"run_dir": str(r.run_dir), "label": r.config_label, "compressor": r.compressor, "tap": r.tap,
+            "preset": r.preset, "seed": r.seed, "last_step": r.steps[-1] if r.steps else None,
+            "final_loss": r.tail_mean(r.loss), "compressor_grad_norm": r.tail_mean(r.grad_compressor),
+            "geom_attention_mass": {i: r.tail_mean(v) for i, v in sorted(r.geom_attn.items())},
+            "success": r.success,
+            "eval_settings": {s: e.settings for s, e in r.evals.items()}}
+
+
+def write_report(run_dirs: list[str | Path], out: Path) -> list[Path]:
+    """report.png + report.md + report.json (the numbers behind both) in `out`."""
+    if not run_dirs:
+        raise Geo3dError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    dirs = [r.run_dir.resolve() for r in runs]
+    if len(set(dirs)) != len(dirs):
+        raise Geo3dError("a run directory is given twice: each run counts once (seeds are separate runs)")
+    analysis = analyse(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    png = render_png(runs, analysis, out / "report.png")
+    md = out / "report.md"
+    md.write_text(markdown_report(runs, analysis))
+    js = out / "report.json"
+    js.write_text(json.dumps({"runs": [_run_record(r) for r in runs], **analysis, "provenance": provenance()},
+                             indent=2, default=str))
+    return [png, md, js]

@@ -11,15 +11,19 @@ handler could land inside robosuite/MuJoCo code whose bare `except:` swallows it
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
-from geo3d.evaluation.rollout_video import RolloutVideo
+from geo3d.core import sim
 from geo3d.core.preemption import PreemptionFlag
+from geo3d.evaluation.client import RemotePolicy
+from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeResult, EpisodeSettings, run_episode
+from geo3d.evaluation.policy_handle import load_local_policy
+from geo3d.evaluation.rollout_video import RolloutVideo
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,7 @@ class PolicySource:
 
     def open(self) -> Any:
         if self.server:
-            from geo3d.evaluation.client import RemotePolicy
-
             return RemotePolicy(self.server)
-        from geo3d.evaluation.policy_handle import load_local_policy
 
         return load_local_policy(self.ckpt, self.device, self.encoder_weights)
 
@@ -62,8 +63,6 @@ class _Worker:
         self.init_states: Any = None
 
     def _env_for(self, job: Job) -> None:
-        from geo3d.core import sim
-
         if self.task is not None and (self.task.suite, self.task.task_id) == (job.suite, job.task_id):
             return
         self.close_env()
@@ -72,8 +71,6 @@ class _Worker:
         self.env = sim.make_env(self.task, image_size=job.render_size, seed=job.seed)
 
     def run(self, job: Job) -> EpisodeResult:
-        from geo3d.core import sim
-
         sim.configure(self.gl)
         if self.policy is None:
             self.policy = self.source.open()
@@ -136,7 +133,6 @@ def run_jobs(jobs: list[Job], source: PolicySource, settings: EpisodeSettings, g
         finally:
             worker.close()
         return
-    import multiprocessing as mp
 
     # spawn: MuJoCo/OpenGL contexts and torch threads do not survive fork
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(source, settings, gl))

@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from geo3d.core.errors import StoreError
 from geo3d.features_store.spec import StoreSpec
 from geo3d.features_store.token_codec import FILL_BITS
 
@@ -49,8 +50,6 @@ def require_zarr3() -> Any:
     """zarr-python >= 3.1 (zarr v3 format, sharding codec); older installs would fail obscurely."""
     major, minor = (int(x) for x in zarr.__version__.split(".")[:2])
     if (major, minor) < (3, 1):
-        from geo3d.core.errors import StoreError
-
         raise StoreError(f"features stores need zarr-python >= 3.1, found {zarr.__version__}: pip install 'zarr>=3.1'")
     return zarr
 

@@ -199,8 +199,6 @@ def _fsync_tree(path: Path) -> None:
 def read_export(path: Path, fmt: str) -> tuple[dict[str, Any], Iterator[np.ndarray], dict[str, np.ndarray]]:
     """(metadata, iterator of uint16 token blocks, index arrays) of an export, streamed block by block."""
     if fmt == "hdf5":
-        import h5py
-
         with h5py.File(path, "r") as h:
             meta = json.loads(h.attrs["geo3d_export"])
             index = {k: np.asarray(h[f"index/{k}"][:]) for k in INDEX_FIELDS}

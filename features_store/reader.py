@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from geo3d.core.errors import StoreError
 from geo3d.features_store import array_layout as L
@@ -126,8 +127,6 @@ class FeatureReader:
     # ---- lazy, per-process zarr handle -----------------------------------------------------------
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
-            import zarr
-
             zarr.config.set({"async.concurrency": self.zarr_concurrency})
             self._tokens = None
             self._shards = None  # fds are per process
@@ -136,8 +135,6 @@ class FeatureReader:
     def _tokens_array(self):
         self._ensure_open()
         if self._tokens is None:
-            import zarr
-
             self._tokens = zarr.open_array(zarr.storage.LocalStore(self.path / L.TOKENS, read_only=True),
                                            mode="r", zarr_format=3)
         return self._tokens

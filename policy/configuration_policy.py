@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from omegaconf import DictConfig, OmegaConf
+
 from geo3d.core.errors import Geo3dError
 from geo3d.data.norm_stats import NORM_METHODS
 
@@ -192,7 +194,6 @@ def full_model_section(model_cfg: Any) -> dict:
 
 def _to_container(cfg: Any) -> dict:
     try:
-        from omegaconf import DictConfig, OmegaConf
         if isinstance(cfg, DictConfig):
             return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except ImportError:  # pragma: no cover - omegaconf is a hard dependency

@@ -17,10 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
+from geo3d.core.errors import Geo3dError
 from geo3d.policy.configuration_policy import TinyVLMConfig
 from geo3d.policy.processor_policy import QwenVLImageTextProcessor
 
@@ -60,7 +62,6 @@ def _corpus() -> list[str]:
 
 def build_tokenizer(tiny: TinyVLMConfig):
     """Train the byte-level BPE (Qwen2 pre-tokenizer) and wrap it as the Qwen2 tokenizer class."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -81,7 +82,6 @@ def build_config(tiny: TinyVLMConfig, tokenizer):
     ids = tokenizer.convert_tokens_to_ids
     head_dim = tiny.hidden // tiny.heads
     if sum(tiny.mrope_section) * 2 != head_dim:
-        from geo3d.core.errors import Geo3dError
         raise Geo3dError(f"model.vlm.tiny.mrope_section {tiny.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     text = dict(vocab_size=len(tokenizer), hidden_size=tiny.hidden, intermediate_size=tiny.intermediate,
                 num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads, num_key_value_heads=tiny.kv_heads,

@@ -11,11 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
+from geo3d.core.config import data_root_from, save_resolved
+from geo3d.core.device import resolve_device
 from geo3d.core.errors import Geo3dError
-from geo3d.features_store.metadata import PRECOMPUTE_LOG_DIR
-
+from geo3d.core.preemption import PreemptionFlag
+from geo3d.core.provenance import provenance, utc_now
+from geo3d.core.storage_faults import resume_command, storage_guard
+from geo3d.core.taps import check_available, parse_taps, tap_store_path
+from geo3d.data.lerobot_layout import VIEW_NAMES
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.orientation import refuse_old_store
+from geo3d.encoders import build_encoder, preflight_encoder
+from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
+from geo3d.features_store.metadata import PRECOMPUTE_LOG_DIR, read_metadata, spec_from_metadata
+from geo3d.features_store.store import set_trial_record
+from geo3d.precompute.decode import DataSource, EpisodeFeeder
+from geo3d.precompute.disk_space import check_free_space, fault_hooks
+from geo3d.precompute.pipeline import TokenBuffers, run_worker
+from geo3d.precompute.shard_planner import ShardPlanner
+from geo3d.precompute.shard_writer import ShardWriter
+from geo3d.precompute.tap_stores import TapStores
+from geo3d.precompute.worker_slot import worker_slot
 
 
 @dataclass
@@ -35,9 +55,6 @@ class RunResult:
 
 def build_spec(encoder: Any, mixture: Any, store_cfg: Any, tap: str | None = None) -> Any:
     """A tap store's identity: encoder identity (fingerprint, tap) + preprocessing + dataset identity + layout."""
-    from geo3d.features_store import StoreLayout, StoreSpec
-    from geo3d.data.lerobot_layout import VIEW_NAMES
-
     tap = tap or encoder.tap
     layout_cfg = OmegaConf.to_container(store_cfg, resolve=True) if isinstance(store_cfg, DictConfig) else store_cfg
     return StoreSpec(frames=len(mixture), views=len(VIEW_NAMES), tokens=encoder.tokens_per_view,
@@ -47,8 +64,6 @@ def build_spec(encoder: Any, mixture: Any, store_cfg: Any, tap: str | None = Non
 
 def tap_store_paths(store: str | Path, taps: tuple[str, ...]) -> dict[str, Path]:
     """tap -> its store path (geo3d.core.taps.tap_store_path: info_sharing at --store, others beside it)."""
-    from geo3d.core.taps import tap_store_path
-
     return {t: tap_store_path(store, t) for t in taps}
 
 
@@ -100,25 +115,12 @@ def _note_other_device(recorded: Any, mine: dict[str, Any]) -> None:
 
 def _refuse_old_orientation(store_path: Path, overwrite: bool) -> None:
     """Resuming a store made with the old (upside-down) image path would mix two orientations: refuse."""
-    from geo3d.features_store.metadata import read_metadata, spec_from_metadata
-    from geo3d.data.orientation import refuse_old_store
-
     if not overwrite and (store_path / "zarr.json").is_file():
         refuse_old_store(spec_from_metadata(read_metadata(store_path)).preprocessing, store_path)
 
 
 def run_precompute(cfg: DictConfig) -> RunResult:
     """One worker: check, start decoding, build the encoder, open/create the store, encode until done."""
-    import torch
-
-    from geo3d.core.config import data_root_from
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.decode import DataSource, EpisodeFeeder
-    from geo3d.encoders import build_encoder, preflight_encoder
-    from geo3d.core.device import resolve_device
-    from geo3d.core.taps import check_available, parse_taps
-    from geo3d.precompute.worker_slot import worker_slot
-
     p = cfg.precompute
     if not p.store:
         raise Geo3dError("no store path: pass --store PATH (or precompute.store=PATH)")
@@ -148,9 +150,6 @@ def run_precompute(cfg: DictConfig) -> RunResult:
 def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, taps: tuple[str, ...], mixture: Any,
          feeder: Any) -> RunResult:
     """A full disk, a quota, EIO/EROFS or a vanished store directory -> one StorageFault (exit 74)."""
-    from geo3d.core.storage_faults import resume_command, storage_guard
-    from geo3d.precompute.disk_space import fault_hooks
-
     paths = tap_store_paths(cfg.precompute.store, taps)
     specs = {t: build_spec(encoder, mixture, cfg.store, t) for t in taps}
     with storage_guard("precompute", cfg.precompute.store, resume=resume_command(drop=("--overwrite",)),
@@ -161,12 +160,6 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, taps: tuple[str,
 def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: dict[str, Path],
                  specs: dict[str, Any]) -> tuple[Any, list[Path]]:
     """Open or create every tap store, record the run's config and provenance in each; a TapStores group."""
-    from geo3d.core.config import data_root_from, save_resolved
-    from geo3d.core.provenance import provenance
-    from geo3d.features_store import FeatureStore
-    from geo3d.precompute.disk_space import check_free_space
-    from geo3d.precompute.tap_stores import TapStores
-
     p = cfg.precompute
     for path in paths.values():
         _refuse_old_orientation(path, bool(p.overwrite))
@@ -187,13 +180,6 @@ def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: d
 
 def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: Any, feeder: Any,
                paths: dict[str, Path], specs: dict[str, Any]) -> RunResult:
-    from tqdm import tqdm
-
-    from geo3d.core.preemption import PreemptionFlag
-    from geo3d.precompute.pipeline import TokenBuffers, run_worker
-    from geo3d.precompute.shard_planner import ShardPlanner
-    from geo3d.precompute.shard_writer import ShardWriter
-
     p = cfg.precompute
     group, log_paths = _open_stores(cfg, slot, device, encoder, paths, specs)
     end = trial_end(group, p.limit_frames)
@@ -245,9 +231,6 @@ def trial_end(group: Any, limit_frames: int | None) -> int:
 
 def record_trial(group: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
     """A trial marks every store of the pass as one (verify-cache and train name it); a complete one is no trial."""
-    from geo3d.core.provenance import utc_now
-    from geo3d.features_store.store import set_trial_record
-
     if not left:
         for store in group.stores.values():
             set_trial_record(store.path, None)

@@ -30,12 +30,12 @@ def data_root(tmp_path_factory) -> Path:
 
 def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] | None = None) -> tuple[list[int], object]:
     """Run one in-process worker; returns the row count of every encoder call and the run's result."""
-    import geo3d.encoders as encoders
+    import geo3d.precompute.run as precompute_run
     from geo3d.precompute.cli import precompute_config
     from geo3d.precompute.run import run_precompute
 
     calls = [] if calls is None else calls
-    real_build = encoders.build_encoder
+    real_build = precompute_run.build_encoder
 
     def build(*a, **k):
         enc = real_build(*a, **k)
@@ -45,7 +45,7 @@ def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] 
 
     cfg = precompute_config([
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", *SMALL, *overrides])
-    with mock.patch.object(encoders, "build_encoder", build):
+    with mock.patch.object(precompute_run, "build_encoder", build):
         result = run_precompute(cfg)
     return calls, result
 
@@ -106,6 +106,7 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
     is claimed; shard 2 is finished when that fits the grace period, else released uncommitted; nothing stays
     claimed and a rerun completes the store."""
     import geo3d.core.preemption as preemption
+    import geo3d.precompute.run as precompute_run
 
     store = tmp_path / "store.zarr"
     calls: list[int] = []
@@ -115,7 +116,7 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
         def requested(self) -> bool:
             return bool(calls)
 
-    with mock.patch.object(preemption, "PreemptionFlag", StopAfterFirstBatch):
+    with mock.patch.object(precompute_run, "PreemptionFlag", StopAfterFirstBatch):
         _, result = _precompute(data_root, store, "precompute.batch_size=20", f"precompute.preempt_grace_s={grace}",
                                 calls=calls)
     from geo3d.features_store import FeatureStore

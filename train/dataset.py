@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from geo3d.features_store import FeatureReader
+
 
 class GeoTrainDataset(Dataset):
     """`ds[i]` -> dict(images uint8 [V,S,S,3], instruction, state float32 [8] raw, actions float32 [8,7]
@@ -34,7 +36,6 @@ class GeoTrainDataset(Dataset):
 
     def reader(self) -> Any:
         if self._reader is None:
-            from geo3d.features_store import FeatureReader
             self._reader = FeatureReader(self.store_path)
         return self._reader
 

@@ -9,16 +9,27 @@ import os
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from geo3d.core.errors import Geo3dError
 from geo3d.core.preemption import PreemptionFlag, ignore_stop_signals
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.precision import accelerate_precision, keep_trainable_fp32
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.processor_policy import PolicyProcessor
 from geo3d.train import preflight as setup
-from geo3d.train.checkpoint import TrainerState
+from geo3d.train.checkpoint import TrainerState, restore_weights
+from geo3d.train.dataset import GeoTrainDataset, TrainCollator
+from geo3d.train.memory import estimate_memory
+from geo3d.train.metrics import MetricsLogger
+from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
 from geo3d.train.run_config import run_dir_of
 from geo3d.train.run_guard import claim_run_dir
+from geo3d.train.sampler import ResumableSampler
 from geo3d.train.trainer import TrainingParts, TrainResult, train_loop
-
 
 DEEPSPEED_REFUSED = (
     "DeepSpeed is not supported yet: geo3d's DeepSpeed path has never run on a GPU, and a reading of it finds no "
@@ -35,8 +46,6 @@ def refuse_deepspeed() -> None:
 
 
 def make_accelerator(cfg: DictConfig) -> Any:
-    from accelerate import Accelerator
-    from geo3d.policy.precision import accelerate_precision
     refuse_deepspeed()
     precision = accelerate_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     # cpu=True without CUDA: lets torchrun/accelerate-launched CPU processes form a gloo group (MULTI_CPU)
@@ -50,9 +59,6 @@ def make_accelerator(cfg: DictConfig) -> Any:
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
     """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
     memory estimate (train/memory.py) — no memory used."""
-    from geo3d.train.memory import estimate_memory
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.train.optim import apply_freeze
     compressor = setup.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
@@ -77,8 +83,6 @@ def loader_options(train_cfg: DictConfig) -> dict[str, Any]:
 
 
 def _build_loader(cfg: DictConfig, dataset: Any, collate: Any, state: TrainerState, acc: Any) -> tuple[Any, Any]:
-    from torch.utils.data import DataLoader
-    from geo3d.train.sampler import ResumableSampler
     sampler = ResumableSampler(len(dataset), seed=int(cfg.train.seed), rank=acc.process_index,
                                world_size=acc.num_processes, consumed=state.consumed, shuffle=bool(cfg.train.shuffle))
     loader = DataLoader(dataset, batch_size=int(cfg.train.per_device_batch_size), sampler=sampler,
@@ -110,16 +114,6 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
 
 
 def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: PreemptionFlag) -> TrainResult:
-    from accelerate.utils import set_seed
-    from geo3d.train.dataset import GeoTrainDataset, TrainCollator
-    from geo3d.train.metrics import MetricsLogger
-    from geo3d.train.checkpoint import restore_weights
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.policy.pretrained import Policy
-    from geo3d.policy.processor_policy import PolicyProcessor
-    from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler
-    from geo3d.policy.precision import keep_trainable_fp32
-
     run_dir, ckpt = run_dir_of(cfg), setup.resume_checkpoint(cfg, resume)
     acc = make_accelerator(cfg)
     mixture = setup.open_mixture(cfg)

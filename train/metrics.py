@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from geo3d.core.errors import Geo3dError
 from geo3d.policy.run_dir import METRICS_FILE
 
 
@@ -132,7 +133,6 @@ def _start_wandb(wandb_cfg: DictConfig, full_config: DictConfig | None, run_name
     try:
         import wandb  # type: ignore[import-not-found]
     except ImportError as e:
-        from geo3d.core.errors import Geo3dError
         raise Geo3dError("train.wandb.enabled=true but wandb is not installed: pip install 'geo3d[wandb]' "
                          "or set train.wandb.enabled=false") from e
     config = OmegaConf.to_container(full_config, resolve=True) if full_config is not None else {}

@@ -6,6 +6,7 @@ the store join check, then the model. Nothing here imports the geometry encoder 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,15 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 from geo3d.core.config import data_root_from, save_resolved
 from geo3d.core.errors import Geo3dError, StoreError
 from geo3d.core.provenance import provenance
+from geo3d.core.taps import refuse_other_tap, tap_of
+from geo3d.data.lerobot_layout import STATE_DIM
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.norm_stats import compute_norm_stats, load_norm_stats, save_norm_stats
+from geo3d.data.orientation import orientation_probe, refuse_old_store
+from geo3d.features_store import FeatureReader
+from geo3d.features_store.spec import diff_specs
+from geo3d.policy.configuration_policy import COMPRESSOR_TYPES, PolicyConfig
 from geo3d.policy.pretrained import read_marker
-from geo3d.policy.run_dir import latest_checkpoint
+from geo3d.policy.run_dir import NORM_STATS_FILE, PROVENANCE_FILE, RESOLVED_CONFIG, latest_checkpoint
 from geo3d.train.run_config import resume_differences, run_dir_of
-from geo3d.policy.run_dir import NORM_STATS_FILE, PROVENANCE_FILE, RESOLVED_CONFIG
+from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
 
 
 def compressor_type(cfg: DictConfig) -> str:
     """The configured compressor, refused early (before data or model) when the policy does not know it."""
-    from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
     name = OmegaConf.select(cfg, "model.compressor.type", default=None)
     if name not in COMPRESSOR_TYPES:
         raise Geo3dError(f"unknown compressor {name!r}; use --compressor one of {list(COMPRESSOR_TYPES)}")
@@ -33,10 +41,6 @@ def compressor_type(cfg: DictConfig) -> str:
 
 def preflight(cfg: DictConfig) -> None:
     """Config checks that need no data: model config valid, compressor known, optional tools installed."""
-    import importlib.util
-
-    from geo3d.policy.configuration_policy import PolicyConfig
-    from geo3d.data.lerobot_layout import STATE_DIM
     compressor_type(cfg)
     head = PolicyConfig.from_cfg(cfg.model).action_head
     if head.use_state and head.state_dim != STATE_DIM:  # the fork preset's 7-wide encoder is built, never fed
@@ -86,7 +90,6 @@ def resume_checkpoint(cfg: DictConfig, resume: bool) -> Path | None:
 
 
 def open_mixture(cfg: DictConfig) -> Any:
-    from geo3d.data.mixture import LiberoMixture
     mixture = LiberoMixture(cfg.data.suite, data_root=data_root_from(cfg),
                             action_horizon=int(cfg.data.action_horizon), image_size=int(cfg.data.image_size))
     return mixture.validate_files()  # the dataset check precompute and verify-cache run too
@@ -94,10 +97,6 @@ def open_mixture(cfg: DictConfig) -> Any:
 
 def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
-    from geo3d.features_store import FeatureReader
-    from geo3d.data.orientation import refuse_old_store
-    from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
-    from geo3d.core.taps import refuse_other_tap
     reader = FeatureReader(store)
     refuse_other_tap(reader.spec.tap, OmegaConf.select(cfg, "train.tap", default=None), store,
                      "this run (--tap / train.tap)")
@@ -109,7 +108,6 @@ def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
 
 def norm_stats_for_run(run_dir: Path, mixture: Any, resuming: bool, is_main: bool, wait: Any) -> tuple[Any, Path]:
     """The run's norm stats: computed once over all frames at the start, then always read from the run dir."""
-    from geo3d.data.norm_stats import compute_norm_stats, load_norm_stats, save_norm_stats
     path = run_dir / NORM_STATS_FILE
     if not (resuming and path.exists()):
         if is_main:
@@ -142,8 +140,6 @@ def check_resume_store(ckpt: Path | None, spec: Any) -> None:
     --resume), its encoder identity (weights, tap, dtype) may not."""
     if ckpt is None or spec is None:
         return
-    from geo3d.core.taps import tap_of
-    from geo3d.features_store.spec import diff_specs
     recorded = (read_marker(ckpt).get("store") or {}).get("encoder")
     if not recorded:
         return
@@ -157,7 +153,6 @@ def check_resume_store(ckpt: Path | None, spec: Any) -> None:
 
 def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
     """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
-    from geo3d.data.orientation import orientation_probe
     return {"compressor": compressor_type(cfg), "tap": spec.tap if spec is not None else None,
             "preset": preset_of(cfg), "store": _store_record(cfg, spec),
             "provenance": provenance(), "image_orientation": orientation_probe()}

@@ -19,11 +19,13 @@ from geo3d.cli.inspection.sources import Sample
 from geo3d.core.errors import Geo3dError
 from geo3d.core.provenance import provenance
 from geo3d.data.lerobot_layout import VIEW_NAMES as VIEWS  # the one view order
+from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.data.orientation import orientation_probe
 from geo3d.encoders import build_encoder, preflight_encoder
 from geo3d.encoders.views import frames_to_model_input, norm_mean_std
+from geo3d.evaluation.geometry import build_live_encoder
 from geo3d.policy.configuration_policy import PolicyConfig
-from geo3d.policy.pretrained import resolve_checkpoint
+from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 from geo3d.policy.processor_policy import PolicyProcessor
 from geo3d.policy.vlm import vlm_source_dir
 
@@ -44,7 +46,6 @@ def encoder_for(cfg: DictConfig, marker: dict[str, Any] | None, weights: str | N
     """A checkpoint's recorded encoder (as eval rebuilds it), else the configured precompute encoder."""
     image_size = int(cfg.data.image_size)
     if marker and marker.get("store"):
-        from geo3d.evaluation.geometry import build_live_encoder
         return build_live_encoder(marker["store"], image_size, "cpu", weights)
     preflight_encoder(cfg.encoder, image_size)
     return build_encoder(cfg.encoder, image_size, "cpu")
@@ -114,12 +115,10 @@ def build_paths(cfg: DictConfig, ckpt: str | None, mixture: Any, weights: str | 
     encoder config."""
     marker = None
     if ckpt:
-        from geo3d.policy.pretrained import read_marker, resolve_checkpoint
         ck = resolve_checkpoint(ckpt)
         marker, ckpt = read_marker(ck), str(ck)
         processor = PolicyProcessor.from_pretrained(ck)
     else:
-        from geo3d.data.norm_stats import compute_norm_stats
         processor = PolicyProcessor.for_training(vlm_source_dir(PolicyConfig.from_cfg(cfg.model).vlm), cfg.model,
                                                  compute_norm_stats(mixture))
     return InputPaths(cfg, processor, encoder_for(cfg, marker, weights), ckpt)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from geo3d.core.config import CONFIG_DIR, data_root_from
+from geo3d.cli.slurm.render import render
+from geo3d.core.config import CONFIG_DIR, data_root_from, load_config
 from geo3d.core.errors import Geo3dError
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
-from geo3d.cli.slurm.render import render
-from geo3d.core.taps import tap_store_path
+from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.core.taps import DEFAULT_TAP, parse_run_label, parse_taps, tap_store_path
+from geo3d.data.suites import SUITE_FOLDERS, suite_members
 from geo3d.policy.run_dir import CHECKPOINT_GLOB
 
 LOG_DIR = "logs"
@@ -76,7 +78,6 @@ def sbatch_options(cfg: DictConfig, stage: str, name: str, log: Path, requeue: b
 
 
 def _common_settings(cfg: DictConfig, job_dir: Path) -> dict:
-    from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
     return {"LOG_DIR": str(job_dir / LOG_DIR), "REQUEUE_EXIT_CODES": str(PREEMPTED_EXIT_CODE),
             "STORAGE_FAULT_EXIT_CODE": str(STORAGE_FAULT_EXIT_CODE)}
 
@@ -128,7 +129,6 @@ def _config_arg(path: str) -> str:
 def check_train_configs_suite(cfg: DictConfig, suite: str) -> None:
     """The job passes --suite to geo3d train (it must match the store); a --train-config naming another suite
     would be silently overruled, so refuse it."""
-    from geo3d.core.config import load_config
     for c in cfg.stage.train_configs:
         theirs = OmegaConf.select(load_config([str(c)]), "data.suite", default=None)
         if theirs is not None and theirs != suite:
@@ -173,7 +173,6 @@ def train_job(cfg: DictConfig, job_dir: Path, compressor: str, out: str, tap: st
 def eval_job(cfg: DictConfig, job_dir: Path, ckpt: str, suite: str, name: str = "eval",
              out: str | None = None) -> JobScript:
     """`geo3d eval` of one checkpoint (or run dir) on one LIBERO suite; requeued and resumed like train."""
-    from geo3d.data.suites import SUITE_FOLDERS
     if suite not in SUITE_FOLDERS or suite == "demo":
         raise Geo3dError(f"eval suite {suite!r} is not a LIBERO benchmark suite; use one of "
                          f"libero_spatial, libero_object, libero_goal, libero_10")
@@ -191,7 +190,6 @@ def eval_job(cfg: DictConfig, job_dir: Path, ckpt: str, suite: str, name: str = 
 
 def ablation_eval_suites(cfg: DictConfig) -> list[str]:
     """slurm.ablation.eval_suites: `auto` = the LIBERO suites the training suite is made of (demo: its two)."""
-    from geo3d.data.suites import suite_members
     suites = cfg.slurm.ablation.eval_suites
     if suites == "auto":
         return list(suite_members(require(cfg, "data.suite", "--suite")))
@@ -216,8 +214,6 @@ class AblationRun:
 def ablation_runs(cfg: DictConfig) -> list[AblationRun]:
     """slurm.ablation.compressors (`qformer`, `qformer@encoder`, ...; a bare name reads the info_sharing store)
     x slurm.ablation.seeds (null: one run each, with the train config's seed)."""
-    from geo3d.core.taps import DEFAULT_TAP, parse_run_label
-
     entries = [str(c) for c in cfg.slurm.ablation.compressors]
     if not entries:
         raise Geo3dError("no compressors to run: pass --compressors pool,per_layer,qformer "
@@ -237,8 +233,6 @@ def ablation_runs(cfg: DictConfig) -> list[AblationRun]:
 
 def _precompute_taps(cfg: DictConfig, runs: list[AblationRun]) -> tuple[str, ...]:
     """The taps the runs read, in order (info_sharing first); precompute writes all of them in one pass."""
-    from geo3d.core.taps import DEFAULT_TAP, parse_taps
-
     taps = tuple(dict.fromkeys(r.tap for r in sorted(runs, key=lambda r: r.tap != DEFAULT_TAP) if r.tap))
     taps = taps or (DEFAULT_TAP,)
     given = [o for o in cfg.stage.precompute_overrides if str(o).startswith("precompute.taps=")]
