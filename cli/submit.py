@@ -5,6 +5,9 @@ Config: configs/data.yaml < configs/slurm.yaml < --config files < flags < key=va
 under `slurm.`/`stage.` (and data.suite / data.data_root) configure the submission; any other key=value is
 passed on to the stage command (ablation: precompute./encoder./store. keys to `geo3d precompute`, the rest
 to `geo3d train`). --dry-run prints the scripts and submits nothing.
+
+Imports inside its functions are deliberate: `geo3d --help` imports every verb module (0.4 s so; ~10 s with torch,
+transformers and zarr imported at the top: measured on the 2-core Xeon, cli/command.py).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any, Callable, List, Optional
 import typer
 from omegaconf import DictConfig
 
+from geo3d.cli.slurm.jobs import ablation_jobs, eval_job, precompute_job, require, train_job, verify_job
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
 from geo3d.core.config_schema import DATA_RULES, Int, OneOf, Rule, Schema, Str
 from geo3d.core.errors import Geo3dError
+from geo3d.core.storage_faults import storage_guard
 
 submit_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -115,7 +120,6 @@ def submit_jobs(cfg: DictConfig, verb: str, build: Callable[[DictConfig, Path], 
     if dry_run:
         typer.echo(sub.print_scripts(scripts, preview_dir))
         return
-    from geo3d.core.storage_faults import storage_guard
     with storage_guard(f"submit {verb}", Path(str(cfg.slurm.submit_dir)).resolve(),
                        safe=lambda: "nothing was submitted (scripts are written before sbatch runs)"):
         job_dir = sub.new_submission_dir(cfg, verb)
@@ -142,7 +146,6 @@ def precompute_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit stage 1 as an array job: one task per shard, one GPU each, requeued on preemption."""
-    from geo3d.cli.slurm.jobs import precompute_job
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "slurm.precompute.num_shards": num_shards, "slurm.precompute.time": time,
@@ -159,7 +162,6 @@ def verify_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit `geo3d verify-cache STORE` as a job (its JSON report goes beside the logs)."""
-    from geo3d.cli.slurm.jobs import verify_job
     cfg = resolve(config, overrides, {
         "stage.store": _s(store), "data.data_root": _s(data_root), "slurm.verify.time": time,
         "slurm.partition": partition, "slurm.account": account, "slurm.activate": activate}, forward_to=None)
@@ -181,7 +183,6 @@ def train_cmd(
     activate: Optional[str] = ACTIVATE, config: Optional[List[Path]] = CONFIG_OPTION, dry_run: bool = DRY_RUN,
 ) -> None:
     """Submit one compressor run (checkpoints and requeues itself before the time limit, then resumes)."""
-    from geo3d.cli.slurm.jobs import require, train_job
     cfg = resolve(config, overrides, {
         "stage.compressor": compressor, "data.suite": suite, "data.data_root": _s(data_root),
         "stage.store": _s(store), "stage.out": _s(out), "slurm.train.nodes": nodes, "slurm.train.gpus": gpus,
@@ -208,7 +209,6 @@ def eval_cmd(
 ) -> None:
     """Submit `geo3d eval` of one checkpoint on one suite (requeued on the time limit, then resumed); other
     key=value overrides (eval.tasks=[0], eval.episodes_per_task=10, ...) are passed to `geo3d eval`."""
-    from geo3d.cli.slurm.jobs import eval_job, require
     cfg = resolve(config, overrides, {
         "stage.ckpt": _s(ckpt), "stage.eval_suite": suite, "stage.eval_out": _s(eval_out), "stage.weights": _s(weights),
         "slurm.eval.time": time, "slurm.partition": partition, "slurm.account": account,
@@ -235,7 +235,6 @@ def ablation_cmd(
 ) -> None:
     """Submit precompute (every tap the runs read) -> verify -> one train job per compressor[@tap] and seed -> its
     eval jobs (slurm.ablation.eval_suites; eval.* overrides go to them), chained with --dependency=afterok."""
-    from geo3d.cli.slurm.jobs import ablation_jobs
     cfg = resolve(config, overrides, {
         "data.suite": suite, "data.data_root": _s(data_root), "stage.store": _s(store), "stage.encoder": encoder,
         "stage.weights": _s(weights), "stage.out": _s(out), "slurm.partition": partition,

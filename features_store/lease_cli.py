@@ -2,6 +2,9 @@
 
 Exit codes: 0 no held lease left blocking (after --break: every stale one broken), 1 a held lease remains
 (listed with why it was not broken), 2 usage errors.
+
+Imports inside its functions are deliberate: `geo3d --help` imports every verb module (0.4 s so; ~10 s with torch,
+transformers and zarr imported at the top: measured on the 2-core Xeon, cli/command.py).
 """
 
 from __future__ import annotations

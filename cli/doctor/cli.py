@@ -1,5 +1,9 @@
 """`geo3d doctor`: one line per finding with its fix; exit 0 only when everything the run needs is there,
-1 otherwise, 2 for usage errors. Light at import time."""
+1 otherwise, 2 for usage errors.
+
+Imports inside its functions are deliberate: `geo3d --help` imports every verb module (0.4 s so; ~10 s with torch,
+transformers and zarr imported at the top: measured on the 2-core Xeon, cli/command.py).
+"""
 
 from __future__ import annotations
 
