@@ -20,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # data_fixtures (synthetic fallback)
 
-from geo3d.data.mixture import LiberoMixture  # noqa: E402
+import av
+
 from geo3d.core.errors import DataError  # noqa: E402
+from geo3d.data.mixture import LiberoMixture  # noqa: E402
 
 
 def open_mixture(args: argparse.Namespace, tmp: Path) -> tuple[LiberoMixture, str]:
@@ -63,7 +65,6 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=300, help="random frames to read")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    import av
 
     with tempfile.TemporaryDirectory() as tmp:
         m, what = open_mixture(args, Path(tmp))

@@ -15,17 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from geo3d.core.device import describe_cpu, resolve_compute_dtype
+from geo3d.encoders import build_encoder
+from geo3d.precompute.cli import precompute_config
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 def measure(rounds: int, batch: int) -> str:
-    import torch
-
-    from geo3d.precompute.cli import precompute_config
-    from geo3d.core.device import describe_cpu, resolve_compute_dtype
-    from geo3d.encoders import build_encoder
-
     torch.set_num_threads(1)
     encs = {dt: build_encoder(precompute_config([f"encoder.tiny.dtype={dt}"])
                               .encoder, 224, "cpu") for dt in ("bfloat16", "float32")}

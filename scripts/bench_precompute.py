@@ -36,9 +36,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from data_fixtures import make_synthetic_libero  # noqa: E402
+import os
+from unittest import mock
 
+import geo3d.encoders as encoders
+from geo3d.core.device import describe_cpu, resolve_device
+from geo3d.data.mixture import LiberoMixture
+from geo3d.encoders import build_encoder
 from geo3d.precompute.cli import precompute_config  # noqa: E402
+from geo3d.precompute.decode import DataSource, decode_episode
+from geo3d.precompute.pipeline import encode_frames
+from geo3d.precompute.run import _cpu_threads, full_batches, run_precompute
+
+from data_fixtures import make_synthetic_libero  # noqa: E402
 
 CONFIGS = {
     "demo": [],
@@ -48,8 +58,6 @@ CONFIGS = {
 
 def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path, device: str) -> tuple[float, float]:
     """(steady-state frames/s after the first shard, overall frames/s including startup)."""
-    from geo3d.precompute.run import run_precompute
-
     cfg = precompute_config([
         "data.suite=demo", f"data.data_root={data_root}", f"precompute.store={store}", f"precompute.device={device}",
         *cfg_overrides])
@@ -59,10 +67,6 @@ def end_to_end(cfg_overrides: list[str], data_root: Path, store: Path, device: s
 
 def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray, device: str) -> float:
     """The worker's encoder, batches and device, without decode or writes: frames/s."""
-    from geo3d.encoders import build_encoder
-    from geo3d.precompute.pipeline import encode_frames
-    from geo3d.precompute.run import _cpu_threads, full_batches
-
     cfg = precompute_config([f"data.data_root={data_root}", f"precompute.device={device}", *cfg_overrides])
     if device == "cpu":
         torch.set_num_threads(_cpu_threads(cfg.precompute))  # the worker's setting
@@ -111,11 +115,6 @@ class NullEncoder:
 def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], decode_per_cpu_s: float,
                  device: str) -> None:
     """End-to-end precompute with NullEncoder: the decode + write ceiling, frames/s and per core."""
-    import os
-    from unittest import mock
-
-    import geo3d.encoders as encoders
-
     real_build = encoders.build_encoder
     runs = []
     with mock.patch.object(encoders, "build_encoder", lambda *a, **k: NullEncoder(real_build(*a, **k))):
@@ -128,9 +127,6 @@ def null_ceiling(data_root: Path, tmp: Path, rounds: int, overrides: list[str], 
 
 
 def decoded_frames(data_root: Path, image_size: int) -> np.ndarray:
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.decode import DataSource, decode_episode
-
     mix = LiberoMixture("demo", data_root, image_size=image_size)
     src = DataSource("demo", str(data_root), image_size, decoder_threads=1)  # as one decode worker runs
     return np.concatenate([decode_episode(src, s.dataset_id, s.episode_index).frames for s in mix.episodes()])
@@ -148,8 +144,6 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]: both sides")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both sides, e.g. precompute.decode_workers=1")
     args = ap.parse_args()
-    from geo3d.core.device import describe_cpu
-    from geo3d.core.device import resolve_device
 
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else describe_cpu()

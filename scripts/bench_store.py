@@ -24,6 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil
+
+from geo3d.data.episode_arrays import EpisodeArrays
+from geo3d.data.lerobot_writer import write_lerobot_dataset
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec, verify_store  # noqa: E402
 
 LAYOUTS = {
@@ -89,8 +95,6 @@ def random_reads(read_one, n_frames: int, reads: int, seed: int = 1) -> float:
 
 
 def rss_mb() -> float:
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -121,11 +125,6 @@ def epoch_rss(reader: FeatureReader, n: int) -> tuple[float, float]:
 
 def bench_deep(frames: int, tmp: Path) -> float:
     """Seconds per 10k frames to decode LIBERO-sized (256x256, 2 cameras) AV1 frames + content ids."""
-    from geo3d.data.episode_arrays import EpisodeArrays
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.suites import SUITE_FOLDERS
-    from geo3d.data.lerobot_writer import write_lerobot_dataset
-
     yy, xx = np.mgrid[0:256, 0:256]
     view = np.stack([np.stack([(xx + yy * 2 + 5 * t + 60 * c) % 256 for c in range(3)], -1)
                      for t in range(frames)]).astype(np.uint8)

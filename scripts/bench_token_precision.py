@@ -22,6 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from geo3d.core.device import describe_cpu, kernel_runtime
+from geo3d.data.mixture import LiberoMixture
+from geo3d.encoders.tiny import TinyEncoder
+from geo3d.precompute.decode import DataSource, decode_episode
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -30,9 +35,6 @@ SIZES = {"demo": (128, 2, 4, 128), "compute": (384, 4, 6, 384), "full": (1536, 2
 
 def demo_frames(n: int, image_size: int = 224) -> np.ndarray:
     """n frames spread over the demo's first episodes (both suites), model-ready uint8 [n,2,S,S,3]."""
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.decode import DataSource, decode_episode
-
     root = REPO / "demo_data"
     mix = LiberoMixture("demo", root, image_size=image_size)
     src, spans = DataSource("demo", str(root), image_size), mix.episodes()
@@ -43,8 +45,6 @@ def demo_frames(n: int, image_size: int = 224) -> np.ndarray:
 
 
 def encode(size: str, dtype: str, device: str, frames: np.ndarray, batch: int = 4) -> torch.Tensor:
-    from geo3d.encoders.tiny import TinyEncoder
-
     width, depth, heads, dim = SIZES[size]
     enc = TinyEncoder(width=width, depth=depth, heads=heads, out_dim=dim, seed=0, image_size=frames.shape[2],
                       tokens_per_view=196, device=device, dtype=dtype)
@@ -105,7 +105,6 @@ def main() -> None:
     if args.child:
         _child(*args.child)
         return
-    from geo3d.core.device import describe_cpu, kernel_runtime
 
     frames = demo_frames(args.frames)
     print(f"bench_token_precision: {len(frames)} demo frames, {describe_cpu()}, torch {torch.__version__}, "

@@ -24,6 +24,21 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+import torch
+from torch.utils.data import DataLoader
+
+from geo3d.core.config import data_root_from
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.norm_stats import compute_norm_stats
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
+from geo3d.train import preflight as setup
+from geo3d.train.dataset import GeoTrainDataset, TrainCollator
+from geo3d.train.launch import loader_options
+from geo3d.train.run_config import compose_train_config
+from geo3d.train.sampler import ResumableSampler
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -63,12 +78,6 @@ def ensure_store(a: argparse.Namespace, tmp: Path) -> str:
 
 def _collate_for(cfg):
     """The training collate: the policy's processor pipeline over the mixture's exact norm stats."""
-    from geo3d.data.norm_stats import compute_norm_stats
-    from geo3d.train import preflight as setup
-    from geo3d.train.dataset import TrainCollator
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
-
     stats = compute_norm_stats(setup.open_mixture(cfg))
     spec = NormalizationSpec.from_cfg(cfg.model.normalization)
     return TrainCollator(PolicyProcessor(build_policy(cfg.model).processor, stats, spec))
@@ -77,14 +86,6 @@ def _collate_for(cfg):
 def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float]]:
     """Per-batch load times of two loaders over the SAME frames, interleaved batch by batch (without, with,
     without, ...) so that load changes on a shared machine hit both modes equally."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from geo3d.train import preflight as setup
-    from geo3d.train.dataset import GeoTrainDataset
-    from geo3d.train.run_config import compose_train_config
-    from geo3d.train.sampler import ResumableSampler
-
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
     mixture = setup.open_mixture(cfg)
     setup.open_checked_store(cfg, store, mixture)
@@ -115,15 +116,6 @@ def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float
 def per_worker_throughput(a: argparse.Namespace, store: str) -> dict[int, float]:
     """samples/s of the training DataLoader (its settings from the config) at each worker count, after the
     workers' start-up batch; the counts are timed one after another (not interleaved: they compete for cores)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from geo3d.train import preflight as setup
-    from geo3d.train.dataset import GeoTrainDataset
-    from geo3d.train.launch import loader_options
-    from geo3d.train.run_config import compose_train_config
-    from geo3d.train.sampler import ResumableSampler
-
     rates = {}
     for workers in [int(w) for w in a.worker_counts.split(",")]:
         cfg = compose_train_config(a.config, [*a.overrides, f"train.num_workers={workers}"],
@@ -144,12 +136,6 @@ def per_worker_throughput(a: argparse.Namespace, store: str) -> dict[int, float]
 
 def peak_rss_of_training(a: argparse.Namespace, store: str, tmp: Path) -> dict[str, float]:
     """Run `geo3d train` for one epoch; poll the RSS of its process tree (psutil) every 20 ms."""
-    import psutil
-
-    from geo3d.train.run_config import compose_train_config
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.core.config import data_root_from
-
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
     frames = len(LiberoMixture(cfg.data.suite, data_root_from(cfg), image_size=None))
     per_step = a.batch_size * int(cfg.train.grad_accum_steps)

@@ -31,22 +31,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from train_fixtures import make_matching_store  # noqa: E402
-
-from geo3d.core.device import describe_cpu  # noqa: E402
+from geo3d.core.device import (
+    describe_cpu,  # noqa: E402
+    resolve_device,
+)
+from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.precision import accelerate_precision, keep_trainable_fp32
+from geo3d.policy.processor_policy import PolicyProcessor
+from geo3d.train import preflight as setup
+from geo3d.train.dataset import GeoTrainDataset, TrainCollator, move_batch
+from geo3d.train.optim import build_optimizer
+from geo3d.train.run_config import compose_train_config
+
+from train_fixtures import make_matching_store  # noqa: E402
 
 
 def _parts(compressor: str, store: Path, patch_embed: str, device: str):
-    from geo3d.train import preflight as setup
-    from geo3d.train.dataset import GeoTrainDataset, TrainCollator
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.train.optim import build_optimizer
-    from geo3d.policy.precision import keep_trainable_fp32
-    from geo3d.policy.processor_policy import PolicyProcessor
-    from geo3d.train.run_config import compose_train_config
-    from geo3d.data.norm_stats import compute_norm_stats
-
     cfg = compose_train_config([Path("train/demo")], [f"model.vlm.patch_embed={patch_embed}"],
                                {"compressor": compressor, "suite": "demo", "data_root": str(DEMO_DATA_ROOT),
                                 "store": str(store)})
@@ -114,9 +116,6 @@ def main() -> None:
     ap.add_argument("--compressor", default="qformer")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
     args = ap.parse_args()
-    from geo3d.core.device import resolve_device
-    from geo3d.train.dataset import move_batch
-    from geo3d.policy.precision import accelerate_precision
     device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as d:

@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import transformers
+from transformers.utils import is_flash_attn_2_available
+
+from geo3d.core.device import describe_cpu
 
 SCRIPTS = Path(__file__).resolve().parent
 SECTIONS = ("env", "matmul", "steps", "vision", "processor", "feed", "serve", "precompute")
 
 
 def environment(device: str) -> dict[str, Any]:
-    import transformers
-    from transformers.utils import is_flash_attn_2_available
-
-    from geo3d.core.device import describe_cpu
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers":
                            transformers.__version__, "python": platform.python_version(), "cpu": describe_cpu(),
                            "device": device, "flash_attention_2_available": bool(is_flash_attn_2_available())}

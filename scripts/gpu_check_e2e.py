@@ -8,6 +8,7 @@ Full mode uses the shipped demo data; tiny mode a small synthetic LIBERO set (th
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import statistics
 import subprocess
@@ -19,9 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from transformers.models.qwen2_vl import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
 
 from geo3d.core.config import PACKAGE_ROOT
 from geo3d.data.suites import DEMO_DATA_ROOT
+from geo3d.evaluation.client import RemotePolicy
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.processor_policy import load_hf_processor
 from geo3d.policy.run_dir import read_metrics
 
 INSTRUCTION = "put the black bowl on the plate"
@@ -77,7 +83,6 @@ def feed(work: Path, store: Path, data: list[str], model_dir: Path, full: bool) 
     data_s = sum(r["time_data_s"] for r in records)
     compute_s = sum(r["time_compute_s"] for r in records)
     samples = records[-1]["samples"] - read_metrics(out)[0]["samples"]
-    from omegaconf import OmegaConf
     cfg = OmegaConf.load(out / "resolved_config.yaml")
     return {"steps": steps, "records_used": len(records), "data_wait_share": data_s / (data_s + compute_s),
             "samples_per_s": samples / (data_s + compute_s), "num_workers": int(cfg.train.num_workers),
@@ -105,7 +110,6 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 def serve_latency(run: Path, device: str, calls: int) -> dict[str, Any]:
     """Policy.from_pretrained(...).predict_action, batch 1, 4 Euler steps (the checkpoint's num_inference_steps), geometry
     given as tokens (the policy alone), after 3 warm-up calls."""
-    from geo3d.policy.pretrained import Policy
     policy = Policy.from_pretrained(run, device=device)
     g = policy.config.model.geometry
     rng = np.random.default_rng(0)
@@ -128,7 +132,6 @@ def serve_latency(run: Path, device: str, calls: int) -> dict[str, Any]:
 def serve_remote(run: Path, device: str, calls: int) -> dict[str, Any]:
     """The same through `geo3d serve` on localhost (websocket + msgpack; the server rebuilds the store's
     tiny encoder for the live geometry tokens, so this includes encoding the frame)."""
-    from geo3d.evaluation.client import RemotePolicy
     proc = subprocess.Popen([sys.executable, "-m", "geo3d.cli", "serve", "--ckpt", str(run), "--host",
                              "127.0.0.1", "--port", "0", "--device", device], cwd=PACKAGE_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -167,18 +170,12 @@ def _wait_for_url(proc: subprocess.Popen, timeout: float) -> tuple[str, list[str
 def image_processors(model_dir: Path) -> dict[str, Any]:
     """The image processor class the policy's processor loads here, and (torchvision importable) the largest
     pixel difference between transformers' PIL and torchvision backends on the same 224^2 frames."""
-    import importlib.util
-
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-
-    from geo3d.policy.processor_policy import load_hf_processor
     picked = type(load_hf_processor(str(model_dir)).image_processor).__name__
     out: dict[str, Any] = {"picked": picked, "torchvision": importlib.util.find_spec("torchvision") is not None}
     if not out["torchvision"]:
         out["pixel_max_abs_diff"] = None
         out["note"] = "torchvision not installed: only the PIL backend exists here"
         return out
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     frames = list(np.random.default_rng(0).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8))
     pil = Qwen2VLImageProcessorPil.from_pretrained(model_dir)(frames, return_tensors="pt")["pixel_values"]
     tv = Qwen2VLImageProcessor.from_pretrained(model_dir)(frames, return_tensors="pt")["pixel_values"]

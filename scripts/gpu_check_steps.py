@@ -22,17 +22,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.utils import is_flash_attn_2_available
 
 from geo3d.core.config import CONFIG_DIR
 from geo3d.policy.configuration_policy import PolicyConfig
 from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.precision import keep_trainable_fp32
 from geo3d.policy.processor_policy import VLMInputs
 from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
 from geo3d.policy.vlm import QWEN2_5_VL_3B_ARCH
 from geo3d.train.memory import estimate_memory
 from geo3d.train.optim import build_optimizer
-from geo3d.policy.precision import keep_trainable_fp32
 from geo3d.train.run_config import compose_train_config
 
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -45,7 +48,6 @@ def sync(device: str) -> None:
 
 
 def tiny_dir() -> Path:
-    from omegaconf import OmegaConf
     return tiny_model_dir(PolicyConfig.from_cfg(OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")).vlm.tiny)
 
 
@@ -53,7 +55,6 @@ def make_model_dir(out: Path, full: bool, device: str) -> tuple[Path, str]:
     """A loadable Qwen2.5-VL directory with random weights: the 3B architecture (full) or the tiny one."""
     if full and os.environ.get("GEO3D_QWEN_VL_DIR"):
         return Path(os.environ["GEO3D_QWEN_VL_DIR"]), "GEO3D_QWEN_VL_DIR (real weights)"
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     src = tiny_dir()
     shutil.copytree(src, out, dirs_exist_ok=True)
     tiny_config = json.loads((src / "config.json").read_text())
@@ -202,7 +203,6 @@ def measure_compressor(model_dir: Path, full: bool, compressor: str, device: str
 def vision_tower(policy: Any, cfg: Any, device: str, batch_size: int) -> list[dict[str, Any]]:
     """Forward time of the vision tower alone, per attention implementation transformers can use here
     (its window attention makes one SDPA call per window): is it launch-bound?"""
-    from transformers.utils import is_flash_attn_2_available
     batch, _ = make_batch(policy, cfg, batch_size, device)
     visual = policy.vlm.model.model.visual
     impls = ["sdpa"] + (["flash_attention_2"] if is_flash_attn_2_available() and device.startswith("cuda") else [])

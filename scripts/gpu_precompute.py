@@ -43,6 +43,8 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import bench_precompute as bp  # noqa: E402  (end_to_end / encoder_only / decoded_frames: one implementation)
 import bench_token_precision as btp  # noqa: E402
 
+from geo3d.core.device import describe_cpu, kernel_runtime
+from geo3d.core.provenance import provenance
 from geo3d.precompute.cli import precompute_config  # noqa: E402
 
 STANDIN = ["encoder.tiny.width=1536", "encoder.tiny.depth=20", "encoder.tiny.heads=24", "encoder.tiny.out_dim=1536",
@@ -58,9 +60,6 @@ def _cpu_sdpa_flops(q, k, v, *args: Any, out_shape: Any = None, **kwargs: Any) -
 
 
 def machine(device: str) -> dict[str, Any]:
-    from geo3d.core.device import describe_cpu, kernel_runtime
-    from geo3d.core.provenance import provenance
-
     rec = {"device": device, "runtime": kernel_runtime(device), "cpu": describe_cpu(), "cpus": len(os.sched_getaffinity(0)),
            "provenance": provenance()}
     if device.startswith("cuda"):

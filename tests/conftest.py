@@ -21,6 +21,12 @@ import os
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+from packaging.version import Version
+
+from geo3d.core.config import CONFIG_DIR
+from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.tiny_qwen import tiny_model_dir
 
 # `make test` runs two pytest workers (pytest-xdist, `-n 2 --dist loadgroup`) on the 2-core CI machine: each
 # worker keeps to one torch thread, as the `geo3d` subprocesses the tests start already do
@@ -53,8 +59,6 @@ def pytest_configure(config: pytest.Config) -> None:
     """Hide the GPUs from the CPU tiers (module docstring). Refuse, rather than run ungrouped: with pytest >= 9.2,
     xdist's `--dist loadgroup` silently ignores the groups (pytest-dev/pytest-xdist#1386): the SLURM tests would
     start two clusters side by side."""
-    from packaging.version import Version
-
     if not selects_gpu_tier(config.option.markexpr or "") and HIDDEN_GPUS not in os.environ:
         os.environ[HIDDEN_GPUS] = os.environ.get("CUDA_VISIBLE_DEVICES", UNSET)
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -80,11 +84,5 @@ def geo3d_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(geo3d_cache: Path) -> Path:
     """The tiny Qwen dir of configs/model/tiny.yaml, built once per session."""
-    from omegaconf import OmegaConf
-
-    from geo3d.core.config import CONFIG_DIR
-    from geo3d.policy.configuration_policy import PolicyConfig
-    from geo3d.policy.tiny_qwen import tiny_model_dir
-
     cfg = PolicyConfig.from_cfg(OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml"))
     return tiny_model_dir(cfg.vlm.tiny, geo3d_cache)

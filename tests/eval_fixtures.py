@@ -21,7 +21,12 @@ from typing import Callable
 
 import pytest
 
+from geo3d.core.cliutil import build_config
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.data.suites import DEMO_DATA_ROOT
+from geo3d.evaluation.cli import DEFAULTS, config_schema
+from geo3d.evaluation.server import ServeSettings
+
 from helpers import Result, geo3d_cmd, spawn_geo3d, subprocess_env
 
 # Every module that uses trained_runs() carries this mark: under `make test`'s two pytest-xdist workers they run
@@ -41,10 +46,6 @@ def run(args: list[str], timeout: float = 300) -> Result:
 
 def serve_settings(*overrides: str):
     """ServeSettings from configs/eval.yaml (the one source of the serve defaults) plus key=value overrides."""
-    from geo3d.core.cliutil import build_config
-    from geo3d.evaluation.cli import DEFAULTS, config_schema
-    from geo3d.evaluation.server import ServeSettings
-
     return ServeSettings.from_cfg(build_config(DEFAULTS, None, list(overrides), schema=config_schema()))
 
 
@@ -86,7 +87,6 @@ def trained_runs(base: Path) -> dict[str, Path]:
     ready = base / "runs.json"
     if ready.exists():
         return {k: Path(v) for k, v in json.loads(ready.read_text()).items()}
-    from geo3d.data.suites import DEMO_DATA_ROOT
 
     if any(DEMO_DATA_ROOT.glob("libero_spatial*")):
         data = ["--suite", "demo"]

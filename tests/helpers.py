@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from typer.testing import CliRunner
+
+from geo3d.cli.command import VERBS, build_app
+
 REPO = Path(__file__).resolve().parents[1]
 # Threads pinned so CPU results are reproducible and two pytest workers do not fight over two cores.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -70,10 +74,6 @@ def _as_process(argv: list[str], cwd: str | Path | None) -> Iterator[None]:
 def run_geo3d(args: Sequence[str], expect: int | None = 0, env: Mapping[str, str] | None = None,
               cwd: str | Path | None = None) -> Result:
     """`geo3d ARGS` in this process; asserts the exit code when `expect` is not None."""
-    from typer.testing import CliRunner
-
-    from geo3d.cli.command import VERBS, build_app
-
     argv = [str(a) for a in args]
     verb = argv[0] if argv and argv[0] in {v[0] for v in VERBS} else None
     with _as_process(argv, cwd):

@@ -18,14 +18,19 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers import Qwen2_5_VLConfig
 
-from eval_fixtures import ENV, SHARED_RUNS, ServeProcess, trained_runs
-from geo3d.evaluation.client import RemotePolicy
 from geo3d.core.config import PACKAGE_ROOT
 from geo3d.core.errors import Geo3dError
-from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.data.orientation import orientation_probe
+from geo3d.evaluation.client import RemotePolicy
+from geo3d.policy.configuration_policy import PolicyConfig, full_model_section
+from geo3d.policy.modeling_policy import build_policy
 from geo3d.policy.pretrained import Policy
 from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints
+from geo3d.policy.vlm import QWEN2_5_VL_3B_ARCH
+
+from eval_fixtures import ENV, SHARED_RUNS, ServeProcess, trained_runs
 
 pytestmark = [pytest.mark.slow, SHARED_RUNS]  # trains real runs first (eval_fixtures)
 
@@ -112,10 +117,6 @@ def policy_marker(runs) -> dict:
 
 def _reduced_3b(tmp_path):
     """The published Qwen2.5-VL-3B config at depth 2 (vision depth 2) + the 3B policy config with 2 DiT layers."""
-    from transformers import Qwen2_5_VLConfig
-
-    from geo3d.policy.vlm import QWEN2_5_VL_3B_ARCH
-
     arch = json.loads(json.dumps(QWEN2_5_VL_3B_ARCH))
     arch["text_config"]["num_hidden_layers"] = 2
     arch["vision_config"].update(depth=2, fullatt_block_indexes=[1])
@@ -123,7 +124,6 @@ def _reduced_3b(tmp_path):
     cfg = OmegaConf.load(PACKAGE_ROOT / "configs" / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent_base_dir")  # never read
     OmegaConf.update(cfg, "model.action_head.num_layers", 2, force_add=True)  # on top of the YAML
-    from geo3d.policy.configuration_policy import full_model_section
     cfg.model = OmegaConf.create(full_model_section(cfg.model))  # every default filled in, as a run records it
     cfg.data = {"image_size": 224}
     cfg.train = {"checkpoint": {"max_shard_size": "300MB", "starvla_pt": False}}
@@ -131,8 +131,6 @@ def _reduced_3b(tmp_path):
 
 
 def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path, runs):
-    from geo3d.policy.modeling_policy import build_policy
-
     cfg = _reduced_3b(tmp_path)
     policy = build_policy(cfg.model, vlm_config_dir=tmp_path / "vlm_src")
     g = torch.Generator().manual_seed(0)
@@ -141,7 +139,6 @@ def test_qwen3b_shaped_checkpoint_round_trips_sharded_without_base_dir(tmp_path,
             p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).to(p.dtype))
     tiny_processor = Policy.from_pretrained(runs["pool"]).processor  # no 151k-token tokenizer offline: the tiny one
     ckpt = tmp_path / "ckpt"  # stands in
-    from geo3d.data.orientation import orientation_probe
     record = Policy(policy, tiny_processor, cfg).save_pretrained(
         ckpt, 7, max_shard_size="300MB", extra={"image_orientation": orientation_probe()})
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())

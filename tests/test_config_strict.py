@@ -4,17 +4,22 @@ exit 2, before anything is read or written. In-process (typer's CliRunner): no s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from geo3d.cli.doctor.run import compose
 from geo3d.cli.submit import config_schema as submit_schema
 from geo3d.core.config import CONFIG_DIR
 from geo3d.evaluation.cli import config_schema as eval_schema
+from geo3d.features_store.spec import StoreLayout
+from geo3d.policy.configuration_policy import PolicyConfig
 from geo3d.precompute.cli import config_schema as precompute_schema
 from geo3d.train.run_config import compose_train_config
 from geo3d.train.run_config import config_schema as train_schema
+
 from helpers import run_geo3d
 
 
@@ -110,8 +115,6 @@ def test_every_verb_with_a_config_refuses_bad_keys(tmp_path, monkeypatch, args, 
 
 def test_doctor_composes_every_verb_from_one_command_line():
     """doctor's overrides span precompute, train and submit: each keeps its own keys, none is refused."""
-    from geo3d.cli.doctor.run import compose
-
     plan = compose(None, ["precompute.batch_size=4", "train.max_steps=3", "slurm.partition=gpu"], {"suite": "demo"},
                    "all", None, False, False)
     got = (plan.pre_cfg.precompute.batch_size, plan.train_cfg.train.max_steps, plan.slurm_cfg.partition)
@@ -134,11 +137,6 @@ def test_yaml_defaults_with_null_have_a_declared_type():
 
 def test_model_and_store_defaults_come_from_their_classes_once():
     """One source per section: configs/store.yaml and configs/model/*.yaml hold only what differs."""
-    import dataclasses
-
-    from geo3d.features_store.spec import StoreLayout
-    from geo3d.policy.configuration_policy import PolicyConfig
-
     assert OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "store.yaml")) == {"store": {}}
     model_defaults = dataclasses.asdict(PolicyConfig())
     for path in (CONFIG_DIR / "model").glob("*.yaml"):

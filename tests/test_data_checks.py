@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import pytest
 
-from demo_copies import (SPATIAL, copy_demo, empty_episode, parquet_path, set_info_fps, snapshot, truncate,
-                         video_path)
-from geo3d.core.errors import DataError
+from geo3d.core.errors import DataError, StoreError
 from geo3d.data.mixture import LiberoMixture
+from geo3d.data.video_decode import VideoFile
+from geo3d.features_store import FeatureReader
 from geo3d.features_store.testing import make_synthetic_store
+from geo3d.train.store_check import check_store_matches_dataset
+
+from demo_copies import SPATIAL, copy_demo, empty_episode, parquet_path, set_info_fps, snapshot, truncate, video_path
 from helpers import run_geo3d
 
 
@@ -73,10 +77,6 @@ def test_row13_a_truncated_mp4_is_named_without_ffmpegs_error_code(root, tmp_pat
 def test_row13_a_decode_error_mid_file_has_the_same_words(root):
     """A file whose header survived fails while decoding: FFmpeg's error (here raised by the decoder cursor
     itself) becomes the same one-line DataError, without the raw code."""
-    import av
-
-    from geo3d.data.video_decode import VideoFile
-
     path = video_path(root, 1)
     vf = VideoFile(path)
     assert len(list(vf.read(0.0, 20, 0, 2))) == 2  # a cursor positioned in a real file
@@ -95,10 +95,6 @@ def test_row13_a_decode_error_mid_file_has_the_same_words(root):
 def test_row11_a_store_of_another_suite_is_named_as_such(root, tmp_path):
     """The store-vs-dataset check (train, verify-cache) says which suite the store holds and which the run asks for,
     not "another dataset version" (the suites' frame counts differ)."""
-    from geo3d.core.errors import StoreError
-    from geo3d.features_store import FeatureReader
-    from geo3d.train.store_check import check_store_matches_dataset
-
     store = tmp_path / "spatial.zarr"
     make_synthetic_store(store, frames=546, dataset={"suite": "libero_spatial", "num_frames": 546})
     objects = LiberoMixture("libero_object", root)

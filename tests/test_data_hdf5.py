@@ -4,6 +4,7 @@ files in name order and demos in numeric order; broken files are named with thei
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import subprocess
 import sys
@@ -12,14 +13,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
-from hdf5_fixtures import hdf5_copy, write_task_file
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.core.errors import DataError
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.data.suites import DEMO_DATA_ROOT
 from geo3d.data.transforms import to_model_images
-from geo3d.core.errors import DataError
+from geo3d.features_store.store import open_arrays
+
+from hdf5_fixtures import hdf5_copy, write_task_file
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +68,6 @@ def _precompute(data_root: Path, store: Path, *extra: str) -> None:
 
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_precompute_tokens_identical_from_hdf5_and_lerobot(h5_root, tmp_path):
-    from geo3d.features_store.store import open_arrays
-
     _precompute(DEMO_DATA_ROOT, tmp_path / "lr")
     _precompute(h5_root, tmp_path / "h5")
     a, b = open_arrays(tmp_path / "lr"), open_arrays(tmp_path / "h5")
@@ -182,11 +184,9 @@ def test_two_copies_of_one_suite_are_refused(tmp_path):
 def test_train_runs_on_hdf5_data(tmp_path):
     """`geo3d train` end to end on a LIBERO HDF5 suite (with a store made from it): norm stats equal the LeRobot
     copy's, and the checkpoint is written."""
-    import json
-
     from data_fixtures import make_synthetic_libero
     from helpers import spawn_geo3d
-    from train_fixtures import IMAGE, DIM, TOKENS, make_matching_store, train_args
+    from train_fixtures import DIM, IMAGE, TOKENS, make_matching_store, train_args
 
     lr_root = make_synthetic_libero(tmp_path / "lr", suites=("libero_spatial",), episodes_per_suite=2, length=10,
                                     size=IMAGE)
@@ -206,8 +206,6 @@ def test_train_runs_on_hdf5_data(tmp_path):
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_inspect_shows_the_same_model_inputs_for_both_copies(h5_root, tmp_path):
     """`geo3d inspect` of one frame from the HDF5 copy and from the LeRobot copy: pixel-identical model inputs."""
-    from PIL import Image
-
     outs = []
     for name, root in (("lr", DEMO_DATA_ROOT), ("h5", h5_root)):
         out = tmp_path / name

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
 import pytest
-from data_fixtures import make_synthetic_libero, synthetic_sources
+import torch
 
+from geo3d.core.config import load_config
 from geo3d.data.content_id import frame_content_id
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS, resolve_suite
 from geo3d.data.transforms import RAW_RENDER, UPRIGHT, resize, to_model_images, turn_180
+from geo3d.data.video_decode import VideoFile
+
+from data_fixtures import make_synthetic_libero, synthetic_sources
 
 LENGTHS = (5, 11)  # episode 0 shorter than the action horizon
 SPEC = dict(suites=("libero_spatial", "libero_object"), episodes_per_suite=2, lengths=LENGTHS, size=64, seed=7)
@@ -103,8 +108,6 @@ def test_orientations_and_resize():
 
 
 def test_dataloader_workers_and_pickling(root):
-    import torch
-
     m = LiberoMixture("demo", root, image_size=32)
     direct = [m[i] for i in range(TOTAL)]  # opens containers and caches tables before pickling
     clone = pickle.loads(pickle.dumps(m))
@@ -128,16 +131,12 @@ def test_suite_resolution(tmp_path, monkeypatch):
 
 
 def _decoder_threads() -> int:
-    import os
-
     tasks = os.listdir("/proc/self/task")
     return sum(open(f"/proc/self/task/{t}/comm").read().strip() == "dav1d-worker" for t in tasks)
 
 
 def test_no_decoder_threads_outlive_decoding(root):
     """A process that later forks DataLoader workers must not hold libdav1d threads (children deadlock)."""
-    import os
-
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("needs Linux /proc")
     m = LiberoMixture("demo", root, image_size=None)
@@ -163,8 +162,6 @@ def test_caches_stay_bounded_over_an_epoch(root):
 
 
 def test_from_config_uses_data_keys(root, monkeypatch):
-    from geo3d.core.config import load_config
-
     monkeypatch.delenv("GEO3D_DATA_ROOT", raising=False)
     cfg = load_config(["data"], [f"data.data_root={root}", "data.action_horizon=4", "data.image_size=28"])
     m = LiberoMixture.from_config(cfg)
@@ -176,8 +173,6 @@ def test_from_config_uses_data_keys(root, monkeypatch):
 
 def test_random_access_recovers_when_a_seek_lands_past_the_frame(root, monkeypatch):
     """Some files seek to a keyframe after the wanted time; the reader must step back, not skip frames."""
-    from geo3d.data.video_decode import VideoFile
-
     m = LiberoMixture("demo", root, image_size=None)
     expect = {i: m.read_stored_frames(i) for i in (9, 14, 25)}
     m.close()

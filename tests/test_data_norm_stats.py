@@ -7,13 +7,20 @@ import shutil
 
 import numpy as np
 import pytest
-from data_fixtures import make_synthetic_libero, synthetic_sources
+import torch
 
-from geo3d.data.mixture import LiberoMixture
-from geo3d.data.norm_stats import (Normalizer, compare_with_meta_stats, compute_norm_stats, load_norm_stats,
-                                   save_norm_stats)
-from geo3d.data.suites import SUITE_FOLDERS
 from geo3d.core.errors import DataError
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.norm_stats import (
+    Normalizer,
+    compare_with_meta_stats,
+    compute_norm_stats,
+    load_norm_stats,
+    save_norm_stats,
+)
+from geo3d.data.suites import SUITE_FOLDERS
+
+from data_fixtures import make_synthetic_libero, synthetic_sources
 
 SPEC = dict(suites=("libero_spatial", "libero_object"), episodes_per_suite=3, lengths=(9, 30, 4), size=64, seed=5)
 
@@ -71,8 +78,6 @@ def test_normalizer_range_round_trip_and_raw_gripper(root, brute):
 
 
 def test_normalizer_constant_dim_and_torch():
-    import torch
-
     stats = {"action": {"min": [0.0, 2.0, -1.0], "max": [4.0, 2.0, 1.0]}}
     norm = Normalizer(stats, "action", "min_max", raw_dims=(2,))
     a = np.array([[0.0, 2.0, -1.0], [4.0, 2.0, 1.0], [1.0, 2.0, 1.0]], np.float64)

@@ -11,7 +11,9 @@ import torch
 
 from geo3d.core.device import cpu_flags, cpu_has_native_bf16, resolve_compute_dtype
 from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
+from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
 
 SMALL = dict(width=32, depth=2, heads=2, out_dim=24, seed=0, image_size=56, tokens_per_view=4)
 
@@ -51,8 +53,6 @@ def test_encoder_records_the_resolved_dtype_and_fp32_tokens_stay_bf16():
 
 
 def test_a_store_of_another_compute_dtype_refuses_to_attach(tmp_path):
-    from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
-
     def spec(enc: TinyEncoder) -> StoreSpec:
         return StoreSpec(frames=4, views=2, tokens=4, dim=24, encoder=enc.identity(),
                          preprocessing=enc.preprocessing(), layout=StoreLayout(shard_frames=2))
@@ -63,8 +63,6 @@ def test_a_store_of_another_compute_dtype_refuses_to_attach(tmp_path):
 
 
 def test_recompute_rebuilds_with_the_recorded_dtype_and_refuses_unrecorded_ones():
-    from geo3d.encoders.recompute import encoder_from_record
-
     fp32 = TinyEncoder(**SMALL, dtype="float32")
     again = encoder_from_record(fp32.identity(), fp32.preprocessing(), 4, device="cpu")
     assert again.dtype == "float32"

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_geo3d
+from omegaconf import OmegaConf
 
+import geo3d.cli.doctor.checks_data as checks_data
+from geo3d.core.config import CONFIG_DIR, PACKAGE_ROOT
+from geo3d.features_store.testing import make_synthetic_store
+from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
+
+from helpers import run_geo3d
 
 DEMO = ["--suite", "demo", "--config", "train/demo"]
 
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory) -> Path:
-    from omegaconf import OmegaConf
-
-    from geo3d.core.config import CONFIG_DIR
-    from geo3d.policy.configuration_policy import PolicyConfig
-    from geo3d.policy.tiny_qwen import build_tiny_model, tiny_model_dir
-
     model_cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml").model
     tiny = PolicyConfig.from_cfg(model_cfg).vlm.tiny
     out = tmp_path_factory.mktemp("qwen") / "Qwen2.5-VL-tiny"
@@ -109,7 +110,6 @@ def test_truncated_mapanything_weights_fail(qwen_dir, tmp_path):
 
 
 def test_missing_suite_fails(tmp_path):
-    from geo3d.core.config import PACKAGE_ROOT
     code, out, _ = doctor("--suite", "libero_goal", "--data-root", str(PACKAGE_ROOT / "demo_data"), "--config",
                           "train/demo", "--store", str(tmp_path / "s"))
     assert code == 1, out
@@ -118,7 +118,6 @@ def test_missing_suite_fails(tmp_path):
 
 
 def test_full_disk_simulated_fails(monkeypatch, tmp_path):
-    import geo3d.cli.doctor.checks_data as checks_data
     monkeypatch.setattr(checks_data, "free_bytes", lambda path: 10 << 20)  # 10 MiB left
     code, out, data = doctor(*DEMO, "--store", str(tmp_path / "s"), "--json")
     f = _by_check(data)
@@ -128,7 +127,6 @@ def test_full_disk_simulated_fails(monkeypatch, tmp_path):
 
 
 def test_incomplete_store_for_training_points_at_precompute(tmp_path):
-    from geo3d.features_store.testing import make_synthetic_store
     store = make_synthetic_store(tmp_path / "store", frames=32, shard_frames=8)
     store.mark_damaged([1])
     code, out, data = doctor(*DEMO, "--store", str(store.path), "--stage", "train", "--json")

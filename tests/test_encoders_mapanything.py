@@ -10,18 +10,23 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import geo3d.precompute.run as run
 from geo3d.core.device import resolve_compute_dtype
 from geo3d.core.errors import Geo3dError
-from helpers import REPO
+from geo3d.encoders.mapanything import MapAnythingEncoder, import_mapanything_class
+from geo3d.encoders.views import pool_view_features
 
+from helpers import REPO
 
 FAKE_MODELS = textwrap.dedent('''
     import json, os
@@ -166,8 +171,6 @@ def test_cli_errors_are_one_clear_message(tmp_path, weights, fake_pkgs):
 
 
 def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-
     log = tmp_path / "log.json"
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
@@ -189,8 +192,6 @@ def test_loads_offline_strict_with_patched_config_and_encodes(monkeypatch, tmp_p
 
 
 def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
     monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
@@ -200,8 +201,6 @@ def test_strict_load_failure_is_a_clear_error(monkeypatch, tmp_path, weights, fa
 
 
 def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
-    from geo3d.encoders.mapanything import import_mapanything_class
-
     bad = fake_pkgs / "mapanything/models/__init__.py"
     bad.write_text("import uniception_missing_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(fake_pkgs))
@@ -217,8 +216,6 @@ def test_missing_dependency_of_the_package_is_named(monkeypatch, fake_pkgs):
 def test_runtime_error_on_import_is_reported_like_a_missing_package(monkeypatch, fake_pkgs):
     """Issue 25 row 14: a torchvision built for another torch fails at import with a RuntimeError, not an
     ImportError; it gets the same one-line message, with the install hint that keeps the installed torch."""
-    from geo3d.encoders.mapanything import import_mapanything_class
-
     (fake_pkgs / "mapanything/models/__init__.py").write_text(
         "raise RuntimeError('operator torchvision::nms does not exist')\n")
     monkeypatch.syspath_prepend(str(fake_pkgs))
@@ -235,10 +232,6 @@ def test_runtime_error_on_import_is_reported_like_a_missing_package(monkeypatch,
 def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake_pkgs, hub):
     """torch.hub would ask GitHub for the default branch before using its cache (a hang where packets are
     dropped): with every name lookup and connect made to fail and recorded, none may be attempted."""
-    import socket
-
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-
     attempts = []
 
     def refuse(*args, **kwargs):
@@ -259,8 +252,6 @@ def test_construction_makes_no_network_call(monkeypatch, tmp_path, weights, fake
 
 
 def test_normalization_follows_the_models_data_norm_type(monkeypatch, tmp_path, weights, fake_pkgs, hub):
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
     monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
@@ -277,9 +268,6 @@ def test_normalization_follows_the_models_data_norm_type(monkeypatch, tmp_path, 
 def test_taps_of_one_forward_match_the_models_outputs(monkeypatch, tmp_path, weights, fake_pkgs, hub):
     """encoder = the fusion norm's output (info_sharing's input); info_sharing_<i> = the IFR's intermediate of
     layer i (returned in depth order); all from one forward equal separate single-tap encoders bit for bit."""
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-    from geo3d.encoders.views import pool_view_features
-
     monkeypatch.syspath_prepend(str(fake_pkgs))
     monkeypatch.setenv("TORCH_HOME", str(hub))
     monkeypatch.setenv("FAKE_MA_LOG", str(tmp_path / "log.json"))
@@ -309,10 +297,6 @@ def test_taps_of_one_forward_match_the_models_outputs(monkeypatch, tmp_path, wei
 
 @pytest.mark.parametrize("workers, cpus, expect", [(0, 8, 8), (2, 8, 6), (4, 2, 1)])
 def test_cpu_threads_default_uses_every_cpu_without_decode_workers(monkeypatch, workers, cpus, expect):
-    from types import SimpleNamespace
-
-    import geo3d.precompute.run as run
-
     monkeypatch.setattr(run, "usable_cpus", lambda: cpus)
     assert run._cpu_threads(SimpleNamespace(cpu_threads=None, decode_workers=workers)) == expect
     assert run._cpu_threads(SimpleNamespace(cpu_threads=3, decode_workers=workers)) == 3  # explicit wins

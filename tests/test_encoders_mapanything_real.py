@@ -7,14 +7,26 @@ hooked at `info_sharing` (then pooled the same way) on two demo frames, exactly 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import math
+import socket
+import sys
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_model
 
 from geo3d.core.errors import Geo3dError
+from geo3d.data.mixture import LiberoMixture
+from geo3d.encoders.mapanything import (
+    MapAnythingEncoder,
+    dinov2_hub_code_from_cache,
+    dinov2_hub_dir,
+    import_mapanything_class,
+)
+from geo3d.encoders.views import NORM_TYPES, frames_to_model_input, pool_view_features
 
 INF = math.inf
 # mapanything v1.1 configs/model/mapanything.yaml (images_only, dpt_pose_scale) composed, then shrunk: ViT-S/14 with
@@ -67,11 +79,6 @@ IMAGE, TOKENS = 56, 4  # 4x4 patches per view pooled to 2x2
 
 def _real_package_or_skip():
     """The installed package: stand-ins other tests imported (test_encoders_mapanything.py) are dropped first."""
-    import importlib.metadata
-    import sys
-
-    from geo3d.encoders.mapanything import dinov2_hub_dir, import_mapanything_class
-
     try:
         importlib.metadata.version("mapanything")
     except importlib.metadata.PackageNotFoundError:
@@ -93,10 +100,6 @@ def _real_package_or_skip():
 @pytest.fixture(scope="module")
 def small_weights(tmp_path_factory):
     """A weights dir (config.json + model.safetensors) of a random-init small real MapAnything."""
-    from safetensors.torch import save_model
-
-    from geo3d.encoders.mapanything import dinov2_hub_code_from_cache, dinov2_hub_dir
-
     cls = _real_package_or_skip()
     torch.manual_seed(0)
     with dinov2_hub_code_from_cache(dinov2_hub_dir()):
@@ -112,9 +115,6 @@ def small_weights(tmp_path_factory):
 
 
 def _demo_frames() -> torch.Tensor:
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.encoders.views import frames_to_model_input
-
     mix = LiberoMixture("demo", image_size=IMAGE)
     frames = [frames_to_model_input(mix.read_stored_frames(i), IMAGE, mix.frame_orientation(0)) for i in (0, 130)]
     return torch.from_numpy(np.stack(frames))  # [2 frames, 2 views, S, S, 3]
@@ -134,8 +134,6 @@ def test_the_normalization_table_is_uniceptions():
     _real_package_or_skip()
     from uniception.models.encoders.image_normalizations import IMAGE_NORMALIZATION_DICT
 
-    from geo3d.encoders.views import NORM_TYPES
-
     assert set(NORM_TYPES) == set(IMAGE_NORMALIZATION_DICT)
     for name, (mean, std) in NORM_TYPES.items():
         torch.testing.assert_close(torch.tensor(mean), IMAGE_NORMALIZATION_DICT[name].mean, rtol=0, atol=1e-7)
@@ -143,11 +141,6 @@ def test_the_normalization_table_is_uniceptions():
 
 
 def test_adapter_tokens_equal_mapanythings_own_forward(small_weights, monkeypatch):
-    import socket
-
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-    from geo3d.encoders.views import pool_view_features
-
     weights, reference = small_weights
     attempts = []
 
@@ -186,9 +179,6 @@ def test_every_tap_equals_mapanythings_own_forward_and_one_pass_equals_separate_
     """encoder = what MapAnything's forward feeds info_sharing (the fusion norm's output, also its DPT head's first
     input); info_sharing_<i> = the IFR's intermediates (indices [1, 2] here; [7, 11] in the release); all taps of
     one pass equal single-tap passes bit for bit (fp32, CPU)."""
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-    from geo3d.encoders.views import pool_view_features
-
     weights, reference = small_weights
     enc = MapAnythingEncoder(weights=weights, image_size=IMAGE, tokens_per_view=TOKENS, device="cpu", dtype="float32")
     taps = enc.available_taps()

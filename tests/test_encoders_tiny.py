@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from geo3d.core.errors import Geo3dError
+import geo3d.encoders.tiny as tiny
+from geo3d.core.config import CONFIG_DIR
+from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
+from geo3d.encoders.tiny_model import TinyGeometryModel
 
 SMALL = dict(width=32, depth=2, heads=2, out_dim=24, seed=0, image_size=56, tokens_per_view=4)
 
@@ -62,9 +69,6 @@ def test_bad_sizes_are_clear_errors():
 
 
 def test_rebuilt_from_the_recorded_identity_gives_the_same_tokens():
-    from geo3d.core.errors import StoreError
-    from geo3d.encoders.recompute import encoder_from_record
-
     enc = TinyEncoder(**SMALL)
     again = encoder_from_record(enc.identity(), enc.preprocessing(), SMALL["tokens_per_view"], device="cpu")
     x = _images(2)
@@ -77,10 +81,6 @@ def test_rebuilt_from_the_recorded_identity_gives_the_same_tokens():
 def test_device_random_init_is_unhashed_and_never_rebuilt(monkeypatch):
     """The full-size benchmark stand-in: no seeded CPU init, no sha256; its identity says so and recompute /
     eval refuse to rebuild it."""
-    import geo3d.encoders.tiny as tiny
-    from geo3d.core.errors import StoreError
-    from geo3d.encoders.recompute import encoder_from_record
-
     monkeypatch.setattr(tiny, "state_dict_sha256", lambda m: pytest.fail("the stand-in's weights were hashed"))
     enc = TinyEncoder(**SMALL, init="device_random")
     ident = enc.identity()
@@ -109,11 +109,6 @@ def test_seeded_identity_is_unchanged_and_the_store_identity_adds_the_runtime():
 
 def test_full_size_stand_in_has_mapanything_scale():
     """width 1536, depth 20, heads 24 (configs/standin_full.yaml): ~1.13B parameters (counted on the meta device)."""
-    from omegaconf import OmegaConf
-
-    from geo3d.core.config import CONFIG_DIR
-    from geo3d.encoders.tiny_model import TinyGeometryModel
-
     t = OmegaConf.load(CONFIG_DIR / "standin_full.yaml").encoder.tiny
     assert t.init == "device_random"
     with torch.device("meta"), mock_seeded_init():
@@ -122,8 +117,4 @@ def test_full_size_stand_in_has_mapanything_scale():
 
 
 def mock_seeded_init():
-    from unittest import mock
-
-    from geo3d.encoders.tiny_model import TinyGeometryModel
-
     return mock.patch.object(TinyGeometryModel, "_seeded_init", lambda self, seed, device: None)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
+import geo3d.data.transforms as T
+import geo3d.encoders.views as views
 from geo3d.core.errors import Geo3dError
-from geo3d.encoders.views import (IMAGENET_MEAN, IMAGENET_STD, check_image_size, frames_to_model_input,
-                                       grid_side, normalize_views, pool_view_features, preprocessing_record)
+from geo3d.encoders.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_image_size,
+    frames_to_model_input,
+    grid_side,
+    normalize_views,
+    pool_view_features,
+    preprocessing_record,
+)
 
 
 @pytest.mark.parametrize("size", [200, 256, 0, 13])
@@ -82,8 +94,6 @@ def test_preprocessing_record_names_every_step():
 
 def test_a_changed_image_path_changes_the_record(monkeypatch):
     """If the orientation step changes (or resize does), stores made before are refused instead of mixed."""
-    import geo3d.data.transforms as T
-
     before = preprocessing_record(56, 4, "bfloat16", "dinov2")
     assert before["image_path_probe"]["orientation"] == "identity"  # upright LeRobot frames pass unturned
     assert before["image_path_probe"]["raw_render"] == "rot180"  # simulator renders are turned once
@@ -94,10 +104,6 @@ def test_a_changed_image_path_changes_the_record(monkeypatch):
 
 def test_normalization_tensors_are_built_once_per_device_and_dtype():
     """No per-batch torch.tensor(mean/std, device=...): on CUDA that is a host->device copy + sync per batch."""
-    from unittest import mock
-
-    import geo3d.encoders.views as views
-
     img = torch.randint(0, 256, (2, 2, 14, 14, 3), dtype=torch.uint8)
     first = normalize_views(img, "cpu", "dinov2")
     with mock.patch.object(views.torch, "tensor", side_effect=AssertionError("built again")):

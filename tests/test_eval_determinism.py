@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from geo3d.core.preemption import PreemptionFlag
+from geo3d.evaluation.episode import EpisodeSettings
+from geo3d.evaluation.runner import Job, PolicySource, _Worker
+
 from eval_fixtures import SHARED_RUNS, sim_available, trained_runs
 
 pytestmark = [pytest.mark.sim, SHARED_RUNS]
@@ -15,9 +19,6 @@ if _REASON is not None:
 
 
 def _run(jobs, source, settings):
-    from geo3d.core.preemption import PreemptionFlag
-    from geo3d.evaluation.runner import _Worker
-
     worker = _Worker(source, settings, "osmesa", PreemptionFlag(()))
     try:
         return [worker.run(job).to_json() for job in jobs]
@@ -30,9 +31,6 @@ def _outcome(rec: dict) -> dict:
 
 
 def test_rerunning_one_episode_reproduces_it(tmp_path_factory):
-    from geo3d.evaluation.episode import EpisodeSettings
-    from geo3d.evaluation.runner import Job, PolicySource
-
     run_dir = trained_runs(tmp_path_factory.getbasetemp() / "eval_runs")["qformer"]
     source = PolicySource(ckpt=str(run_dir), device="cpu")
     settings = EpisodeSettings(max_steps=12)

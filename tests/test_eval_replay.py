@@ -10,8 +10,10 @@ import subprocess
 
 import pytest
 
-from eval_fixtures import ENV, geo3d, sim_available
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.evaluation.replay import ReplayReport, Tolerances, judge
+
+from eval_fixtures import ENV, geo3d, sim_available
 
 pytestmark = pytest.mark.sim
 
@@ -46,8 +48,6 @@ def test_replay_of_a_demo_episode_reproduces_state_and_images(tmp_path):
 
 def test_replay_judgement_names_each_convention_that_broke():
     """The verdict, on numbers of the kinds a broken convention produces (no simulator needed)."""
-    from geo3d.evaluation.replay import ReplayReport, Tolerances, judge
-
     codec = {"mean_abs": 1.7, "psnr_db": 41.0, "codec_mean_abs": 1.7, "mean_abs_rot180": 70.0}
     turned = {"mean_abs": 70.0, "psnr_db": 10.0, "codec_mean_abs": 1.7, "mean_abs_rot180": 1.7}
     moved = {"mean_abs": 3.2, "psnr_db": 28.0, "codec_mean_abs": 1.7, "mean_abs_rot180": 69.0}

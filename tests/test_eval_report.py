@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_fixtures import ENV, SHARED_RUNS, evaluated_run, geo3d, run, sim_available, trained_runs
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.evaluation.report import load_run
+
+from eval_fixtures import ENV, SHARED_RUNS, evaluated_run, geo3d, run, sim_available, trained_runs
 
 pytestmark = [pytest.mark.slow, SHARED_RUNS]  # trains real runs first (eval_fixtures)
 
@@ -72,7 +74,6 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
 def test_report_uses_complete_evaluations_of_the_latest_step(runs, tmp_path):
     if sim_available() is not None:
         pytest.skip("needs a real `geo3d eval` result (LIBERO simulator not importable)")
-    from geo3d.evaluation.report import load_run
 
     src = runs["qformer"] / "eval_libero_spatial_step2" / "results.json"
     res = json.loads(src.read_text())

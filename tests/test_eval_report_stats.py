@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_fixtures import ENV, geo3d
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.evaluation.stats import PairedTable, newcombe_paired
+
+from eval_fixtures import ENV, geo3d
 
 pytestmark = pytest.mark.slow  # `geo3d report` subprocesses (matplotlib)
 
@@ -101,7 +103,6 @@ def test_paired_comparison_against_none_has_the_known_answer(report):
     assert c["difference"] == pytest.approx(17 / 500)
     assert c["p_mcnemar"] == pytest.approx(_exact_mcnemar(35, 18))
     assert c["per_seed_difference"] == {"0": pytest.approx(12 / 250), "1": pytest.approx(5 / 250)}
-    from geo3d.evaluation.stats import PairedTable, newcombe_paired
 
     assert c["ci"] == pytest.approx(list(newcombe_paired(PairedTable(190, 35, 18, 257))))
     p = f"{_exact_mcnemar(35, 18):.2g}"

@@ -9,8 +9,15 @@ import os
 import signal
 
 import pytest
+from omegaconf import OmegaConf
 
+from geo3d.core.config import save_resolved
+from geo3d.core.errors import Geo3dError
 from geo3d.core.preemption import PreemptionFlag
+from geo3d.data.orientation import orientation_probe
+from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeSettings
+from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
+from geo3d.evaluation.runner import Job, PolicySource, run_jobs
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -32,9 +39,6 @@ def test_preemption_signals_set_the_stop_flag_and_handlers_are_restored(sig):
 
 def test_run_jobs_stops_when_the_flag_is_set():
     """A requested stop ends run_jobs before the next episode (no simulator is started)."""
-    from geo3d.evaluation.episode import EpisodeInterrupted, EpisodeSettings
-    from geo3d.evaluation.runner import Job, PolicySource, run_jobs
-
     stop = PreemptionFlag()
     stop.signal_name = "SIGTERM"
     jobs = [Job("libero_spatial", 0, i, 0, None) for i in range(3)]
@@ -44,17 +48,10 @@ def test_run_jobs_stops_when_the_flag_is_set():
 
 def test_resume_refuses_results_of_other_settings_or_another_checkpoint(tmp_path):
     """Episodes of another step cap (or checkpoint) must not be mixed into one success rate by --resume."""
-    from omegaconf import OmegaConf
-
-    from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
-    from geo3d.core.config import save_resolved
-    from geo3d.core.errors import Geo3dError
-
     cfg = OmegaConf.create({"eval": {"suite": "libero_spatial", "max_steps": 10, "settle_steps": 10, "replan_steps": 8,
                                      "gripper": {"sim_sign": 1.0, "binarize": True}, "render_size": 256, "seed": 7,
                                      "workers": 1, "video": False}})
     save_resolved(cfg, tmp_path)
-    from geo3d.data.orientation import orientation_probe
     (tmp_path / RESULTS_FILE).write_text(json.dumps({"checkpoint": "/runs/a/checkpoints/steps_2",
                                                      "image_orientation": orientation_probe()}))
     check_resume_matches(tmp_path, cfg, "/runs/a/checkpoints/steps_2")

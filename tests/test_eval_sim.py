@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import av
@@ -12,9 +13,19 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from eval_fixtures import IMAGE, SHARED_RUNS, ServeProcess, ENV, evaluated_run, geo3d, run, sim_available, trained_runs
+from geo3d.core import sim
 from geo3d.core.config import CONFIG_DIR, PACKAGE_ROOT
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
+from geo3d.core.sim import raw_frames, state_from_obs
+from geo3d.data.episode_arrays import EpisodeArrays
+from geo3d.data.lerobot_writer import write_lerobot_dataset
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.suites import DEMO_DATA_ROOT, SUITE_FOLDERS
+from geo3d.data.transforms import RAW_RENDER, to_model_images
+from geo3d.evaluation.episode import EpisodeSettings, to_sim_action
+from geo3d.evaluation.observation import observation_to_inputs
+
+from eval_fixtures import ENV, IMAGE, SHARED_RUNS, ServeProcess, evaluated_run, geo3d, run, sim_available, trained_runs
 
 pytestmark = [pytest.mark.sim, SHARED_RUNS]
 
@@ -31,9 +42,6 @@ def _simulator() -> None:
 def sim_trace():
     """Observations of libero_spatial task 0 (init state 0): after settling, after 15 dataset-convention
     'close' commands, after 15 'open' commands."""
-    from geo3d.evaluation.episode import EpisodeSettings, to_sim_action
-    from geo3d.core import sim
-
     sim.configure("osmesa")
     gripper = OmegaConf.load(CONFIG_DIR / "eval.yaml").eval.gripper
     settings = EpisodeSettings(max_steps=1, gripper_sign=float(gripper.sim_sign), binarize_gripper=gripper.binarize)
@@ -63,8 +71,6 @@ def test_gripper_dataset_convention_reaches_the_sim_with_the_configured_sign(sim
 
 def test_eval_images_are_upright(sim_trace):
     """The raw render turned once (as IPEC/openvla store LIBERO frames): scene upright, wall at the top."""
-    from geo3d.evaluation.observation import observation_to_inputs
-
     agent = observation_to_inputs(sim_trace["settled"], None)[0][0].astype(np.float32)
     fifth = agent.shape[0] // 5
     saturation = lambda x: float((x.max(-1) - x.min(-1)).mean())  # noqa: E731
@@ -74,14 +80,6 @@ def test_eval_images_are_upright(sim_trace):
 def test_eval_images_are_the_training_images(sim_trace, tmp_path):
     """Frames stored like the demo generator stores them, read back by the training data layer, equal (up to
     video compression) what the eval path gives the policy for the same observation; a rotated frame does not."""
-    from geo3d.evaluation.observation import observation_to_inputs
-    from geo3d.data.episode_arrays import EpisodeArrays
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.suites import SUITE_FOLDERS
-    from geo3d.data.lerobot_writer import write_lerobot_dataset
-    from geo3d.data.transforms import RAW_RENDER, to_model_images
-    from geo3d.core.sim import raw_frames, state_from_obs
-
     obs_list = [sim_trace[k] for k in ("settled", "closed", "opened")]
     stored = [to_model_images(raw_frames(o), None, RAW_RENDER) for o in obs_list]  # as the demo generator stores
     episode = EpisodeArrays(task="pick up the black bowl", agentview=np.stack([s[0] for s in stored]),
@@ -104,10 +102,6 @@ def test_a_bundled_init_state_renders_like_the_stored_demo_frame(sim_trace):
     """Real pixels: libero_spatial task 0 from bundled init state 0 (settled like the generator did), mapped the
     way eval maps it, equals the stored demo frame 0 of that episode through the training path up to AV1 noise,
     and is far from its 180-degree turn: this cannot pass if either path is upside down."""
-    from geo3d.evaluation.observation import observation_to_inputs
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.suites import DEMO_DATA_ROOT
-
     gen = json.loads((DEMO_DATA_ROOT / "generation.json").read_text())
     (ep,) = [m for m in gen["episodes"] if (m["suite"], m["task_id"], m["init_state_id"]) == ("libero_spatial", 0, 0)]
     mixture = LiberoMixture("demo", image_size=IMAGE)
@@ -186,8 +180,6 @@ def test_eval_parallel_workers(tmp_path_factory, tmp_path):
 def test_sigterm_keeps_finished_episodes_and_resume_completes(tmp_path_factory, tmp_path):
     """SLURM preemption: SIGTERM after the first episode -> exit 75, partial results (complete: false);
     the same command with --resume runs only the missing episode."""
-    import time
-
     runs = trained_runs(tmp_path_factory.getbasetemp() / "eval_runs")
     out = tmp_path / "ev"
     args = ["eval", "--ckpt", str(runs["pool"]), "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task",

@@ -12,6 +12,8 @@ import torch
 
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout, StoreSpec
 from geo3d.features_store.export import INDEX_FIELDS, read_export
+from geo3d.features_store.store import open_arrays
+
 from helpers import Result, run_geo3d
 
 ENCODER = {"name": "export-test", "fingerprint": "export-0", "config": {"seed": 1}}
@@ -124,7 +126,6 @@ def test_export_refuses_incomplete_store_unless_asked(tmp_path):
 
 def test_export_refuses_a_corrupted_store_frame(tmp_path):
     path, _ = _make_store(tmp_path / "bad")
-    from geo3d.features_store.store import open_arrays
 
     arr = open_arrays(path, mode="r+")["tokens"]
     row = np.asarray(arr[9:10])

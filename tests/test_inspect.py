@@ -12,6 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from geo3d.cli.inspection.cli import compose_inspect_config
+from geo3d.cli.inspection.run import build_paths
+from geo3d.data.content_id import frame_content_id
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.norm_stats import Normalizer, compute_norm_stats
+from geo3d.encoders.views import frames_to_model_input
+
 from helpers import run_geo3d, spawn_geo3d
 
 VIEWS = ("agentview", "wrist")
@@ -30,18 +37,12 @@ def _png(out: Path, name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def paths():
     """The input paths inspect builds for the demo (tiny Qwen processor, tiny encoder), built in-process."""
-    from geo3d.cli.inspection.cli import compose_inspect_config
-    from geo3d.cli.inspection.run import build_paths
-    from geo3d.data.mixture import LiberoMixture
-
     cfg = compose_inspect_config(None, None, "demo", None, None)
     mixture = LiberoMixture.from_config(cfg)
     return build_paths(cfg, None, mixture, None), mixture
 
 
 def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
-    from geo3d.data.norm_stats import Normalizer, compute_norm_stats
-
     p, mixture = paths
     res = _inspect(tmp_path, "--suite", "demo", "--frame", "130")
     item = mixture[130]
@@ -54,7 +55,6 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
     torch.testing.assert_close(got["pixel_values"], want["pixel_values"], rtol=0, atol=1e-5)
     # what the geometry encoder got: its normalized views rebuilt from the PNGs equal those of the stored frame
-    from geo3d.encoders.views import frames_to_model_input
     stored = frames_to_model_input(mixture.read_stored_frames(130), p.encoder.image_size, "upright")
     rebuilt = p.encoder.model_inputs(torch.from_numpy(geo_png[None]))
     for a, b in zip(rebuilt, p.encoder.model_inputs(torch.from_numpy(stored[None]))):
@@ -73,7 +73,6 @@ def test_dataset_frame_pngs_are_the_model_inputs(tmp_path, paths):
     np.testing.assert_allclose(res["state_normalized"], Normalizer(stats, "state", norm.state).normalize(item["state"]),
                                atol=1e-5)
     assert res["action_pad"] == item["action_pad"].tolist()
-    from geo3d.data.content_id import frame_content_id
     assert int(res["content_id"], 16) == frame_content_id(mixture.read_stored_frames(130))
     assert res["orientation"]["source"] == "upright" and (res["episode_index"], res["frame_index"]) == (1, 9)
 

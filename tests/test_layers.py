@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from geo3d.cli.demo import _run_step
+
 from helpers import REPO
 
 try:
@@ -79,8 +81,6 @@ def test_user_files_in_the_working_directory_do_not_shadow_geo3d(tmp_path):
 def test_a_demo_step_runs_from_a_directory_whose_files_would_shadow_geo3d(tmp_path, monkeypatch):
     """`geo3d demo` starts each step as `python -P -m geo3d.cli ...`: a user's geo3d.py in the working directory
     (which plain `python -m` would import instead of the package) does not reach the child."""
-    from geo3d.cli.demo import _run_step
-
     (tmp_path / "geo3d.py").write_text("raise SystemExit('the user file geo3d.py was imported')\n")
     monkeypatch.chdir(tmp_path)
     _run_step("help", ["train", "--help"], tmp_path)

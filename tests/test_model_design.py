@@ -16,6 +16,8 @@ from geo3d.policy.action_head import FlowMatchingHead
 from geo3d.policy.compressors import build_compressor, group_mean
 from geo3d.policy.configuration_policy import PolicyConfig
 from geo3d.policy.dit import Attention
+from geo3d.policy.processor_policy import PolicyProcessor, VLMInputs
+from geo3d.policy.vlm import QwenVLBackbone, vlm_source_dir
 from geo3d.train.run_config import compose_train_config
 
 # The fork's `datasets.vla_data.CoT_prompt`, quoted from its configs (e.g. starVLA/config/training/
@@ -116,9 +118,6 @@ def test_state_off_drops_the_token_and_freezes_the_unused_encoder():
 
 
 def test_prompt_template_wraps_the_instruction_like_the_fork(tmp_path_factory):
-    from geo3d.policy.processor_policy import PolicyProcessor
-    from geo3d.policy.vlm import vlm_source_dir
-
     stats = {f: {k: [0.0] * 8 if k in ("min", "mean") else [1.0] * 8 for k in ("min", "max", "mean", "std")}
              for f in ("action", "state")}
     def vlm_inputs(model_cfg):
@@ -189,9 +188,6 @@ def test_dit_gradient_checkpointing_recomputes_blocks_with_equal_gradients():
 
 
 def test_vlm_gradient_checkpointing_recomputes_decoder_layers_with_equal_gradients():
-    from geo3d.policy.vlm import QwenVLBackbone
-    from geo3d.policy.processor_policy import VLMInputs
-
     grads, calls = {}, {}
     for on in (False, True):
         vlm = QwenVLBackbone.build(tiny(f"model.vlm.gradient_checkpointing={on}").vlm).train()

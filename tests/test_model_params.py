@@ -12,6 +12,8 @@ from geo3d.core.config import CONFIG_DIR
 from geo3d.policy.action_head import FlowMatchingHead
 from geo3d.policy.compressors import build_compressor
 from geo3d.policy.configuration_policy import PolicyConfig
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.vlm import QwenVLBackbone
 
 
 def full_cfg(compressor: str = "pool") -> PolicyConfig:
@@ -47,8 +49,6 @@ def test_action_head_count_at_full_dims():
 
 def test_vlm_arch_matches_the_seed_count(tmp_path):
     """The built-in 3B architecture (used for meta builds without the dir) gives the seed's 3754.62M."""
-    from geo3d.policy.vlm import QwenVLBackbone
-
     cfg = full_cfg()
     cfg.vlm.source = str(tmp_path / "absent")
     with warnings.catch_warnings():
@@ -60,8 +60,6 @@ def test_vlm_arch_matches_the_seed_count(tmp_path):
 
 
 def test_full_policy_meta_build_param_counts(tmp_path):
-    from geo3d.policy.modeling_policy import build_policy
-
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "qwen2_5_vl_3b.yaml")
     cfg.model.vlm.source = str(tmp_path / "absent")
     OmegaConf.update(cfg, "model.compressor.type", "per_layer", force_add=True)

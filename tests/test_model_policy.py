@@ -9,9 +9,11 @@ from omegaconf import OmegaConf
 
 from geo3d.core.config import CONFIG_DIR
 from geo3d.core.errors import Geo3dError
-from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
+from geo3d.policy.action_head import FlowMatchingHead
+from geo3d.policy.configuration_policy import COMPRESSOR_TYPES, PolicyConfig
 from geo3d.policy.modeling_policy import GeoVLAPolicy, build_policy
 from geo3d.policy.processor_policy import VLMInputs
+from geo3d.policy.vlm import PatchProjection
 
 B = 2
 
@@ -207,9 +209,6 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
     action: x_t = (1-t)*noise + t*action and target action - noise give zero loss (the opposite sign does not),
     padded steps do not count, t skews to the noisy end (t = (s_max - s)/s_max, s ~ Beta(1.5, 1)), and the Euler
     sampler integrates from noise (t=0) to the action (t=1)."""
-    from geo3d.policy.action_head import FlowMatchingHead
-    from geo3d.policy.configuration_policy import PolicyConfig
-
     head = FlowMatchingHead(PolicyConfig.from_cfg(tiny_cfg()).action_head)
     torch.manual_seed(0)
     t = head.sample_t(20000, "cpu")
@@ -242,8 +241,6 @@ def test_flow_matching_path_target_time_and_euler_direction(monkeypatch):
 def test_patch_embed_matmul_equals_transformers_conv3d():
     """`model.vlm.patch_embed=matmul` (the default) computes what Qwen2.5-VL's own Conv3d computes, from the same
     weight under the same state_dict key, for the hidden states and for the weight's gradient."""
-    from geo3d.policy.vlm import PatchProjection
-
     torch.manual_seed(0)
     conv_cfg = tiny_cfg("none")
     OmegaConf.update(conv_cfg, "model.vlm.patch_embed", "conv3d", force_add=True)

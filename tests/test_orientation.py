@@ -7,9 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from geo3d.data.orientation import orientation_probe
 from geo3d.core.errors import Geo3dError, StoreError
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.orientation import orientation_probe
+from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
+from geo3d.evaluation.observation import observation_to_inputs, upright_frame
+from geo3d.features_store import FeatureReader
+from geo3d.policy.pretrained import FORMAT, read_marker
+from geo3d.policy.run_dir import MARKER
+from geo3d.precompute.run import _refuse_old_orientation
+from geo3d.train.preflight import open_checked_store
 
 OLD_PROBE = {"orientation": "rot180", "sha256": "0123456789abcdef", "stored_size": "256"}  # as old stores hold it
 
@@ -20,12 +29,7 @@ def test_the_probe_measures_todays_convention():
 
 def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precompute(tmp_path):
     from data_fixtures import make_synthetic_libero
-    from geo3d.features_store import FeatureReader
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.run import _refuse_old_orientation
-    from geo3d.train.preflight import open_checked_store
     from train_fixtures import make_matching_store
-    from omegaconf import OmegaConf
 
     make_synthetic_libero(tmp_path / "data", suites=("libero_spatial",), episodes_per_suite=1, length=4)
     mix = LiberoMixture("libero_spatial", tmp_path / "data", image_size=28)
@@ -43,9 +47,6 @@ def test_a_store_made_with_the_old_orientation_is_refused_by_train_and_precomput
 
 
 def test_old_checkpoints_are_refused(tmp_path):
-    from geo3d.policy.pretrained import FORMAT, read_marker
-    from geo3d.policy.run_dir import MARKER
-
     for name, marker in (("made_before_the_record", {"format": FORMAT, "step": 2, "store": None}),
                          ("old_probe", {"format": FORMAT, "step": 2, "image_orientation": {"orientation": "rot180"}})):
         (tmp_path / name).mkdir()
@@ -59,10 +60,6 @@ def test_old_checkpoints_are_refused(tmp_path):
 
 
 def test_eval_resume_refuses_results_of_the_old_orientation(tmp_path):
-    from omegaconf import OmegaConf
-
-    from geo3d.evaluation.evaluate import RESULTS_FILE, check_resume_matches
-
     cfg = OmegaConf.create({"eval": {"suite": "libero_spatial"}})
     (tmp_path / RESULTS_FILE).write_text(json.dumps({"checkpoint": "/r/checkpoints/steps_2"}))
     with pytest.raises(Geo3dError, match=r"evaluation in .*old image orientation.*--overwrite"):
@@ -70,8 +67,6 @@ def test_eval_resume_refuses_results_of_the_old_orientation(tmp_path):
 
 
 def test_eval_turns_raw_renders_once_and_training_leaves_stored_frames():
-    from geo3d.evaluation.observation import observation_to_inputs, upright_frame
-
     raw = np.zeros((16, 16, 3), np.uint8)
     raw[-1, -1] = 255  # robosuite's render is upside down: this pixel is the scene's top-left
     obs = {"agentview_image": raw, "robot0_eye_in_hand_image": raw.copy(), "robot0_eef_pos": np.zeros(3),

@@ -11,7 +11,15 @@ from unittest import mock
 import numpy as np
 import pytest
 
+import geo3d.core.preemption as preemption
+import geo3d.precompute.run as precompute_run
 from geo3d.core.config import ConfigError
+from geo3d.data.mixture import LiberoMixture
+from geo3d.features_store import FeatureStore
+from geo3d.features_store.store import open_arrays
+from geo3d.precompute.cli import precompute_config
+from geo3d.precompute.decode import DataSource, decode_episode
+from geo3d.precompute.run import _note_other_device, run_precompute
 
 from data_fixtures import make_synthetic_libero
 
@@ -30,10 +38,6 @@ def data_root(tmp_path_factory) -> Path:
 
 def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] | None = None) -> tuple[list[int], object]:
     """Run one in-process worker; returns the row count of every encoder call and the run's result."""
-    import geo3d.precompute.run as precompute_run
-    from geo3d.precompute.cli import precompute_config
-    from geo3d.precompute.run import run_precompute
-
     calls = [] if calls is None else calls
     real_build = precompute_run.build_encoder
 
@@ -51,8 +55,6 @@ def _precompute(data_root: Path, store: Path, *overrides: str, calls: list[int] 
 
 
 def _arrays(store: Path) -> dict[str, np.ndarray]:
-    from geo3d.features_store.store import open_arrays
-
     return {k: np.asarray(a[:]) for k, a in open_arrays(store).items()}
 
 
@@ -105,9 +107,6 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
     """A SIGTERM-like stop after the first batch (shards 0, 1 encoded, 4 frames of shard 2 left): no new shard
     is claimed; shard 2 is finished when that fits the grace period, else released uncommitted; nothing stays
     claimed and a rerun completes the store."""
-    import geo3d.core.preemption as preemption
-    import geo3d.precompute.run as precompute_run
-
     store = tmp_path / "store.zarr"
     calls: list[int] = []
 
@@ -119,7 +118,6 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
     with mock.patch.object(precompute_run, "PreemptionFlag", StopAfterFirstBatch):
         _, result = _precompute(data_root, store, "precompute.batch_size=20", f"precompute.preempt_grace_s={grace}",
                                 calls=calls)
-    from geo3d.features_store import FeatureStore
 
     fs = FeatureStore.open(store)
     committed = fs.committed_shards()
@@ -136,9 +134,6 @@ def test_preemption_finishes_or_releases_every_shard_in_flight(data_root, tmp_pa
 def test_in_process_decoding_of_two_datasets_never_mixes_them(data_root, tmp_path):
     """decode_episode caches one dataset index per (suite, data root, image size): a second dataset decoded in
     the same process (bench, library use, in-process runs) used to be read through the first one's index."""
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.precompute.decode import DataSource, decode_episode
-
     other = make_synthetic_libero(tmp_path / "other", suites=("libero_spatial", "libero_object"),
                                   episodes_per_suite=4, lengths=[7, 9, 11, 13], size=64, seed=3)
     for root in (data_root, other, data_root):
@@ -150,8 +145,6 @@ def test_in_process_decoding_of_two_datasets_never_mixes_them(data_root, tmp_pat
 
 
 def test_resuming_a_store_made_on_another_device_type_says_so(capsys):
-    from geo3d.precompute.run import _note_other_device
-
     _note_other_device({"name": "tiny", "runtime": {"device_type": "cuda"}}, {"device_type": "cpu"})
     assert "created on cuda, this worker encodes on cpu" in capsys.readouterr().err
     _note_other_device({"name": "tiny"}, {"device_type": "cpu"})  # a store from before runtimes: nothing to say

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+
+from geo3d.features_store import FeatureStore
+from geo3d.features_store.store import open_arrays
 
 from data_fixtures import make_synthetic_libero
 from helpers import REPO
@@ -52,8 +57,6 @@ def _start_and_kill_after(cmd: list[str], store: Path, commits: int, sig: int = 
                           children: list | None = None) -> subprocess.Popen:
     """Start a worker, send `sig` once the store holds >= `commits` markers; the worker must still be running.
     `children` (a list) receives the worker's child processes seen just before the signal."""
-    import psutil
-
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     deadline = time.monotonic() + 120
     while len(_commits(store)) < commits and proc.poll() is None and time.monotonic() < deadline:
@@ -74,8 +77,6 @@ def _encoded_shards(store: Path) -> list[int]:
 
 
 def _contents(store: Path) -> dict[str, np.ndarray]:
-    from geo3d.features_store.store import open_arrays
-
     return {k: np.asarray(a[:]) for k, a in open_arrays(store).items()}
 
 
@@ -184,8 +185,6 @@ def test_sigusr1_is_a_preemption_signal_too(data_root, tmp_path):
 
 
 def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, reference, tmp_path):
-    import shutil
-
     store = tmp_path / "store.zarr"
     shutil.copytree(reference, store)
     before = _commits(store)
@@ -197,7 +196,6 @@ def test_store_of_another_encoder_is_refused_overwrite_is_explicit(data_root, re
     proc = _run(_cmd(data_root, store, "--overwrite", "--shard", "0", "--num-shards", "2"), expect=2)
     assert "--overwrite with 2 workers" in proc.stderr
     _run(_cmd(data_root, store, "encoder.tiny.seed=1", "--overwrite"))
-    from geo3d.features_store import FeatureStore
 
     assert FeatureStore.open(store).spec.encoder["config"]["seed"] == 1
 

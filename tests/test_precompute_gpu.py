@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_encoders_mapanything_real import IMAGE, TOKENS, _demo_frames, small_weights  # noqa: F401 (fixture)
+from test_precompute_e2e import _commits, _contents, _start_and_kill_after
+
+from geo3d.encoders.mapanything import MapAnythingEncoder
+from geo3d.encoders.recompute import WEIGHTS_ENV
+from geo3d.features_store import FeatureStore
+from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL
 
 from data_fixtures import make_synthetic_libero
 from helpers import REPO
-from test_encoders_mapanything_real import IMAGE, TOKENS, _demo_frames, small_weights  # noqa: F401 (fixture)
-from test_precompute_e2e import _commits, _contents, _start_and_kill_after
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is "
@@ -67,9 +72,6 @@ def cuda_store(data_root, tmp_path_factory) -> Path:
 
 
 def test_precompute_on_cuda_records_its_runtime_verifies_and_matches_cpu(data_root, cuda_store, tmp_path):
-    from geo3d.features_store import FeatureStore
-    from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL
-
     store = FeatureStore.open(cuda_store)
     assert store.spec.encoder["runtime"]["device_type"] == "cuda" and store.spec.encoder["runtime"]["gpu"]
     writer = store.read_marker(0)["writer"]
@@ -113,10 +115,6 @@ def test_kill9_mid_run_on_cuda_resumes_to_the_same_store(data_root, cuda_store, 
 def test_real_mapanything_on_cuda(small_weights, data_root, tmp_path):  # noqa: F811 (the imported fixture)
     """The real class through the adapter on CUDA: bf16 tokens within the documented atol of CPU fp32, then a
     real precompute on CUDA that verify-cache recomputes cleanly (weights via GEO3D_MAPANYTHING_WEIGHTS)."""
-    from geo3d.encoders.mapanything import MapAnythingEncoder
-    from geo3d.encoders.recompute import WEIGHTS_ENV
-    from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL
-
     weights, _ = small_weights
     images = _demo_frames()
     cpu = MapAnythingEncoder(weights=weights, image_size=IMAGE, tokens_per_view=TOKENS, device="cpu",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from geo3d.core.errors import Geo3dError
+from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
 from geo3d.precompute.shard_planner import ShardPlanner, missing_runs
 from geo3d.precompute.worker_slot import worker_slot
 
@@ -52,17 +55,12 @@ def test_missing_runs_longest_first():
 
 @pytest.fixture
 def store(tmp_path: Path):
-    from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
-
     spec = StoreSpec(frames=40, views=2, tokens=1, dim=2, encoder={"name": "t", "fingerprint": "f", "config": {}},
                      preprocessing={}, dataset={"suite": "x"}, layout=StoreLayout(shard_frames=4))
     return FeatureStore.open_or_create(tmp_path / "s", spec)
 
 
 def _commit(store, shard: int) -> None:
-    import numpy as np
-    import torch
-
     n = len(store.shard_range(shard))
     idx = {k: np.zeros(n, np.int64) for k in ("dataset_id", "episode_index", "frame_index")}
     idx["content_id"] = np.arange(n, dtype=np.uint64)
@@ -82,8 +80,6 @@ def test_planner_starts_at_own_block_and_walks_forward(store):
 
 
 def test_planner_skips_committed_and_held_shards_and_finishes(store):
-    from geo3d.features_store import FeatureStore
-
     for s in (0, 1, 2):
         _commit(store, s)
     other = FeatureStore.open(store.path)  # another handle = another "worker" holding shard 6
@@ -100,8 +96,6 @@ def test_planner_skips_committed_and_held_shards_and_finishes(store):
 
 
 def test_planner_steals_from_the_middle_of_a_held_run(store):
-    from geo3d.features_store import FeatureStore
-
     other = FeatureStore.open(store.path)
     held = other.try_claim(0)  # someone is working from the front of the only run
     first = next(iter(ShardPlanner(store, rank=0, world=1)))

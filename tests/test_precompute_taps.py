@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import make_synthetic_libero
 from geo3d.core.errors import Geo3dError
-from geo3d.core.taps import parse_taps, run_label, parse_run_label, tap_store_path
+from geo3d.core.taps import parse_run_label, parse_taps, run_label, tap_store_path
+from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
+from geo3d.features_store import FeatureReader, StoreSpec
+from geo3d.features_store.store import open_arrays
+from geo3d.precompute.cli import precompute_config
+from geo3d.precompute.run import run_precompute
+
+from data_fixtures import make_synthetic_libero
 from helpers import Result, run_geo3d
 
 SMALL_ENC = dict(width=32, depth=2, heads=2, out_dim=16, seed=0, image_size=56, tokens_per_view=4)
@@ -75,12 +81,9 @@ def test_tap_names_store_paths_and_labels():
 
 def test_a_store_spec_without_a_tap_reads_as_info_sharing():
     """Stores and checkpoints made before taps existed hold the final info_sharing tokens: they keep working."""
-    from geo3d.features_store import StoreSpec
-
     enc = TinyEncoder(**SMALL_ENC)
     old = {k: v for k, v in enc.identity().items() if k != "tap"}
     assert StoreSpec(frames=4, views=2, tokens=4, dim=16, encoder=old).encoder == enc.identity()
-    from geo3d.encoders.recompute import encoder_from_record
 
     again = encoder_from_record(old, enc.preprocessing(), 4, device="cpu")
     assert again.tap == "info_sharing" and torch.equal(again.encode(_images(1)), enc.encode(_images(1)))
@@ -95,9 +98,6 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _precompute(data_root: Path, store: Path, taps: list[str]) -> dict[str, str]:
-    from geo3d.precompute.cli import precompute_config
-    from geo3d.precompute.run import run_precompute
-
     cfg = precompute_config([*OVERRIDES, f"data.data_root={data_root}", f"precompute.store={store}",
                              f"precompute.taps=[{','.join(taps)}]"])
     r = run_precompute(cfg)
@@ -106,8 +106,6 @@ def _precompute(data_root: Path, store: Path, taps: list[str]) -> dict[str, str]
 
 
 def _contents(store: str | Path) -> dict[str, np.ndarray]:
-    from geo3d.features_store.store import open_arrays
-
     return {k: np.asarray(a[:]) for k, a in open_arrays(Path(store)).items()}
 
 
@@ -116,8 +114,6 @@ def _markers(store: str | Path) -> dict[str, int]:
 
 
 def test_one_pass_writes_both_stores_bit_for_bit_like_two_passes(data_root, tmp_path):
-    from geo3d.features_store import FeatureReader
-
     both = _precompute(data_root, tmp_path / "both" / "s.zarr", ["info_sharing", "encoder"])
     assert both == {"info_sharing": str(tmp_path / "both" / "s.zarr"),
                     "encoder": str(tmp_path / "both" / "s@encoder.zarr")}

@@ -7,7 +7,10 @@ import torch
 
 from geo3d.core.device import kernel_runtime
 from geo3d.core.provenance import RUNTIME_KEY, kernel_key, without_runtime
+from geo3d.features_store import FeatureStore
+from geo3d.features_store.testing import TINY_ENCODER, make_synthetic_store, synthetic_spec
 from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL, comparison_rule
+
 from helpers import run_geo3d
 
 CPU = kernel_runtime("cpu")
@@ -52,8 +55,6 @@ def test_cuda_on_both_sides_is_compared_with_atol_and_says_why():
 
 
 def test_cli_refuses_a_negative_or_nan_atol(tmp_path):
-    from geo3d.features_store.testing import make_synthetic_store
-
     make_synthetic_store(tmp_path / "s.zarr")
     for bad in ("-1", "nan"):
         proc = run_geo3d(["verify-cache", str(tmp_path / "s.zarr"), "--no-dataset", "--recompute", "2",
@@ -63,9 +64,6 @@ def test_cli_refuses_a_negative_or_nan_atol(tmp_path):
 
 def test_a_store_attaches_from_another_device_type(tmp_path):
     """The recorded runtime is informational: resuming on another device (or torch) is allowed."""
-    from geo3d.features_store import FeatureStore
-    from geo3d.features_store.testing import TINY_ENCODER, synthetic_spec
-
     made_on_gpu = {**TINY_ENCODER, RUNTIME_KEY: {"device_type": "cuda", "gpu": "H200"}}
     FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec(encoder=made_on_gpu))
     store = FeatureStore.open_or_create(tmp_path / "s.zarr", synthetic_spec(encoder={**TINY_ENCODER,

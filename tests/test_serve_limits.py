@@ -11,20 +11,21 @@ from contextlib import ExitStack
 
 import numpy as np
 import pytest
-
-from geo3d.core.config import ConfigError
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from eval_fixtures import serve_settings, start_server
-from field_clients import OpenpiClient, StarVLAClient, openpi_obs
+from geo3d.core.config import ConfigError
 from geo3d.core.errors import Geo3dError
 from geo3d.evaluation.batching import token_counter
 from geo3d.evaluation.client import RemotePolicy
 from geo3d.evaluation.msgpack_wire import packb
 from geo3d.evaluation.server import PolicyServer
 from geo3d.evaluation.server_requests import Needs
+from geo3d.policy.processor_policy import load_hf_processor
+
+from eval_fixtures import serve_settings, start_server
+from field_clients import OpenpiClient, StarVLAClient, openpi_obs
 
 
 class CountingPolicy:
@@ -78,8 +79,6 @@ def test_oversized_or_undersized_inputs_are_refused_and_the_server_keeps_serving
 
 
 def test_instruction_tokens_are_counted_with_the_checkpoint_tokenizer_and_refused_not_truncated(tiny_vlm_dir):
-    from geo3d.policy.processor_policy import load_hf_processor
-
     count = token_counter(load_hf_processor(str(tiny_vlm_dir)).tokenizer)
     long = " ".join(f"w{i}" for i in range(120))  # < 1000 characters, > 40 tokens
     assert len(long) < 1000 and count(long) > 40

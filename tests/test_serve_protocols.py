@@ -5,12 +5,10 @@ profile give the same env commands as geo3d's own eval."""
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
-from eval_fixtures import serve_settings, start_server
-from field_clients import (OpenpiClient, StarVLAClient, field_packb, field_unpackb, openpi_env_action, openpi_obs,
-                           starvla_env_action)
 from geo3d.core.cliutil import build_config
 from geo3d.data.suites import DEMO_DATA_ROOT, open_dataset, resolve_suite
 from geo3d.evaluation.cli import DEFAULTS, config_schema
@@ -20,6 +18,17 @@ from geo3d.evaluation.evaluate import settings_from
 from geo3d.evaluation.msgpack_wire import packb, unpackb
 from geo3d.evaluation.server import PolicyServer
 from geo3d.evaluation.server_requests import Needs
+
+from eval_fixtures import serve_settings, start_server
+from field_clients import (
+    OpenpiClient,
+    StarVLAClient,
+    field_packb,
+    field_unpackb,
+    openpi_env_action,
+    openpi_obs,
+    starvla_env_action,
+)
 
 H, SIZE = 8, 64
 
@@ -88,7 +97,6 @@ def test_wire_decoder_refuses_malformed_arrays(array, expect):
 
 
 def msgpack_map(obj) -> bytes:
-    import msgpack
     return msgpack.packb(obj)
 
 

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import make_synthetic_libero
 from geo3d.core.config import PACKAGE_ROOT
+from geo3d.policy.weights_io import load_weights
+
+from data_fixtures import make_synthetic_libero
 from slurm_cluster import SlurmCluster, cannot_run_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -100,7 +102,6 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 
 
 def final_weights(run: Path) -> dict:
-    from geo3d.policy.weights_io import load_weights
     return load_weights(run / "checkpoints" / f"steps_{STEPS}")
 
 

@@ -4,6 +4,7 @@ job scripts' signal plumbing run under plain bash with stand-ins for `geo3d` and
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -281,7 +282,6 @@ def test_the_verify_job_checks_every_tap_store_and_fails_if_one_does(tmp_path):
     assert r.returncode == 0, r.stderr
     script = tmp_path / "verify.sbatch"
     script.write_text(split_scripts(r.stdout)["verify.sbatch"])
-    import shlex
 
     logs = next(shlex.split(line.split("=", 1)[1])[0] for line in script.read_text().splitlines()
                 if line.startswith("LOG_DIR="))

@@ -8,6 +8,7 @@ pid on this host, or another host)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from geo3d.features_store import FeatureStore
-from geo3d.features_store.lease import owner_record
+from geo3d.features_store.lease import _still_linked, owner_record
 from geo3d.features_store.testing import make_synthetic_store, write_all_shards
-from helpers import run_geo3d
 
+from helpers import run_geo3d
 
 
 def geo3d_leases(*args: str):
@@ -110,10 +111,6 @@ def test_other_host_needs_force_and_age(store):
 
 def test_claim_of_a_replaced_lock_file_is_refused(store):
     """The inode check: a claimant that opened the lock file before it was broken must not hold the orphan."""
-    import os
-
-    from geo3d.features_store.lease import _still_linked
-
     lock = store.path / "locks" / "shard-000002.lock"
     lock.touch()
     fd = os.open(lock, os.O_RDWR)

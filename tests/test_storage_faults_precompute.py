@@ -10,8 +10,16 @@ import pytest
 
 pytestmark = pytest.mark.slow  # real `geo3d precompute` processes (decode workers, fault injection) on real filesystems
 
-from data_fixtures import make_synthetic_libero
+import os
+import shutil
+import subprocess
+import sys
+import time
+
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.features_store.store import open_arrays
+
+from data_fixtures import make_synthetic_libero
 from storage_fixtures import geo3d, small_fs
 
 # 16 tokens x 512 dims x 2 views x bf16 = 32 KiB per frame, 8-frame shards (256 KiB): 130 frames ~ 4.2 MB.
@@ -38,8 +46,6 @@ def _args(data_root: Path, store: Path, *extra: str) -> list[str]:
 
 
 def _contents(store: Path) -> dict[str, np.ndarray]:
-    from geo3d.features_store.store import open_arrays
-
     return {k: np.asarray(a[:]) for k, a in open_arrays(store).items()}
 
 
@@ -119,9 +125,6 @@ def _injected_fault_then_rerun_is_identical(data_root: Path, reference: Path, tm
 
 
 def test_read_only_store_is_a_storage_fault(data_root, reference, tmp_path):
-    import shutil
-    import subprocess
-
     with small_fs(tmp_path, "16m") as fs:
         if fs is None:
             pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -137,11 +140,6 @@ def test_read_only_store_is_a_storage_fault(data_root, reference, tmp_path):
 
 def test_store_directory_vanishing_mid_run_is_a_storage_fault(data_root, tmp_path):
     """The store deleted under a running worker (a cleanup script, an unmounted scratch): exit 74, not a traceback."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     from storage_fixtures import REPO
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "geo3d.cli", *_args(data_root, store, "--batch-size", "1")],

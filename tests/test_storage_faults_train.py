@@ -4,14 +4,20 @@ weights and losses (exactly, on CPU)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from geo3d.core.storage_faults import STORAGE_FAULT_EXIT_CODE
+from geo3d.features_store.store_size import du_bytes
+from geo3d.policy.run_dir import list_checkpoints, read_metrics
+from geo3d.policy.weights_io import load_weights
+
 from storage_fixtures import geo3d, small_fs
-from geo3d.policy.run_dir import list_checkpoints
-from geo3d.policy.run_dir import read_metrics
 from train_fixtures import make_train_data, train_args
 
 STEPS, SAVE_EVERY = 6, 2  # three checkpoints; the small filesystem holds two and a half
@@ -32,9 +38,6 @@ def _args(data: Path, store: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    import torch
-
-    from geo3d.policy.weights_io import load_weights
     wa, wb = (load_weights(d / "checkpoints" / f"steps_{STEPS}") for d in (a, b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["loss"] for r in read_metrics(a)] == [r["loss"] for r in read_metrics(b)]
@@ -49,7 +52,6 @@ def _assert_message(err: str, what: str, out: Path) -> None:
 
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_full_disk_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
-    from geo3d.features_store.store_size import du_bytes
     data, store, ref = setup
     one = du_bytes(ref / "checkpoints" / f"steps_{STEPS}")  # one tiny-policy checkpoint (~24 MB)
     with small_fs(tmp_path, f"{int(2.5 * one) >> 10}k") as fs:
@@ -91,12 +93,8 @@ def test_quota_during_first_checkpoint_then_resume_is_identical(setup, tmp_path)
 def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
     """SIGKILL while torch.save is writing the step-6 checkpoint (a writer blocked inside the save): the cut
     `.steps_6.partial` is never loaded, resume starts from step 4 and ends identical."""
-    import signal
-    import subprocess
-    import sys
-
-    from storage_fixtures import INJECT, REPO
     from helpers import subprocess_env
+    from storage_fixtures import INJECT, REPO
     data, store, ref = setup
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, INJECT, "HANG", "torch", ".steps_6.partial", "--",
@@ -118,7 +116,6 @@ def test_kill9_mid_checkpoint_then_resume_is_identical(setup, tmp_path):
 @pytest.mark.slow  # an end-to-end subprocess run: `make test`, not the fast tier
 def test_read_only_store_serves_training(setup, tmp_path):
     """The store on a read-only bind mount: verify-cache is clean and training reads it (nothing writes there)."""
-    import subprocess
     data, store, _ = setup
     ro = tmp_path / "ro_store"
     ro.mkdir()
@@ -138,7 +135,6 @@ def test_read_only_store_serves_training(setup, tmp_path):
 @pytest.mark.slow  # trains a real run first, then a real `geo3d eval` process
 def test_eval_results_onto_read_only_filesystem_is_a_storage_fault(setup, tmp_path):
     """`geo3d eval` writing its results dir on a read-only filesystem: exit 74 before any episode runs."""
-    import subprocess
     _, _, ref = setup
     with small_fs(tmp_path, "1m") as fs:
         if fs is None:

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from geo3d.core.storage_faults import (STORAGE_FAULT_EXIT_CODE, StorageFault, classify, guard_writes, resume_command,
-                                  storage_guard)
+from geo3d.core.storage_faults import (
+    STORAGE_FAULT_EXIT_CODE,
+    StorageFault,
+    classify,
+    guard_writes,
+    resume_command,
+    storage_guard,
+)
+from geo3d.features_store.export import read_export, run_export
+from geo3d.features_store.store_size import du_bytes, remaining_bytes, spec_bytes
+from geo3d.features_store.testing import make_synthetic_store
+
 from helpers import REPO, run_geo3d, spawn_geo3d
 from storage_fixtures import small_fs
 
@@ -44,7 +56,6 @@ def test_enoent_only_when_the_output_directory_vanished(tmp_path):
     assert classify(missing_here, out) is None  # its directory exists: a missing file, not a vanished tree
     (out / "commits").rmdir()
     assert classify(missing_here, out)[0] == errno.ENOENT  # a directory the job writes into went away
-    import shutil
     shutil.rmtree(out)
     assert classify(FileNotFoundError(errno.ENOENT, "No such file"), out, root_existed=True)[0] == errno.ENOENT
     assert classify(FileNotFoundError(errno.ENOENT, "No such file"), out, root_existed=False) is None
@@ -86,9 +97,6 @@ def test_resume_command_drops_overwrite_and_adds_resume():
 
 def test_store_size_estimate_matches_a_real_store(tmp_path):
     """The estimate behind --require-space, the fault message and doctor, against bytes really allocated."""
-    from geo3d.features_store.store_size import du_bytes, remaining_bytes, spec_bytes
-    from geo3d.features_store.testing import make_synthetic_store
-
     store = make_synthetic_store(tmp_path / "s", frames=100, views=2, tokens=16, dim=256, shard_frames=16)
     spec = store.spec
     est, real = spec_bytes(spec), du_bytes(store.path)
@@ -130,11 +138,6 @@ finish {rc}
 @pytest.mark.parametrize("fmt", ["hdf5", "npy"])  # hdf5: its own exit path; npy and pt share the plain-file path
 def test_export_onto_a_full_disk_then_rerun_is_identical(tmp_path, fmt):
     """`geo3d export` filling a real small tmpfs: exit 74, nothing half-written left, identical after growing it."""
-    import numpy as np
-
-    from geo3d.features_store.export import read_export, run_export
-    from geo3d.features_store.testing import make_synthetic_store
-
     store = make_synthetic_store(tmp_path / "store", frames=64, tokens=16, dim=512, shard_frames=8).path  # 2 MB
     ref = tmp_path / f"ref.{fmt}"
     run_export(store, fmt, ref, progress=False)  # the export onto a large disk

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout
-from geo3d.features_store.testing import (make_synthetic_store, synthetic_index, synthetic_spec, synthetic_tokens,
-                                    write_all_shards)
 from geo3d.core.errors import StoreError
+from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout
+from geo3d.features_store.lease import lock_scope_problem
+from geo3d.features_store.testing import (
+    make_synthetic_store,
+    synthetic_index,
+    synthetic_spec,
+    synthetic_tokens,
+    write_all_shards,
+)
 
 
 def test_roundtrip_is_bit_exact_including_special_values(tmp_path):
@@ -179,8 +185,6 @@ def test_real_token_shape(tmp_path):
 
 
 def test_lock_scope_problems_are_recognised_from_mount_options():
-    from geo3d.features_store.lease import lock_scope_problem
-
     mounts = "\n".join([
         "/dev/vda / ext4 rw,relatime 0 0",
         "srv:/export /scratch nfs4 rw,vers=4.2,local_lock=all 0 0",

@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import zarr
 
-from geo3d.features_store import FeatureReader, FeatureStore
-from geo3d.features_store import array_layout as L
-from geo3d.features_store import shardio
-from geo3d.features_store.testing import synthetic_spec, synthetic_tokens, write_all_shards
 from geo3d.core.errors import StoreError
+from geo3d.features_store import FeatureReader, FeatureStore, shardio
+from geo3d.features_store import array_layout as L
+from geo3d.features_store.testing import synthetic_spec, synthetic_tokens, write_all_shards
 
 
 def _store(path, spec, direct: bool, monkeypatch):
@@ -32,7 +32,6 @@ def test_shard_files_equal_zarrs_own_and_zarr_reads_them(tmp_path, monkeypatch, 
     for shard in range(ours.num_shards):
         rel = L.chunk_files(spec, shard)[0]
         assert (ours.path / rel).read_bytes() == (theirs.path / rel).read_bytes(), shard
-    import zarr
 
     arr = zarr.open_array(zarr.storage.LocalStore(ours.path / L.TOKENS, read_only=True), mode="r")
     want = synthetic_tokens(spec, range(10)).view(torch.uint16).numpy()

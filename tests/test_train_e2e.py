@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from geo3d.policy.run_dir import read_metrics
-from geo3d.policy.run_dir import window_means
+from geo3d.data.mixture import LiberoMixture
+from geo3d.data.norm_stats import load_norm_stats
+from geo3d.features_store import FeatureReader
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.run_dir import read_metrics, window_means
+
 from helpers import spawn_geo3d
 from train_fixtures import make_train_data, train_args
 
@@ -69,11 +73,6 @@ def test_each_compressor_trains_loss_falls_and_checkpoint_predicts(data_store, t
 
 def _predict_from_checkpoint_dir(ckpt, data, store, compressor):
     """Only the checkpoint dir (+ the frame's geometry tokens) is needed to act."""
-    from geo3d.features_store import FeatureReader
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.data.norm_stats import load_norm_stats
-    from geo3d.policy.pretrained import Policy
-
     policy = Policy.from_pretrained(ckpt)
     assert policy.step == 60 and policy.compressor == compressor
     sample = LiberoMixture("libero_spatial", data, image_size=64)[2]

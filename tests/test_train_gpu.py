@@ -12,14 +12,25 @@ sessions that do not select the tier: tests/conftest.py hides the GPUs from the 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-
-from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
-from geo3d.policy.modeling_policy import build_policy
-from geo3d.policy.run_dir import read_metrics
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from omegaconf import OmegaConf
 from test_model_policy import make_batch, tiny_cfg
+
+from geo3d.evaluation.client import RemotePolicy
+from geo3d.policy.configuration_policy import COMPRESSOR_TYPES
+from geo3d.policy.dit import Attention
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.precision import keep_trainable_fp32
+from geo3d.policy.pretrained import Policy
+from geo3d.policy.run_dir import read_metrics
+
 from helpers import spawn_geo3d
 from train_fixtures import make_train_data, train_args
 
@@ -27,8 +38,6 @@ DEVICE = "cuda"
 
 
 def _why_skipped() -> str:
-    import os
-    from pathlib import Path
     hidden = os.environ.get("GEO3D_TEST_HIDDEN_GPUS")
     if hidden is not None and (hidden not in ("", "<unset>") or Path("/dev/nvidia0").exists()):
         return "GPUs hidden from the CPU tiers (tests/conftest.py): run `make test-gpu` (pytest -m gpu)"
@@ -44,11 +53,6 @@ def _on(batch: dict, device: str) -> dict:
 
 def _fraction_moved(vlm_dtype: str, precision: str, master_fp32: bool) -> float:
     """One accelerate step on CUDA (prepare, autocast forward, backward, AdamW at lr 1e-5) of the tiny policy."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    from geo3d.policy.precision import keep_trainable_fp32
-    from omegaconf import OmegaConf
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     cfg = tiny_cfg("mean")
@@ -77,7 +81,6 @@ def test_bf16_autocast_with_fp32_masters_moves_weights_like_fp32_on_cuda():
 
 @pytest.mark.parametrize("joint", [True, False])
 def test_sdpa_dit_attention_equals_explicit_attention_in_bf16(joint):
-    from geo3d.policy.dit import Attention
     torch.manual_seed(0)
     attn = Attention(hidden=256, heads=4, head_dim=64, dropout=0.0, joint=joint).to(DEVICE).eval()
     b, r, length, s = 2, 3, 9, 20
@@ -134,7 +137,6 @@ def data_store(tmp_path_factory):
 
 
 def _predict(run_dir, device: str) -> np.ndarray:
-    from geo3d.policy.pretrained import Policy
     policy = Policy.from_pretrained(run_dir, device=device)
     g = policy.config.model.geometry
     images = np.random.default_rng(0).integers(0, 255, (2, policy.image_size, policy.image_size, 3), np.uint8)
@@ -169,7 +171,6 @@ def test_resume_on_cuda_matches_the_uninterrupted_losses_within_bf16(data_store,
 
 def test_train_and_serve_end_to_end_on_cuda(data_store, tmp_path):
     from eval_fixtures import ServeProcess
-    from geo3d.evaluation.client import RemotePolicy
     data, store = data_store
     out = tmp_path / "run"
     r = spawn_geo3d(train_args(data, store, out, "none", 2, "train.save_interval=2"), expect=None)

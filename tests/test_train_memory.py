@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from geo3d.policy.modeling_policy import build_policy
+from geo3d.policy.precision import keep_trainable_fp32
+from geo3d.policy.processor_policy import VLMInputs
 from geo3d.train.memory import CUDA_CONTEXT_GIB, GB, activation_bytes, autocast_params, estimate_memory
 from geo3d.train.run_config import compose_train_config
+
 from helpers import run_geo3d
 
 
@@ -133,10 +137,6 @@ def _saved_bytes(policy, batch) -> tuple[int, int]:
 
 
 def _measure(overrides: list[str], compressor: str, image: int = 224) -> tuple[float, float, int, int]:
-    from geo3d.policy.modeling_policy import build_policy
-    from geo3d.policy.precision import keep_trainable_fp32
-    from geo3d.policy.processor_policy import VLMInputs
-
     cfg = compose_train_config([], overrides + [f"data.image_size={image}"],
                                {"suite": "libero_all", "compressor": compressor})
     torch.manual_seed(0)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from omegaconf import OmegaConf
 
 from geo3d.core.config import CONFIG_DIR
+from geo3d.core.device import resolve_compute_dtype
 from geo3d.core.errors import Geo3dError
+from geo3d.policy.modeling_policy import build_policy
 from geo3d.policy.precision import accelerate_precision, inference_autocast, keep_trainable_fp32
+from geo3d.train.optim import apply_freeze
 
 LR = 1e-5
 
@@ -19,7 +24,6 @@ def _tiny_cache(tmp_path_factory, monkeypatch):
 
 
 def _policy(vlm_dtype: str):
-    from geo3d.policy.modeling_policy import build_policy
     cfg = OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
     OmegaConf.update(cfg, "model.vlm.dtype", vlm_dtype, force_add=True)  # on top of the YAML
     OmegaConf.update(cfg, "model.compressor.type", "mean", force_add=True)
@@ -29,9 +33,6 @@ def _policy(vlm_dtype: str):
 
 def _fraction_moved(vlm_dtype: str, precision: str, master_fp32: bool) -> float:
     """One real accelerate step (prepare, autocast forward, backward, AdamW at lr 1e-5) on the tiny policy."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
     from test_model_policy import make_batch
 
     AcceleratorState._reset_state(True)
@@ -63,7 +64,6 @@ def test_bf16_compute_with_fp32_master_moves_weights_like_fp32():
 
 
 def test_trainable_params_become_fp32_frozen_ones_keep_their_dtype():
-    from geo3d.train.optim import apply_freeze
     policy = _policy("bfloat16")
     apply_freeze(policy.module_groups(), ["vlm"])
     keep_trainable_fp32(policy, "bf16")
@@ -76,7 +76,6 @@ def test_trainable_params_become_fp32_frozen_ones_keep_their_dtype():
 
 
 def test_auto_precision_follows_the_compute_dtype_rule():
-    from geo3d.core.device import resolve_compute_dtype
     want = "bf16" if resolve_compute_dtype("auto", "cpu") == "bfloat16" else "no"
     assert accelerate_precision("auto", "cpu") == want and accelerate_precision("auto", "cuda") == "bf16"
     assert accelerate_precision("no", "cuda") == "no"

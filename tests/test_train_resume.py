@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from geo3d.policy.run_dir import METRICS_FILE, read_metrics
 from geo3d.core.preemption import PREEMPTED_EXIT_CODE
+from geo3d.policy.run_dir import METRICS_FILE, read_metrics
+from geo3d.policy.weights_io import load_weights
+
 from helpers import popen_geo3d, spawn_geo3d
 from train_fixtures import make_train_data, train_args
 
@@ -37,7 +39,6 @@ def _args(data, store, out):  # with EMA on, so its state is saved and restored 
 
 
 def _final_weights(out):
-    from geo3d.policy.weights_io import load_weights
     return load_weights(out / "checkpoints" / f"steps_{STEPS}")
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -39,9 +41,6 @@ class ToyPolicy(nn.Module):
 
 
 def _parts(accum: int) -> TrainingParts:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     torch.manual_seed(0)

@@ -3,6 +3,8 @@ composition, resume config diff, checkpoint listing, metrics truncation, store/d
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from geo3d.core.config import ConfigError
 from geo3d.core.errors import Geo3dError, StoreError
-from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints
-from geo3d.policy.run_dir import read_metrics
+from geo3d.core.preemption import Preempted, PreemptionFlag
+from geo3d.data.mixture import LiberoMixture
+from geo3d.features_store import FeatureReader
+from geo3d.policy.run_dir import MARKER, latest_checkpoint, list_checkpoints, read_metrics
 from geo3d.train.metrics import MetricsLogger, module_grad_norms
 from geo3d.train.optim import EMA, apply_freeze, build_optimizer, build_scheduler, cosine_factor
+from geo3d.train.preflight import preflight
 from geo3d.train.run_config import compose_train_config, resume_differences, run_dir_of
 from geo3d.train.sampler import ResumableSampler
+from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
 
 
 def _take(it, n):
@@ -106,8 +113,6 @@ def test_resume_refuses_changed_trajectory_keys_but_allows_extending():
 
 def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
     """Runs (and SLURM requeues of them) started before `model.vlm.patch_embed` existed must still resume."""
-    from omegaconf import OmegaConf
-
     current = compose_train_config([], [], {"suite": "demo"})
     saved = OmegaConf.to_container(current, resolve=True)
     del saved["model"]["vlm"]["patch_embed"]
@@ -117,8 +122,6 @@ def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
 
 
 def test_config_refuses_zero_intervals_before_any_work():
-    from geo3d.core.config import ConfigError
-    from geo3d.train.preflight import preflight
     preflight(compose_train_config([], [], {"suite": "demo"}))
     for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):
         with pytest.raises(ConfigError, match=f"train.{key} must be >= 1"):
@@ -146,11 +149,6 @@ def test_metrics_truncate_after_drops_records_past_the_resume_step(tmp_path):
 
 
 def test_preemption_flag_records_the_first_signal_and_restores_handlers():
-    import os
-    import signal
-
-    from geo3d.core.preemption import PreemptionFlag
-
     before = signal.getsignal(signal.SIGUSR1)
     flag = PreemptionFlag().install()
     try:
@@ -166,11 +164,6 @@ def test_preemption_flag_records_the_first_signal_and_restores_handlers():
 def test_signal_policy_ctrl_c_is_the_user_and_a_second_one_stops_at_once():
     """Issue 25 rows 8-9: Ctrl-C stops at the same safe point as SIGTERM/SIGUSR1 but maps to exit 130 (never the
     requeue code 75); a second Ctrl-C raises KeyboardInterrupt at once."""
-    import os
-    import signal
-
-    from geo3d.core.preemption import Preempted, PreemptionFlag
-
     before = signal.getsignal(signal.SIGINT)
     flag = PreemptionFlag().install()
     try:
@@ -191,7 +184,6 @@ def test_signal_policy_ctrl_c_is_the_user_and_a_second_one_stops_at_once():
 @pytest.fixture(scope="module")
 def data_and_store(tmp_path_factory):
     from data_fixtures import make_synthetic_libero
-    from geo3d.data.mixture import LiberoMixture
     from train_fixtures import make_matching_store
     root = tmp_path_factory.mktemp("join")
     make_synthetic_libero(root / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=2,
@@ -202,9 +194,6 @@ def data_and_store(tmp_path_factory):
 
 
 def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store):
-    from geo3d.features_store import FeatureReader
-    from geo3d.data.mixture import LiberoMixture
-    from geo3d.train.store_check import check_store_matches_dataset, check_token_shape
     root, spatial, store = data_and_store
     reader = FeatureReader(store)
     check_store_matches_dataset(reader, spatial, store, check_frames=8)
@@ -217,8 +206,6 @@ def test_store_join_accepts_its_dataset_and_refuses_another_suite(data_and_store
 
 
 def test_store_join_detects_changed_frame_content_and_view_order(data_and_store, tmp_path):
-    from geo3d.features_store import FeatureReader
-    from geo3d.train.store_check import check_store_matches_dataset
     from train_fixtures import make_matching_store
     _, spatial, _ = data_and_store
     swapped = make_matching_store(spatial, tmp_path / "swapped", views=2, tokens=4, dim=8,

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
+from geo3d.core.errors import StoreError
 from geo3d.features_store import FeatureStore, verify_store
 from geo3d.features_store import array_layout as L
-from geo3d.features_store.token_codec import frame_checksums
 from geo3d.features_store.testing import make_synthetic_store, synthetic_tokens, write_all_shards
-from geo3d.core.errors import StoreError
+from geo3d.features_store.token_codec import frame_checksums
+from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL
+
 from helpers import run_geo3d
 
 
@@ -80,8 +84,6 @@ def test_missing_marker_lists_the_frame_range(store_path):
 
 def test_nan_frame_is_found_even_with_a_consistent_checksum(store_path):
     """A NaN the writer would have refused, planted behind the API with checksums and digest updated."""
-    import zarr
-
     group = zarr.open_group(store_path, mode="r+")
     tok, sums = group["tokens"], group["index/checksum"]
     shard = np.asarray(tok[8:16])
@@ -99,8 +101,6 @@ def test_nan_frame_is_found_even_with_a_consistent_checksum(store_path):
 
 
 def test_corrupted_index_chunk_is_caught_by_the_marker_digest(store_path):
-    import zarr
-
     ep = zarr.open_array(store_path / "index/episode_index", mode="r+")
     ep[20] = 99  # a plausible-looking but wrong value, rewritten through zarr (decodes fine)
     report = verify_store(store_path, progress=False)
@@ -154,8 +154,6 @@ def test_recompute_compares_bit_exact_on_cpu(store_path):
 def test_recompute_on_another_device_type_uses_the_stated_atol(store_path):
     """Off-CPU: kernel rounding within the atol is a note; another encoder's tokens are a fault; the report
     says which tolerance was used and why."""
-    from geo3d.features_store.tolerance import DEFAULT_RECOMPUTE_ATOL
-
     store = FeatureStore.open(store_path)
 
     def rounded(frames):  # the store's tokens, each value moved by 1/64 (a bf16 kernel difference of ~1 ulp)
@@ -216,8 +214,6 @@ def test_malformed_marker_is_a_fault_and_mark_damaged_clears_it(store_path):
 
 def test_frame_absent_inside_a_shard_is_named_missing(store_path):
     """A shard file whose index marks one inner chunk empty: zarr silently returns the fill value."""
-    import struct
-
     shard_file = store_path / "tokens/c/0/0/0/0"
     data = bytearray(shard_file.read_bytes())
     index_at = len(data) - (8 * 16 + 4)  # shard index at the end: (offset, nbytes) uint64 pairs + crc32c

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geo3d.data.mixture import LiberoMixture
+from geo3d.encoders.views import image_path_probe
 from geo3d.features_store import FeatureStore, StoreLayout, StoreSpec
 
 ENCODER = {"name": "synthetic-test", "fingerprint": "train-tests-0", "config": {"seed": 0}}
@@ -21,7 +23,6 @@ def make_matching_store(mixture, path: Path, views: int, tokens: int, dim: int, 
     for span in mixture.episodes():
         for k, (_, cid) in enumerate(mixture.iter_episode(span.dataset_id, span.episode_index)):
             content[span.start + k] = cid
-    from geo3d.encoders.views import image_path_probe
     preprocessing = {"views": ["agentview", "wrist"], "image_path_probe": image_path_probe(224),
                      **(preprocessing or {})}
     spec = StoreSpec(frames=n, views=views, tokens=tokens, dim=dim, encoder=encoder or ENCODER, preprocessing=preprocessing,
@@ -47,7 +48,6 @@ def make_train_data(root: Path, episodes: int = 2, length: int = 12) -> tuple[Pa
     """(data root with libero_spatial + libero_object, a store matching libero_spatial)."""
     from data_fixtures import make_synthetic_libero
 
-    from geo3d.data.mixture import LiberoMixture
     make_synthetic_libero(root / "data", suites=("libero_spatial", "libero_object"), episodes_per_suite=episodes,
                           length=length, size=IMAGE)
     mixture = LiberoMixture("libero_spatial", root / "data", image_size=IMAGE)
