@@ -2,7 +2,7 @@
 
 Why flock: the kernel drops the lock when the holder dies (even kill -9 or an OOM kill), so a crashed job never
 leaves a stale claim that needs manual cleanup, unlike "lock file exists" schemes. Used by the features store
-(one writer per shard, features_store/lease.py) and by `geo3d train` (one process tree per run directory).
+(one writer per shard, features_store/leases.py) and by `geo3d train` (one process tree per run directory).
 
 Filesystem caveats (document for cluster users):
 - Local disks, ext4/xfs, and NFSv4 (flock is mapped to byte-range locks since Linux 2.6.12) work across

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import socket
 import subprocess
@@ -65,3 +66,10 @@ def without_runtime(identity: Mapping[str, Any]) -> dict[str, Any]:
     """An encoder identity minus its informational runtime: what must match to attach or rebuild (resuming a
     store on another device type or torch is allowed; each shard records its own runtime)."""
     return {k: v for k, v in identity.items() if k != RUNTIME_KEY}
+
+
+# -- the one JSON normaliser: records (store specs, dataset and encoder identities) compare as plain JSON ---------
+def plain_json(value: Any, stringify: bool = False) -> Any:
+    """`value` as it reads back from JSON: tuples become lists, keys sorted. With `stringify`, anything JSON
+    cannot hold (Path, numpy scalar) becomes its str(); without it, such a value raises TypeError."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str if stringify else None))

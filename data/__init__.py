@@ -6,6 +6,6 @@ sequential + random access), transforms (the one image path), content_id, norm_s
 Only the light `frame_content_id` is re-exported here, so `import geo3d.data` stays cheap.
 """
 
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 
 __all__ = ["frame_content_id"]

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from geo3d.core.config import DATA_YAML, data_default, data_root_from
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 from geo3d.data.lerobot_layout import ACTION_KEY, STATE_KEY
 from geo3d.data.suites import open_dataset, resolve_suite
 from geo3d.data.transforms import to_model_images

@@ -13,8 +13,7 @@ import torch
 
 from geo3d.core.device import resolve_device
 from geo3d.core.errors import StoreError
-from geo3d.core.jsonvalue import plain_json
-from geo3d.core.provenance import without_runtime
+from geo3d.core.provenance import plain_json, without_runtime
 from geo3d.core.taps import tap_of
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.orientation import refuse_old_store

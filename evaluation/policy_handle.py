@@ -6,6 +6,7 @@ heavy), so the server and eval loop can be exercised with any object that has `p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from geo3d.core.device import resolve_device
 from geo3d.core.errors import Geo3dError
 from geo3d.data.lerobot_layout import ACTION_DIM  # the LIBERO simulator's action space (what an episode can execute)
+from geo3d.encoders.recompute import WEIGHTS_ENV, encoder_from_record
 
 # What a policy reports about itself (a local Policy reads them from its checkpoint; RemotePolicy from the server).
 POLICY_INFO_KEYS = ("action_horizon", "action_dim", "state_dim", "image_size", "num_views", "compressor",
@@ -39,7 +41,7 @@ def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: s
     marker = read_marker(ckpt_dir)
     encoder = None
     if marker.get("compressor", "none") != "none":
-        from geo3d.evaluation.geometry import build_live_encoder
+        from geo3d.evaluation.policy_handle import build_live_encoder
 
         image_size = int(OmegaConf.load(ckpt_dir / "config.yaml").data.image_size)
         encoder = build_live_encoder(marker.get("store"), image_size, device, encoder_weights)
@@ -64,3 +66,25 @@ def check_action_chunk(actions: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise Geo3dError("policy returned non-finite actions (NaN/inf); check the checkpoint and norm stats")
     return arr
+
+
+# -- the geometry encoder for live frames ------------------------------------------------------------------------
+# A policy with a compressor needs, at every query, the tokens the frozen encoder would have cached for that frame
+# in stage 1. The checkpoint records the store its training tokens came from (checkpoint.json "store": encoder
+# identity + preprocessing); geo3d.encoders rebuilds exactly that encoder and refuses one whose identity or
+# preprocessing differs (other weights or code would give silently out-of-distribution tokens).
+def build_live_encoder(store: dict[str, Any] | None, image_size: int, device: str,
+                       mapanything_weights: str | Path | None = None) -> Any:
+    """The encoder that produced the checkpoint's training tokens, checked against its record."""
+    if not store or not store.get("encoder") or not store.get("preprocessing"):
+        raise Geo3dError("the checkpoint does not record which encoder made its geometry tokens "
+                         "(checkpoint.json 'store'); it cannot be evaluated with live geometry")
+    size = ((store["preprocessing"].get("resize") or {}).get("size") or [None])[0]
+    if size is not None and int(size) != int(image_size):
+        raise Geo3dError(f"the checkpoint's tokens were encoded at {size}px but the policy takes {image_size}px "
+                         "images: the run's store and data.image_size disagree")
+
+    if mapanything_weights:
+        os.environ[WEIGHTS_ENV] = str(mapanything_weights)
+    tokens = (store["preprocessing"].get("token_pool") or {}).get("tokens_per_view") or store["shape"][1]
+    return encoder_from_record(store["encoder"], store["preprocessing"], int(tokens), device)

@@ -15,7 +15,7 @@ _EXPORTS = {
     "SCHEMA_VERSION": "geo3d.features_store.spec",
     "FeatureStore": "geo3d.features_store.store",
     "FeatureReader": "geo3d.features_store.reader",
-    "ShardLease": "geo3d.features_store.lease",
+    "ShardLease": "geo3d.features_store.leases",
     "verify_store": "geo3d.features_store.verify",
     "VerifyReport": "geo3d.features_store.verify",
 }

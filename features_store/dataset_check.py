@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from geo3d.core.provenance import plain_json
+from geo3d.data.lerobot_layout import VIEW_NAMES
 from geo3d.features_store.array_layout import INT_INDEX
 from geo3d.features_store.spec import StoreSpec, diff_specs
-from geo3d.data.lerobot_layout import VIEW_NAMES
-from geo3d.core.jsonvalue import plain_json
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def leases(
 ) -> None:
     """List shard leases with their owner (host, pid, claim time); --break frees stale ones."""
     from geo3d.features_store.array_layout import LOCKS
-    from geo3d.features_store.stale_leases import break_stale, lease_statuses
+    from geo3d.features_store.leases import break_stale, lease_statuses
 
     if not (store / LOCKS).is_dir():
         raise StoreError(f"{store} is not a features store (no {LOCKS}/ directory)")

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from geo3d.core.errors import StoreError
-from geo3d.core.jsonvalue import plain_json
-from geo3d.core.provenance import without_runtime
+from geo3d.core.provenance import plain_json, without_runtime
 from geo3d.core.taps import tap_of
 
 SCHEMA_VERSION = 1

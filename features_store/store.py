@@ -33,7 +33,7 @@ from geo3d.core.errors import StoreError
 from geo3d.core.provenance import utc_now
 from geo3d.features_store import array_layout as L
 from geo3d.features_store.fsutil import atomic_write_json, fsync_dir, fsync_tree
-from geo3d.features_store.lease import ShardLease, lock_scope_problem, try_lock
+from geo3d.features_store.leases import ShardLease, lock_scope_problem, try_lock
 from geo3d.features_store.metadata import build_metadata, read_metadata, spec_from_metadata
 from geo3d.features_store.shardio import direct_io, write_shard_file
 from geo3d.features_store.spec import META_KEY, StoreSpec, attach_view, diff_specs

@@ -33,7 +33,7 @@ from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.policy.modeling_policy import build_policy
 from geo3d.policy.processor_policy import NormalizationSpec, PolicyProcessor
-from geo3d.train import preflight as setup
+from geo3d.train import preflight
 from geo3d.train.dataset import GeoTrainDataset, TrainCollator
 from geo3d.train.launch import loader_options
 from geo3d.train.run_config import compose_train_config
@@ -78,7 +78,7 @@ def ensure_store(a: argparse.Namespace, tmp: Path) -> str:
 
 def _collate_for(cfg):
     """The training collate: the policy's processor pipeline over the mixture's exact norm stats."""
-    stats = compute_norm_stats(setup.open_mixture(cfg))
+    stats = compute_norm_stats(preflight.open_mixture(cfg))
     spec = NormalizationSpec.from_cfg(cfg.model.normalization)
     return TrainCollator(PolicyProcessor(build_policy(cfg.model).processor, stats, spec))
 
@@ -87,13 +87,13 @@ def loader_throughput(a: argparse.Namespace, store: str) -> dict[str, list[float
     """Per-batch load times of two loaders over the SAME frames, interleaved batch by batch (without, with,
     without, ...) so that load changes on a shared machine hit both modes equally."""
     cfg = compose_train_config(a.config, a.overrides, {"suite": a.suite, "data_root": a.data_root, "store": store})
-    mixture = setup.open_mixture(cfg)
-    setup.open_checked_store(cfg, store, mixture)
+    mixture = preflight.open_mixture(cfg)
+    preflight.open_checked_store(cfg, store, mixture)
     collate = _collate_for(cfg)
     iters = {}
     for mode, path in (("without_geometry", None), ("with_geometry", store)):
         # each mode gets its own mixture: a shared one would share (and fight over) the video decoder cache
-        loader = DataLoader(GeoTrainDataset(setup.open_mixture(cfg), path), batch_size=a.batch_size,
+        loader = DataLoader(GeoTrainDataset(preflight.open_mixture(cfg), path), batch_size=a.batch_size,
                             sampler=ResumableSampler(len(mixture), seed=0), num_workers=a.workers,
                             collate_fn=collate, prefetch_factor=2 if a.workers else None,
                             generator=torch.Generator().manual_seed(0))
@@ -120,7 +120,7 @@ def per_worker_throughput(a: argparse.Namespace, store: str) -> dict[int, float]
     for workers in [int(w) for w in a.worker_counts.split(",")]:
         cfg = compose_train_config(a.config, [*a.overrides, f"train.num_workers={workers}"],
                                    {"suite": a.suite, "data_root": a.data_root, "store": store})
-        dataset = GeoTrainDataset(setup.open_mixture(cfg), store)
+        dataset = GeoTrainDataset(preflight.open_mixture(cfg), store)
         loader = DataLoader(dataset, batch_size=a.batch_size, sampler=ResumableSampler(len(dataset), seed=0),
                             collate_fn=_collate_for(cfg), generator=torch.Generator().manual_seed(0),
                             **loader_options(cfg.train))

@@ -40,7 +40,7 @@ from geo3d.data.suites import DEMO_DATA_ROOT  # noqa: E402
 from geo3d.policy.modeling_policy import build_policy
 from geo3d.policy.precision import accelerate_precision, keep_trainable_fp32
 from geo3d.policy.processor_policy import PolicyProcessor
-from geo3d.train import preflight as setup
+from geo3d.train import preflight
 from geo3d.train.dataset import GeoTrainDataset, TrainCollator, move_batch
 from geo3d.train.optim import build_optimizer
 from geo3d.train.run_config import compose_train_config
@@ -52,7 +52,7 @@ def _parts(compressor: str, store: Path, patch_embed: str, device: str):
     cfg = compose_train_config([Path("train/demo")], [f"model.vlm.patch_embed={patch_embed}"],
                                {"compressor": compressor, "suite": "demo", "data_root": str(DEMO_DATA_ROOT),
                                 "store": str(store)})
-    mixture = setup.open_mixture(cfg)
+    mixture = preflight.open_mixture(cfg)
     torch.manual_seed(0)
     policy = build_policy(cfg.model, device=device)
     keep_trainable_fp32(policy, "bf16")

@@ -13,7 +13,7 @@ Sections (each one's failure is recorded and makes the exit code 1; the others s
   feed       a short real `geo3d train` on the demo data with a [2,196,1536] store from the tiny encoder:
              data-wait share of the step and samples/s with the configured DataLoader workers
   serve      p50/p95 of Policy.from_pretrained(...).predict_action (batch 1, 4 Euler steps) and through `geo3d serve`
-  precompute scripts/gpu_precompute.py's run(tiny) when that file exists (stage 1 on the GPU)
+  precompute scripts/gpu_precompute.py's run(tiny) (stage 1 on the GPU)
 Without CUDA it runs `--tiny` (the default there): the same code paths at tiny size on the CPU, so the test
 suite runs it (tests/test_gpu_check.py); tiny figures are not GPU figures and are labelled so.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import shutil
@@ -79,14 +78,10 @@ def run_section(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> No
 
 
 def precompute_section(tiny: bool) -> Any:
-    """Issue 21's stage-1 measurement, when its script is here."""
-    path = SCRIPTS / "gpu_precompute.py"
-    if not path.is_file():
-        return {"skipped": "scripts/gpu_precompute.py not present"}
-    spec = importlib.util.spec_from_file_location("gpu_precompute", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.run(tiny)
+    """Stage 1 on the GPU: scripts/gpu_precompute.py's figures (its own JSON too)."""
+    import gpu_precompute  # a sibling script, like gpu_check_e2e / gpu_check_steps
+
+    return gpu_precompute.run(tiny)
 
 
 def plan(args: argparse.Namespace, device: str, work: Path) -> list[tuple[str, Callable[[], Any]]]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from geo3d.core.config import load_config
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.suites import SUITE_FOLDERS, resolve_suite
 from geo3d.data.transforms import RAW_RENDER, UPRIGHT, resize, to_model_images, turn_180

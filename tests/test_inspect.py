@@ -14,7 +14,7 @@ from PIL import Image
 
 from geo3d.cli.inspection.cli import compose_inspect_config
 from geo3d.cli.inspection.run import build_paths
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 from geo3d.data.mixture import LiberoMixture
 from geo3d.data.norm_stats import Normalizer, compute_norm_stats
 from geo3d.encoders.views import frames_to_model_input

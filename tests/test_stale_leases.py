@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from geo3d.features_store import FeatureStore
-from geo3d.features_store.lease import _still_linked, owner_record
+from geo3d.features_store.leases import _still_linked, owner_record
 from geo3d.features_store.testing import make_synthetic_store, write_all_shards
 
 from helpers import run_geo3d

@@ -11,7 +11,7 @@ import torch
 
 from geo3d.core.errors import StoreError
 from geo3d.features_store import FeatureReader, FeatureStore, StoreLayout
-from geo3d.features_store.lease import lock_scope_problem
+from geo3d.features_store.leases import lock_scope_problem
 from geo3d.features_store.testing import (
     make_synthetic_store,
     synthetic_index,

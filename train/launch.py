@@ -20,7 +20,7 @@ from geo3d.policy.modeling_policy import build_policy
 from geo3d.policy.precision import accelerate_precision, keep_trainable_fp32
 from geo3d.policy.pretrained import Policy
 from geo3d.policy.processor_policy import PolicyProcessor
-from geo3d.train import preflight as setup
+from geo3d.train import preflight
 from geo3d.train.checkpoint import TrainerState, restore_weights
 from geo3d.train.dataset import GeoTrainDataset, TrainCollator
 from geo3d.train.memory import estimate_memory
@@ -59,11 +59,11 @@ def make_accelerator(cfg: DictConfig) -> Any:
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
     """Parameter counts per top-level module (total and trainable, after the freeze list) and the per-GPU
     memory estimate (train/memory.py) — no memory used."""
-    compressor = setup.compressor_type(cfg)
+    compressor = preflight.compressor_type(cfg)
     policy = build_policy(cfg.model, device="cpu", meta=True)
     apply_freeze(policy.module_groups(), list(cfg.train.freeze))
     counts = policy.param_counts()
-    return {"model_config": cfg.model_config, "preset": setup.preset_of(cfg), "compressor": compressor,
+    return {"model_config": cfg.model_config, "preset": preflight.preset_of(cfg), "compressor": compressor,
             "freeze": list(cfg.train.freeze), "params": counts,
             "params_millions": {name: round(c["total"] / 1e6, 2) for name, c in counts.items()},
             "memory": estimate_memory(cfg)}
@@ -99,8 +99,8 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
     refuse_deepspeed()
     flag = PreemptionFlag(announce="train checkpoints at the end of this step, then stops").install()
     try:
-        setup.preflight(cfg)
-        store = setup.check_store_path(cfg)
+        preflight.preflight(cfg)
+        store = preflight.check_store_path(cfg)
         guard = claim_run_dir(run_dir_of(cfg), resume)
         ok = False
         try:
@@ -114,17 +114,17 @@ def run_training(cfg: DictConfig, resume: bool) -> TrainResult:
 
 
 def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: PreemptionFlag) -> TrainResult:
-    run_dir, ckpt = run_dir_of(cfg), setup.resume_checkpoint(cfg, resume)
+    run_dir, ckpt = run_dir_of(cfg), preflight.resume_checkpoint(cfg, resume)
     acc = make_accelerator(cfg)
-    mixture = setup.open_mixture(cfg)
-    reader = setup.open_checked_store(cfg, store, mixture) if store else None
+    mixture = preflight.open_mixture(cfg)
+    reader = preflight.open_checked_store(cfg, store, mixture) if store else None
     spec = reader.spec if reader is not None else None
     del reader  # workers open their own handles
-    setup.check_resume_store(ckpt, spec)
+    preflight.check_resume_store(ckpt, spec)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     acc.wait_for_everyone()
-    norm_stats, _ = setup.norm_stats_for_run(run_dir, mixture, ckpt is not None, acc.is_main_process,
+    norm_stats, _ = preflight.norm_stats_for_run(run_dir, mixture, ckpt is not None, acc.is_main_process,
                                              acc.wait_for_everyone)
     set_seed(int(cfg.train.seed))
     policy = build_policy(cfg.model, device=str(acc.device))
@@ -139,18 +139,18 @@ def _run_training(cfg: DictConfig, resume: bool, store: str | None, flag: Preemp
     model, optimizer = acc.prepare(policy, optimizer)
     acc.register_for_checkpointing(scheduler, state)
     logger = MetricsLogger(run_dir, acc.is_main_process, cfg.train.wandb, cfg, str(cfg.train.run_name),
-                           store=setup._store_record(cfg, spec))
+                           store=preflight.store_record(cfg, spec))
     if ckpt is not None:
         restore_weights(acc, model, state, ckpt)
         acc.print(f"resuming {run_dir} from step {state.step} ({ckpt})")
     logger.truncate_after(state.step)  # records a killed run wrote after its last checkpoint (all, if none)
     if acc.is_main_process:
-        setup.write_run_records(cfg, run_dir, spec)
+        preflight.write_run_records(cfg, run_dir, spec)
     processor = PolicyProcessor.for_training(policy.vlm.model_dir, cfg.model, norm_stats)
     loader, sampler = _build_loader(cfg, GeoTrainDataset(mixture, store), TrainCollator(processor), state, acc)
     parts = TrainingParts(cfg=cfg, run_dir=run_dir, accelerator=acc, model=model, optimizer=optimizer,
                           scheduler=scheduler, loader=loader, sampler=sampler, state=state, logger=logger,
-                          policy=Policy(policy, processor, cfg), checkpoint_meta=setup.checkpoint_meta(cfg, spec))
+                          policy=Policy(policy, processor, cfg), checkpoint_meta=preflight.checkpoint_meta(cfg, spec))
     result = train_loop(parts, flag, resumed_from=ckpt)
     result.is_main = acc.is_main_process
     return result

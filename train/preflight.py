@@ -121,13 +121,13 @@ def write_run_records(cfg: DictConfig, run_dir: Path, store_spec: Any) -> None:
     save_resolved(cfg, run_dir, RESOLVED_CONFIG)
     path = run_dir / PROVENANCE_FILE
     launches = json.loads(path.read_text()) if path.exists() else []
-    launches.append({**provenance(), "preset": preset_of(cfg), "store": _store_record(cfg, store_spec)})
+    launches.append({**provenance(), "preset": preset_of(cfg), "store": store_record(cfg, store_spec)})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(launches, indent=2, default=str))
     os.replace(tmp, path)
 
 
-def _store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
+def store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
     return {"path": str(cfg.train.store), "tap": spec.tap, "frames": spec.frames,
@@ -154,7 +154,7 @@ def check_resume_store(ckpt: Path | None, spec: Any) -> None:
 def checkpoint_meta(cfg: DictConfig, spec: Any) -> dict[str, Any]:
     """What a checkpoint records beside the weights: enough to rebuild inputs at inference."""
     return {"compressor": compressor_type(cfg), "tap": spec.tap if spec is not None else None,
-            "preset": preset_of(cfg), "store": _store_record(cfg, spec),
+            "preset": preset_of(cfg), "store": store_record(cfg, spec),
             "provenance": provenance(), "image_orientation": orientation_probe()}
 
 

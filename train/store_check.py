@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from geo3d.core.errors import StoreError
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 from geo3d.features_store.dataset_check import dataset_differences
 from geo3d.features_store.store import describe_trial
 

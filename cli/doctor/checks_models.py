@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 from typing import Any, Iterator
 
 from geo3d.cli.doctor.findings import FAIL, NA, OK, WARN, Finding, missing
-from geo3d.cli.doctor.safetensors_check import safetensors_problem
 from geo3d.core.errors import Geo3dError
 from geo3d.encoders import mapanything as ma
 
@@ -135,3 +136,32 @@ def _qwen_shards(path: Path, need: bool, fix: str) -> Iterator[Finding]:
         yield missing("Qwen2.5-VL weights", need, "; ".join(problems), "re-download the missing/broken shard(s): " + fix)
     else:
         yield Finding("Qwen2.5-VL weights", OK, f"{len(shards)} safetensors shard(s), all complete and readable")
+
+
+# -- is a .safetensors file complete and readable? (its header only: 8-byte length + JSON, no tensor data) --------
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+
+
+def safetensors_problem(path: Path) -> tuple[str | None, set[str]]:
+    """(None or what is wrong, tensor names in the header)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path} is {size} bytes: not a safetensors file (truncated)", set()
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                return f"{path}: header length {n} exceeds the file ({size} bytes): truncated or corrupt", set()
+            header = json.loads(f.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+            if size < 8 + n + end:
+                return (f"{path} is truncated: {size} bytes, its header describes {8 + n + end} "
+                        f"({len(tensors)} tensors)"), set(tensors)
+            if end:
+                f.seek(8 + n + end - 1)
+                f.read(1)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{path}: unreadable safetensors ({type(e).__name__}: {e})", set()
+    return None, set(tensors)

@@ -23,7 +23,7 @@ from geo3d.data.norm_stats import compute_norm_stats
 from geo3d.data.orientation import orientation_probe
 from geo3d.encoders import build_encoder, preflight_encoder
 from geo3d.encoders.views import frames_to_model_input, norm_mean_std
-from geo3d.evaluation.geometry import build_live_encoder
+from geo3d.evaluation.policy_handle import build_live_encoder
 from geo3d.policy.configuration_policy import PolicyConfig
 from geo3d.policy.pretrained import read_marker, resolve_checkpoint
 from geo3d.policy.processor_policy import PolicyProcessor

@@ -9,7 +9,7 @@ import numpy as np
 
 from geo3d.core import sim
 from geo3d.core.errors import Geo3dError
-from geo3d.data.content_id import frame_content_id
+from geo3d.data.dataset_base import frame_content_id
 from geo3d.data.transforms import RAW_RENDER, UPRIGHT, to_model_images
 from geo3d.evaluation.evaluate import resolve_gl
 from geo3d.evaluation.observation import observation_to_inputs

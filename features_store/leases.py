@@ -1,8 +1,10 @@
-"""Stale shard leases: list who holds each shard lock, and break a lock whose owner is provably gone.
+"""Shard leases: one writer per shard, and breaking a lease whose owner is provably gone.
 
-On a local disk or a healthy NFSv4/Lustre(-o flock) mount the kernel/server drops a dead writer's flock, so a
-held lock means a live writer. It can outlive its owner when a node dies and the lock server keeps its lock
-(NFSv4 until the lease period expires, longer with a hung server; Lustre until the client is evicted). Then:
+One writer per shard is the store's use of geo3d.core.lease (an exclusive, non-blocking flock on a per-shard lock
+file, with an owner record). On a local disk or a healthy NFSv4/Lustre(-o flock) mount the kernel/server drops a
+dead writer's flock, so a held lock means a live writer. It can outlive its owner when a node dies and the lock
+server keeps its lock (NFSv4 until the lease period expires, longer with a hung server; Lustre until the client is
+evicted). Then `geo3d leases STORE --break`:
 
 - same host (hostname and boot id match): the recorded pid is dead, or a different process now has that pid
   (start time differs)  -> the owner is gone, the lease may be broken;
@@ -19,13 +21,46 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from geo3d.core import lease as core_lease
+from geo3d.core.errors import StoreError
+from geo3d.core.lease import (
+    FileLease,
+    boot_id,
+    lock_scope_problem,
+    owner_gone,
+    owner_record,
+    process_start,
+    read_owner,
+    still_linked,
+)
 from geo3d.features_store import array_layout as L
-from geo3d.core.lease import owner_gone, read_owner
-from geo3d.features_store.lease import try_lock
+
+__all__ = ["ShardLease", "try_lock", "lock_scope_problem", "owner_record", "process_start", "boot_id"]
+_still_linked = still_linked  # the name the stale-lease tests use
 
 
+class ShardLease(FileLease):
+    """A held claim on one shard. Use as a context manager (or call `release()`); released on process death."""
+
+    def __init__(self, path: Path, shard: int, fd: int, on_release: Callable[[Any], None] | None = None) -> None:
+        super().__init__(path, fd, on_release)
+        self.shard = shard
+
+    def __repr__(self) -> str:
+        return f"ShardLease(shard={self.shard}, held={self.held})"
+
+
+def try_lock(path: Path, shard: int, on_release: Callable[[Any], None] | None = None) -> ShardLease | None:
+    """Take shard `shard`'s lock without waiting; None when another writer has it."""
+    try:
+        return core_lease.try_lock(path, lambda p, fd: ShardLease(p, shard, fd, on_release))
+    except core_lease.LockUnsupported as e:
+        raise StoreError(f"{e} (put the store there)") from e
+
+
+# -- stale shard leases (geo3d leases STORE [--break]) -------------------------------------------------------------
 @dataclass
 class LeaseStatus:
     shard: int
