@@ -16,7 +16,7 @@ import typer
 from omegaconf import DictConfig
 
 from geo3d.core.cliutil import CONFIG_OPTION, OVERRIDES_ARG, build_config, handle_errors
-from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Schema, Str
+from geo3d.core.config_schema import DATA_RULES, Float, Int, OneOf, Rule, Schema, Str
 from geo3d.core.preemption import exit_code_for
 from geo3d.features_store.spec import StoreLayout
 
@@ -31,6 +31,7 @@ RULES = {
     "encoder.tiny.out_dim": Int(min=1), "encoder.tiny.dtype": DTYPES,
     "encoder.mapanything.weights": Str(null=True), "encoder.mapanything.dtype": DTYPES,
     "precompute.store": Str(null=True),
+    "precompute.taps": Rule(("list", "str")),  # a YAML list, or `--taps a,b` / `precompute.taps=a,b`
     "precompute.batch_size": Int(min=1),
     "precompute.full_batches": OneOf("auto", also=("bool",)),
     "precompute.decode_workers": Int(min=0),
@@ -47,7 +48,7 @@ RULES = {
 FLAG_NAMES = {"data.suite": "--suite", "data.data_root": "--data-root", "encoder.name": "--encoder",
               "encoder.mapanything.weights": "--weights", "precompute.store": "--store", "precompute.shard": "--shard",
               "precompute.num_shards": "--num-shards", "precompute.batch_size": "--batch-size",
-              "precompute.device": "--device", "precompute.limit_frames": "--limit-frames"}
+              "precompute.device": "--device", "precompute.limit_frames": "--limit-frames", "precompute.taps": "--taps"}
 
 
 @functools.lru_cache(maxsize=None)

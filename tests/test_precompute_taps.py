@@ -154,3 +154,18 @@ def test_verify_cache_refuses_a_store_of_another_tap(data_root, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error: ")]
     assert "holds 'encoder' tokens" in line and "asks for 'info_sharing'" in line and str(tmp_path / "s.zarr") in line
+
+
+@pytest.mark.parametrize("how", [["--taps", "info_sharing,encoder"], ["precompute.taps=info_sharing,encoder"]])
+def test_the_cli_takes_taps_as_a_flag_or_a_dotlist(data_root, tmp_path, how):
+    """`--taps a,b` and `precompute.taps=a,b` (what `geo3d submit` forwards) both reach the strict schema as a list."""
+    store = tmp_path / "s.zarr"
+    r = run_geo3d(["precompute", *OVERRIDES, f"data.data_root={data_root}", "--store", str(store),
+                   *how], expect=None)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert FeatureReader(store).spec.tap == "info_sharing"
+    assert FeatureReader(tmp_path / "s@encoder.zarr").spec.tap == "encoder"
+    bad = run_geo3d(["precompute", *OVERRIDES, f"data.data_root={data_root}", "--store", str(tmp_path / "b.zarr"),
+                     "--taps", "info_sharing,bogus"], expect=None)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "bogus" in bad.stderr
+    assert not (tmp_path / "b.zarr").exists()
