@@ -206,6 +206,7 @@ def main() -> int:
     try:
         for name, fn in plan(args, device, work):
             run_section(results["sections"], name, fn)
+            args.out.write_text(json.dumps(results, indent=2, default=str))  # a run cut short keeps what it measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2, default=str))

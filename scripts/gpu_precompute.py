@@ -172,6 +172,11 @@ def run(tiny: bool, compile: bool = False, weights: str | None = None, out: Path
     overrides, what = pick_encoder(tiny, weights or os.environ.get("GEO3D_MAPANYTHING_WEIGHTS"))
     rec: dict[str, Any] = {"machine": machine(device), "encoder": what, "weights": "random" if "random" in what
                            else "as given", "tiny": tiny, "compile": compile}
+
+    def save() -> None:  # after each stage: a run cut short by a time limit still leaves what it measured
+        if out is not None:
+            Path(out).write_text(json.dumps(rec, indent=2, default=str))
+
     rec["matmul_bf16"] = matmul_rate(device, 256 if tiny else 8192, 3 if tiny else 50)
     print(f"gpu_precompute on {rec['machine'].get('gpu', device)}: {what}; bf16 matmul "
           f"{rec['matmul_bf16']['flops_per_s'] / 1e12:.2f} TFLOP/s", flush=True)
@@ -198,15 +203,16 @@ def run(tiny: bool, compile: bool = False, weights: str | None = None, out: Path
             encoder.view_features = torch.compile(encoder.view_features, backend="eager" if tiny else "inductor")
             rows += throughput(encoder, frames, batches, device, iters, flops, rate, "torch.compile")
         rec["throughput"] = rows
+        save()
         del encoder
         variants = {"configured": [], "wide": ["precompute.decode_workers=2", "precompute.writer_threads=2"]} if tiny \
             else {"configured": ["precompute.batch_size=128"],
                   "wide": ["precompute.batch_size=128", "precompute.decode_workers=8", "precompute.writer_threads=4"]}
         rec["end_to_end"] = end_to_end(overrides, data_root, frames, device, tmp, variants, decode_rate)
+        save()
         rec["tokens"] = btp.measure(btp.demo_frames(4 if tiny else 8), ["demo"] if tiny else ["demo", "compute"],
                                     avx2=False)
-    if out is not None:
-        Path(out).write_text(json.dumps(rec, indent=2, default=str))
+    save()
     return rec
 
 
