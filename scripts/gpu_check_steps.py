@@ -138,10 +138,13 @@ def train_step(policy: Any, optimizer: Any, batch: dict[str, Any], device: str, 
 
 def count_flops(policy: Any, batch: dict[str, Any], device: str) -> int:
     """Forward + backward FLOPs of one step (torch.utils.flop_counter: matmuls, convolutions, attention)."""
+    impl = policy.vlm.model.config._attn_implementation
+    policy.vlm.model.set_attn_implementation("eager")  # the counter refuses GQA SDPA shapes; eager = same FLOPs
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             loss = policy(batch).loss
         loss.backward()
+    policy.vlm.model.set_attn_implementation(impl)
     policy.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
