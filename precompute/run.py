@@ -216,7 +216,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         bar.close()
         preempt.restore()
     left = group.missing_shards()
-    trial = record_trial(group, p.limit_frames, end, left)
+    trial = record_trial(group, p.limit_frames, end)
     return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
                      stats.dropped, preempt.signal_name, not left, len(left),
                      {t: str(s.path) for t, s in group.stores.items()}, trial)
@@ -229,18 +229,21 @@ def trial_end(group: Any, limit_frames: int | None) -> int:
     return min(group.num_shards, -(-int(limit_frames) // group.first.spec.shard_frames))
 
 
-def record_trial(group: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
-    """A trial marks every store of the pass as one (verify-cache and train name it); a complete one is no trial."""
-    if not left:
-        for store in group.stores.values():
-            set_trial_record(store.path, None)
-        return None
-    if limit_frames is None:
-        return None
+def record_trial(group: Any, limit_frames: int | None, end: int) -> dict | None:
+    """Mark each tap store by its own missing shards (verify-cache and train name a trial): one this trial
+    (--limit-frames) left incomplete gets the record, a complete one loses any old record, even when another store
+    of the pass is still incomplete (e.g. a finished info_sharing store beside a new encoder store). Returns the
+    record when some store holds it, else None."""
     spec = group.first.spec
-    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": group.num_shards,
-              "shard_frames": spec.shard_frames, "frames": min(end * spec.shard_frames, spec.frames),
-              "total_frames": spec.frames, "made_utc": utc_now()}
+    record = None if limit_frames is None else {
+        "limit_frames": int(limit_frames), "shards": end, "num_shards": group.num_shards,
+        "shard_frames": spec.shard_frames, "frames": min(end * spec.shard_frames, spec.frames),
+        "total_frames": spec.frames, "made_utc": utc_now()}
+    marked = False
     for store in group.stores.values():
-        set_trial_record(store.path, record)
-    return record
+        if not store.missing_shards():
+            set_trial_record(store.path, None)
+        elif record is not None:
+            set_trial_record(store.path, record)
+            marked = True
+    return record if marked else None

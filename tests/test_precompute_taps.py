@@ -15,7 +15,7 @@ from geo3d.core.taps import parse_run_label, parse_taps, run_label, tap_store_pa
 from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
 from geo3d.features_store import FeatureReader, StoreSpec
-from geo3d.features_store.store import open_arrays
+from geo3d.features_store.store import open_arrays, trial_record
 from geo3d.precompute.cli import precompute_config
 from geo3d.precompute.run import run_precompute
 
@@ -138,6 +138,17 @@ def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path):
     ref = _precompute(data_root, tmp_path / "ref" / "s.zarr", ["encoder"])["encoder"]
     a, b = _contents(stores["encoder"]), _contents(ref)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_trial_beside_a_complete_store_marks_only_the_incomplete_one(data_root, tmp_path):
+    """--limit-frames adding a tap: the new tap's store is the trial; the finished store stays a complete one."""
+    first = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing"])["info_sharing"]
+    cfg = precompute_config([*OVERRIDES, f"data.data_root={data_root}", f"precompute.store={tmp_path / 's.zarr'}",
+                             "precompute.taps=[info_sharing,encoder]", "precompute.limit_frames=8"])
+    r = run_precompute(cfg)
+    assert not r.store_complete and r.trial is not None and r.trial["shards"] == 1
+    assert trial_record(first) is None
+    assert trial_record(r.stores["encoder"]) == r.trial
 
 
 def test_verify_cache_refuses_a_store_of_another_tap(data_root, tmp_path):
