@@ -183,7 +183,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     p = cfg.precompute
     group, log_paths = _open_stores(cfg, slot, device, encoder, paths, specs)
     end = trial_end(group, p.limit_frames)
-    missing = [i for i in group.missing_shards() if i < end]
+    todo_by_tap = missing_by_tap(group, end)
+    missing = sorted(set().union(*todo_by_tap.values()))
     todo = sum(len(group.shard_range(i)) for i in missing)
     where = ", ".join(f"{t} -> {s.path}" for t, s in group.stores.items())
     print(f"precompute: {len(mixture)} frames, {group.num_shards} shards ({len(missing)} to do); {where}; "
@@ -194,7 +195,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     # token buffers: the shards one batch can touch (ceil(batch / shard) + a partly encoded one + a short last
     # shard), one queued for the writer, one per writer thread
     in_flight = -(-batch // group.first.spec.shard_frames) + 2
-    buffers = TokenBuffers({t: (s.shard_frames, *s.frame_shape) for t, s in specs.items()},
+    work = [t for t, todo in todo_by_tap.items() if todo]  # a complete store needs no buffers (nor claims)
+    buffers = TokenBuffers({t: (specs[t].shard_frames, *specs[t].frame_shape) for t in work},
                            pinned=str(device).startswith("cuda"), count=in_flight + 1 + threads)
     full = full_batches(p.full_batches, device)
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions(),
@@ -206,8 +208,9 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
-        stats = run_worker(encoder, group, ShardPlanner(group, slot.rank, slot.world, end), feeder, writer, buffers,
-                           batch, preempt, float(p.preempt_grace_s), bar, full)
+        planner = ShardPlanner(group.only(work), slot.rank, slot.world, end) if work else ()  # (): no claims
+        stats = run_worker(encoder, group, planner, feeder, writer, buffers, batch, preempt,
+                           float(p.preempt_grace_s), bar, full)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
         writer.abandon()
@@ -227,6 +230,11 @@ def trial_end(group: Any, limit_frames: int | None) -> int:
     if limit_frames is None:
         return group.num_shards
     return min(group.num_shards, -(-int(limit_frames) // group.first.spec.shard_frames))
+
+
+def missing_by_tap(group: Any, end: int) -> dict[str, list[int]]:
+    """tap -> the shards below `end` its own store still lacks (the group's missing shards are their union)."""
+    return {t: [i for i in s.missing_shards() if i < end] for t, s in group.stores.items()}
 
 
 def record_trial(group: Any, limit_frames: int | None, end: int) -> dict | None:

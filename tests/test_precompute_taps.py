@@ -16,6 +16,7 @@ from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
 from geo3d.features_store import FeatureReader, StoreSpec
 from geo3d.features_store.store import open_arrays, trial_record
+from geo3d.precompute import run as run_module
 from geo3d.precompute.cli import precompute_config
 from geo3d.precompute.run import run_precompute
 
@@ -130,11 +131,20 @@ def test_one_pass_writes_both_stores_bit_for_bit_like_two_passes(data_root, tmp_
     assert logs and all(rec["taps"] == ["info_sharing", "encoder"] for rec in logs)
 
 
-def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path):
+def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path, monkeypatch):
     first = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing"])["info_sharing"]
     before = _markers(first)
+    buffered: list[set[str]] = []
+
+    class Buffers(run_module.TokenBuffers):
+        def __init__(self, shapes, pinned, count):
+            buffered.append(set(shapes))
+            super().__init__(shapes, pinned, count)
+
+    monkeypatch.setattr(run_module, "TokenBuffers", Buffers)
     stores = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing", "encoder"])
     assert _markers(first) == before  # the finished store is never rewritten
+    assert buffered == [{"encoder"}]  # no token buffers for the complete store
     ref = _precompute(data_root, tmp_path / "ref" / "s.zarr", ["encoder"])["encoder"]
     a, b = _contents(stores["encoder"]), _contents(ref)
     assert all(np.array_equal(a[k], b[k]) for k in a)
