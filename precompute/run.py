@@ -158,14 +158,15 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, taps: tuple[str,
 
 
 def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: dict[str, Path],
-                 specs: dict[str, Any]) -> tuple[Any, list[Path]]:
-    """Open or create every tap store, record the run's config and provenance in each; a TapStores group."""
+                 specs: dict[str, Any]) -> tuple[Any, dict[str, Path]]:
+    """Open or create every tap store, record the run's config and provenance in each; a TapStores group and
+    {tap: its store's shard log}."""
     p = cfg.precompute
     for path in paths.values():
         _refuse_old_orientation(path, bool(p.overwrite))
     group = TapStores({t: FeatureStore.open_or_create(paths[t], specs[t], overwrite=bool(p.overwrite)) for t in paths})
     check_free_space({paths[t]: specs[t] for t in paths}, group.path, bool(p.require_space))
-    log_paths = []
+    log_paths: dict[str, Path] = {}
     for tap, store in group.stores.items():
         cfg_path, log_path = _log_paths(store.path)
         save_resolved(cfg, cfg_path.parent, cfg_path.name)
@@ -174,7 +175,7 @@ def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: d
              "tap": tap, "taps_of_this_pass": {t: str(s.path) for t, s in group.stores.items()},
              "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
             indent=2))
-        log_paths.append(log_path)
+        log_paths[tap] = log_path
     return group, log_paths
 
 

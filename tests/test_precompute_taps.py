@@ -131,6 +131,12 @@ def test_one_pass_writes_both_stores_bit_for_bit_like_two_passes(data_root, tmp_
     assert logs and all(rec["taps"] == ["info_sharing", "encoder"] for rec in logs)
 
 
+def _logged_taps(store: str | Path) -> list[list[str]]:
+    """The `taps` of every shard record in a store's precompute_logs/."""
+    return [json.loads(x)["taps"] for f in (Path(store) / "precompute_logs").glob("*.shards.jsonl")
+            for x in f.read_text().splitlines()]
+
+
 def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path, monkeypatch):
     first = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing"])["info_sharing"]
     before = _markers(first)
@@ -145,6 +151,9 @@ def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path, 
     stores = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing", "encoder"])
     assert _markers(first) == before  # the finished store is never rewritten
     assert buffered == [{"encoder"}]  # no token buffers for the complete store
+    # each store's shard log lists only the shards written to it
+    assert _logged_taps(first) and all(t == ["info_sharing"] for t in _logged_taps(first))
+    assert _logged_taps(stores["encoder"]) and all(t == ["encoder"] for t in _logged_taps(stores["encoder"]))
     ref = _precompute(data_root, tmp_path / "ref" / "s.zarr", ["encoder"])["encoder"]
     a, b = _contents(stores["encoder"]), _contents(ref)
     assert all(np.array_equal(a[k], b[k]) for k in a)
