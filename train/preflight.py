@@ -99,7 +99,7 @@ def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
     reader = FeatureReader(store)
     refuse_other_tap(reader.spec.tap, OmegaConf.select(cfg, "train.tap", default=None), store,
-                     "this run (--tap / train.tap)")
+                     "this run (--tap / train.tap)", use="pass --store {}")
     refuse_old_store(reader.spec.preprocessing, store)
     check_token_shape(reader.spec, cfg.model.geometry, store)
     check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))
