@@ -31,13 +31,15 @@ KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts. kinds: int | float | str | bool | list | dict (an int is a valid float);
-    min/max bound numbers (inclusive); choices restrict strings (and any other scalar); null allows null."""
+    min/max bound numbers (inclusive), above bounds them exclusively (a size that must be > 0, where 0 would
+    refuse everything); choices restrict strings (and any other scalar); null allows null."""
 
     kinds: tuple[str, ...]
     min: float | None = None
     max: float | None = None
     choices: tuple[Any, ...] = ()
     null: bool = False
+    above: float | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is refused (None when it is accepted)."""
@@ -50,6 +52,8 @@ class Rule:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if self.min is not None and value < self.min:
                 return f"must be >= {_num(self.min)}, got {value!r}"
+            if self.above is not None and not value > self.above:  # `not >`: also refuses nan
+                return f"must be > {_num(self.above)}, got {value!r}"
             if self.max is not None and value > self.max:
                 return f"must be <= {_num(self.max)}, got {value!r}"
         return None
@@ -88,8 +92,9 @@ def Int(min: float | None = None, max: float | None = None, null: bool = False) 
     return Rule(("int",), min, max, null=null)
 
 
-def Float(min: float | None = None, max: float | None = None, null: bool = False) -> Rule:  # noqa: N802
-    return Rule(("float",), min, max, null=null)
+def Float(min: float | None = None, max: float | None = None, null: bool = False,  # noqa: N802
+          above: float | None = None) -> Rule:
+    return Rule(("float",), min, max, null=null, above=above)
 
 
 def Str(null: bool = False) -> Rule:  # noqa: N802

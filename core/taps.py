@@ -99,13 +99,16 @@ def sibling_store(path: str | Path, tap: str, wanted: str) -> Path | None:
     return tap_store_path(p, wanted)
 
 
-def refuse_other_tap(store_tap: str, wanted: str | None, store: str | Path, what: str) -> None:
-    """A run (train, verify-cache) that asks for `wanted` tokens must get a store of that tap."""
+def refuse_other_tap(store_tap: str, wanted: str | None, store: str | Path, what: str, *, use: str) -> None:
+    """A run (train, verify-cache) that asks for `wanted` tokens must get a store of that tap.
+
+    `use` is how this caller is given another store, `{}` standing for its path: each verb takes its store its own
+    way (train: "pass --store {}"; verify-cache takes it as an argument: "run `geo3d verify-cache {}`")."""
     if wanted is None or wanted == store_tap:
         return
     sibling = sibling_store(store, store_tap, wanted)
-    hint = f"pass --store {sibling} (the {wanted} store of the same precompute pass, made with " \
-           f"`geo3d precompute --taps {store_tap},{wanted}`)" if sibling else f"pass the {wanted} store"
+    hint = f"{use.format(sibling)} (the {wanted} store of the same precompute pass, made with " \
+           f"`geo3d precompute --taps {store_tap},{wanted}`)" if sibling else use.format(f"<the {wanted} store>")
     raise Geo3dError(f"store {store} holds {store_tap!r} tokens but {what} asks for {wanted!r}: {hint}, or ask for "
                      f"{store_tap!r}")
 

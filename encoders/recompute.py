@@ -1,4 +1,6 @@
-"""Rebuild a store's encoder from its recorded identity and re-encode chosen frames (`verify-cache --recompute`).
+"""Rebuild an encoder from its recorded identity (a store's spec, or a checkpoint's `store` record) and check it
+against that record: `verify-cache --recompute` re-encodes chosen frames with it (`make_recompute_fn`); serve, eval
+and inspect encode live frames with it (`encoder_from_record`, via geo3d.evaluation.policy_handle).
 
 Lives here, not in features_store, so the store package never imports an encoder.
 """

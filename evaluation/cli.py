@@ -28,7 +28,8 @@ RULES = {
     "serve.protocol": OneOf("auto", *PROTOCOLS),
     "serve.ping_interval_s": Float(min=0), "serve.ping_timeout_s": Float(min=0),
     "serve.batch.max_size": Int(min=1), "serve.batch.wait_ms": Float(min=0),
-    "serve.limits.max_frame_mb": Float(min=0), "serve.limits.max_connections": Int(min=1),
+    "serve.limits.max_frame_mb": Float(above=0),  # 0 would close every connection on its first frame
+    "serve.limits.max_connections": Int(min=1),
     "serve.limits.max_instruction_chars": Int(min=1), "serve.limits.max_instruction_tokens": Int(min=1),
     "serve.limits.min_image_side": Int(min=1), "serve.limits.max_image_side": Int(min=1),
     "serve.limits.max_views": Int(min=1), "serve.limits.max_examples": Int(min=1),

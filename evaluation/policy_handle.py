@@ -1,7 +1,8 @@
 """The one interface evaluation needs from a policy, and the two ways to get one (in-process or remote).
 
-A local policy is `geo3d.policy.pretrained.Policy` (imported inside `load_local_policy`: torch + transformers are
-heavy), so the server and eval loop can be exercised with any object that has `predict_action`.
+A local policy is `geo3d.policy.pretrained.Policy` (imported inside `load_local_policy`: transformers and the model
+code are heavy), so the server and eval loop can be exercised with any object that has `predict_action`. This module
+itself imports torch: `build_live_encoder` rebuilds the geometry encoder through geo3d.encoders.recompute.
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ class Policy(Protocol):
 def load_local_policy(ckpt: str | Path, device: str = "auto", encoder_weights: str | Path | None = None) -> Policy:
     """Load a checkpoint directory (or a run directory's latest checkpoint) into this process, with the
     geometry encoder its training tokens came from when its compressor needs live geometry."""
-    from geo3d.policy.pretrained import Policy, read_marker, resolve_checkpoint  # heavy: torch + transformers
+    from geo3d.policy.pretrained import Policy, read_marker, resolve_checkpoint  # heavy: transformers + the model
 
     ckpt_dir = resolve_checkpoint(ckpt)
     device = resolve_device(device)
     marker = read_marker(ckpt_dir)
     encoder = None
     if marker.get("compressor", "none") != "none":
-        from geo3d.evaluation.policy_handle import build_live_encoder
-
         image_size = int(OmegaConf.load(ckpt_dir / "config.yaml").data.image_size)
         encoder = build_live_encoder(marker.get("store"), image_size, device, encoder_weights)
     return Policy.from_pretrained(ckpt_dir, device=device, geometry_encoder=encoder)

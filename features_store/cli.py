@@ -60,7 +60,7 @@ def verify_cache(
         read_metadata(store)  # no store here: a usage error (exit 2) naming the path
     spec = _spec_or_none(store)
     if tap is not None and spec is not None:
-        refuse_other_tap(spec.tap, tap, store, "--tap")
+        refuse_other_tap(spec.tap, tap, store, "--tap", use="run `geo3d verify-cache {}`")  # STORE: positional
     data_root = data_root or _env_data_root() or recorded_data_root(store)
     mixture = None if no_dataset or spec is None else _open_mixture(spec, data_root)
     recompute_fn = make_recompute_fn(spec, str(data_root) if data_root else None) if recompute and spec is not None else None

@@ -158,14 +158,15 @@ def _run(cfg: DictConfig, slot: Any, device: str, encoder: Any, taps: tuple[str,
 
 
 def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: dict[str, Path],
-                 specs: dict[str, Any]) -> tuple[Any, list[Path]]:
-    """Open or create every tap store, record the run's config and provenance in each; a TapStores group."""
+                 specs: dict[str, Any]) -> tuple[Any, dict[str, Path]]:
+    """Open or create every tap store, record the run's config and provenance in each; a TapStores group and
+    {tap: its store's shard log}."""
     p = cfg.precompute
     for path in paths.values():
         _refuse_old_orientation(path, bool(p.overwrite))
     group = TapStores({t: FeatureStore.open_or_create(paths[t], specs[t], overwrite=bool(p.overwrite)) for t in paths})
     check_free_space({paths[t]: specs[t] for t in paths}, group.path, bool(p.require_space))
-    log_paths = []
+    log_paths: dict[str, Path] = {}
     for tap, store in group.stores.items():
         cfg_path, log_path = _log_paths(store.path)
         save_resolved(cfg, cfg_path.parent, cfg_path.name)
@@ -174,7 +175,7 @@ def _open_stores(cfg: DictConfig, slot: Any, device: str, encoder: Any, paths: d
              "tap": tap, "taps_of_this_pass": {t: str(s.path) for t, s in group.stores.items()},
              "data_root": data_root_from(cfg)},  # effective (flag/config, else $GEO3D_DATA_ROOT)
             indent=2))
-        log_paths.append(log_path)
+        log_paths[tap] = log_path
     return group, log_paths
 
 
@@ -183,7 +184,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     p = cfg.precompute
     group, log_paths = _open_stores(cfg, slot, device, encoder, paths, specs)
     end = trial_end(group, p.limit_frames)
-    missing = [i for i in group.missing_shards() if i < end]
+    todo_by_tap = missing_by_tap(group, end)
+    missing = sorted(set().union(*todo_by_tap.values()))
     todo = sum(len(group.shard_range(i)) for i in missing)
     where = ", ".join(f"{t} -> {s.path}" for t, s in group.stores.items())
     print(f"precompute: {len(mixture)} frames, {group.num_shards} shards ({len(missing)} to do); {where}; "
@@ -194,7 +196,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     # token buffers: the shards one batch can touch (ceil(batch / shard) + a partly encoded one + a short last
     # shard), one queued for the writer, one per writer thread
     in_flight = -(-batch // group.first.spec.shard_frames) + 2
-    buffers = TokenBuffers({t: (s.shard_frames, *s.frame_shape) for t, s in specs.items()},
+    work = [t for t, todo in todo_by_tap.items() if todo]  # a complete store needs no buffers (nor claims)
+    buffers = TokenBuffers({t: (specs[t].shard_frames, *specs[t].frame_shape) for t in work},
                            pinned=str(device).startswith("cuda"), count=in_flight + 1 + threads)
     full = full_batches(p.full_batches, device)
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions(),
@@ -206,8 +209,9 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
     bar = tqdm(total=todo, unit="frame", desc="precompute", dynamic_ncols=True, smoothing=0.1,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # SLURM logs: a line every 30 s
     try:
-        stats = run_worker(encoder, group, ShardPlanner(group, slot.rank, slot.world, end), feeder, writer, buffers,
-                           batch, preempt, float(p.preempt_grace_s), bar, full)
+        planner = ShardPlanner(group.only(work), slot.rank, slot.world, end) if work else ()  # (): no claims
+        stats = run_worker(encoder, group, planner, feeder, writer, buffers, batch, preempt,
+                           float(p.preempt_grace_s), bar, full)
         writer.close()  # commits every shard already encoded, even after a signal
     except BaseException:
         writer.abandon()
@@ -216,7 +220,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
         bar.close()
         preempt.restore()
     left = group.missing_shards()
-    trial = record_trial(group, p.limit_frames, end, left)
+    trial = record_trial(group, p.limit_frames, end)
     return RunResult(stats.frames, stats.seconds, stats.steady_fps, writer.bytes_written, stats.shards,
                      stats.dropped, preempt.signal_name, not left, len(left),
                      {t: str(s.path) for t, s in group.stores.items()}, trial)
@@ -229,18 +233,26 @@ def trial_end(group: Any, limit_frames: int | None) -> int:
     return min(group.num_shards, -(-int(limit_frames) // group.first.spec.shard_frames))
 
 
-def record_trial(group: Any, limit_frames: int | None, end: int, left: list[int]) -> dict | None:
-    """A trial marks every store of the pass as one (verify-cache and train name it); a complete one is no trial."""
-    if not left:
-        for store in group.stores.values():
-            set_trial_record(store.path, None)
-        return None
-    if limit_frames is None:
-        return None
+def missing_by_tap(group: Any, end: int) -> dict[str, list[int]]:
+    """tap -> the shards below `end` its own store still lacks (the group's missing shards are their union)."""
+    return {t: [i for i in s.missing_shards() if i < end] for t, s in group.stores.items()}
+
+
+def record_trial(group: Any, limit_frames: int | None, end: int) -> dict | None:
+    """Mark each tap store by its own missing shards (verify-cache and train name a trial): one this trial
+    (--limit-frames) left incomplete gets the record, a complete one loses any old record, even when another store
+    of the pass is still incomplete (e.g. a finished info_sharing store beside a new encoder store). Returns the
+    record when some store holds it, else None."""
     spec = group.first.spec
-    record = {"limit_frames": int(limit_frames), "shards": end, "num_shards": group.num_shards,
-              "shard_frames": spec.shard_frames, "frames": min(end * spec.shard_frames, spec.frames),
-              "total_frames": spec.frames, "made_utc": utc_now()}
+    record = None if limit_frames is None else {
+        "limit_frames": int(limit_frames), "shards": end, "num_shards": group.num_shards,
+        "shard_frames": spec.shard_frames, "frames": min(end * spec.shard_frames, spec.frames),
+        "total_frames": spec.frames, "made_utc": utc_now()}
+    marked = False
     for store in group.stores.values():
-        set_trial_record(store.path, record)
-    return record
+        if not store.missing_shards():
+            set_trial_record(store.path, None)
+        elif record is not None:
+            set_trial_record(store.path, record)
+            marked = True
+    return record if marked else None

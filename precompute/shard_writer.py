@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,13 +22,14 @@ import numpy as np
 class ShardWriter:
     """`threads` writer threads; a bounded queue (at most `depth` encoded shards wait for a free thread)."""
 
-    def __init__(self, store: Any, writer_info: dict[str, Any], log_path: Path | list[Path] | None, depth: int = 1,
-                 threads: int = 1,
+    def __init__(self, store: Any, writer_info: dict[str, Any], log_paths: Mapping[str, Path] | Path | None,
+                 depth: int = 1, threads: int = 1,
                  on_commit: Callable[[int, int], None] | None = None,
                  recycle: Callable[[Any], None] | None = None):
         self.store, self.writer_info = store, writer_info
-        # one shard log per store of the pass (each store's precompute_logs/ tells its own history)
-        self.log_paths = [] if log_path is None else [log_path] if isinstance(log_path, Path) else list(log_path)
+        # shard logs: a Path gets every shard (one store); {tap: that store's log} (TapStores) gets only the shards
+        # written to that tap's store, so each store's precompute_logs/ tells its own history
+        self.log_paths: Path | dict[str, Path] = log_paths if isinstance(log_paths, Path) else dict(log_paths or {})
         self.on_commit, self.recycle = on_commit, recycle  # recycle: hand the token buffer back for reuse
         self.queue: "queue.Queue[tuple | None]" = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
@@ -76,12 +77,14 @@ class ShardWriter:
         with self._lock:
             self.bytes_written += nbytes
             self.shards_committed.append(lease.shard)
-        if self.log_paths:  # an append-only record of every shard this worker encoded
+        logs = [self.log_paths] if isinstance(self.log_paths, Path) else \
+            [self.log_paths[t] for t in parts if t in self.log_paths]  # the logs of the stores written
+        if logs:  # an append-only record of every shard this worker encoded
             rec = {"shard": lease.shard, "frames": [marker["start"], marker["stop"]], "encode_s": round(encode_s, 3),
                    "write_s": round(time.perf_counter() - t0, 3), "bytes": nbytes, "host": socket.gethostname(),
                    "pid": os.getpid(), "written_utc": marker["written_utc"], "taps": [t for t in parts if t]}
             with self._lock:
-                for path in self.log_paths:
+                for path in logs:
                     with open(path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
         if self.on_commit is not None:

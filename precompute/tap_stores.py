@@ -12,7 +12,7 @@ finished `info_sharing` store) costs nothing: its shards are never re-encoded no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from geo3d.core.errors import StoreError
 
@@ -56,6 +56,11 @@ class TapStores:
                 raise StoreError(f"tap store {s.path} ({tap}) has {s.spec.frames} frames in shards of "
                                  f"{s.spec.shard_frames}, {first.path} {first.spec.frames} in {first.spec.shard_frames}:"
                                  " the stores of one pass must share frames and layout")
+
+    def only(self, taps: Iterable[str]) -> TapStores:
+        """The stores of `taps` alone: the planner claims shards only in the stores this run buffers tokens for
+        (a store complete at the start is never claimed, even if a shard of it is un-committed meanwhile)."""
+        return TapStores({t: self.stores[t] for t in taps})
 
     @property
     def first(self) -> Any:

@@ -1,6 +1,6 @@
 """Which worker am I? From --shard/--num-shards, a SLURM array, torchrun, or both (an array of torchruns).
 
-The worker slot only picks a *starting point* in the store (see `planner.py`); the store's shards are the unit
+The worker slot only picks a *starting point* in the store (see `shard_planner.py`); the store's shards are the unit
 of work and any number of workers, started at any time, completes the store.
 """
 

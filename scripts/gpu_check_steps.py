@@ -4,7 +4,7 @@ The model is Qwen2.5-VL-3B from its published architecture (policy/vlm.py QWEN2_
 weights written once as a real model directory (config.json + safetensors + the tiny model's tokenizer and
 processor, whose special-token ids the config takes), so `build_policy` and `geo3d train` load it through the
 same `model.vlm.source=DIR` path as a downloaded checkpoint; $GEO3D_QWEN_VL_DIR (a real download) replaces it.
-The step is the trainer's: bf16 autocast over fp32 master weights (train/precision.py), AdamW with
+The step is the trainer's: bf16 autocast over fp32 master weights (policy/precision.py), AdamW with
 train.optimizer.implementation (fused on CUDA), clipping, zero_grad; batches are the processor's real output
 for random frames plus random geometry/state/actions (the loader is measured in the `feed` section).
 """

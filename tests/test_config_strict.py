@@ -96,6 +96,8 @@ def test_precompute_types_and_ranges_are_checked_before_anything_starts(tmp_path
     (["eval", "--ckpt", "x", "eval.wokers=2"], "did you mean eval.workers?"),
     (["eval", "--ckpt", "x", "eval.workers=0"], "eval.workers must be >= 1, got 0"),
     (["serve", "--ckpt", "x", "serve.port=70000"], "serve.port must be <= 65535, got 70000"),
+    (["serve", "--ckpt", "x", "serve.limits.max_frame_mb=0"], "serve.limits.max_frame_mb must be > 0, got 0"),
+    (["serve", "--ckpt", "x", "serve.limits.max_frame_mb=-1.5"], "serve.limits.max_frame_mb must be > 0, got -1.5"),
     (["report", "x", "--config", "{cfg}"], "unknown config key 'report.outt'"),
     (["submit", "verify", "--store", "s", "--dry-run", "slurm.partiton=gpu"], "did you mean slurm.partition?"),
     (["submit", "train", "--compressor", "pool", "--out", "o", "--store", "s", "--dry-run", "train.max_step=3"],

@@ -15,7 +15,8 @@ from geo3d.core.taps import parse_run_label, parse_taps, run_label, tap_store_pa
 from geo3d.encoders.recompute import encoder_from_record
 from geo3d.encoders.tiny import TinyEncoder
 from geo3d.features_store import FeatureReader, StoreSpec
-from geo3d.features_store.store import open_arrays
+from geo3d.features_store.store import open_arrays, trial_record
+from geo3d.precompute import run as run_module
 from geo3d.precompute.cli import precompute_config
 from geo3d.precompute.run import run_precompute
 
@@ -130,14 +131,43 @@ def test_one_pass_writes_both_stores_bit_for_bit_like_two_passes(data_root, tmp_
     assert logs and all(rec["taps"] == ["info_sharing", "encoder"] for rec in logs)
 
 
-def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path):
+def _logged_taps(store: str | Path) -> list[list[str]]:
+    """The `taps` of every shard record in a store's precompute_logs/."""
+    return [json.loads(x)["taps"] for f in (Path(store) / "precompute_logs").glob("*.shards.jsonl")
+            for x in f.read_text().splitlines()]
+
+
+def test_adding_a_tap_later_encodes_only_the_missing_store(data_root, tmp_path, monkeypatch):
     first = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing"])["info_sharing"]
     before = _markers(first)
+    buffered: list[set[str]] = []
+
+    class Buffers(run_module.TokenBuffers):
+        def __init__(self, shapes, pinned, count):
+            buffered.append(set(shapes))
+            super().__init__(shapes, pinned, count)
+
+    monkeypatch.setattr(run_module, "TokenBuffers", Buffers)
     stores = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing", "encoder"])
     assert _markers(first) == before  # the finished store is never rewritten
+    assert buffered == [{"encoder"}]  # no token buffers for the complete store
+    # each store's shard log lists only the shards written to it
+    assert _logged_taps(first) and all(t == ["info_sharing"] for t in _logged_taps(first))
+    assert _logged_taps(stores["encoder"]) and all(t == ["encoder"] for t in _logged_taps(stores["encoder"]))
     ref = _precompute(data_root, tmp_path / "ref" / "s.zarr", ["encoder"])["encoder"]
     a, b = _contents(stores["encoder"]), _contents(ref)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_trial_beside_a_complete_store_marks_only_the_incomplete_one(data_root, tmp_path):
+    """--limit-frames adding a tap: the new tap's store is the trial; the finished store stays a complete one."""
+    first = _precompute(data_root, tmp_path / "s.zarr", ["info_sharing"])["info_sharing"]
+    cfg = precompute_config([*OVERRIDES, f"data.data_root={data_root}", f"precompute.store={tmp_path / 's.zarr'}",
+                             "precompute.taps=[info_sharing,encoder]", "precompute.limit_frames=8"])
+    r = run_precompute(cfg)
+    assert not r.store_complete and r.trial is not None and r.trial["shards"] == 1
+    assert trial_record(first) is None
+    assert trial_record(r.stores["encoder"]) == r.trial
 
 
 def test_verify_cache_refuses_a_store_of_another_tap(data_root, tmp_path):
@@ -153,7 +183,9 @@ def test_verify_cache_refuses_a_store_of_another_tap(data_root, tmp_path):
     bad = verify("--tap", "info_sharing")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error: ")]
-    assert "holds 'encoder' tokens" in line and "asks for 'info_sharing'" in line and str(tmp_path / "s.zarr") in line
+    assert "holds 'encoder' tokens" in line and "asks for 'info_sharing'" in line
+    # verify-cache takes its store as an argument: the hint names the sibling store that way, not as --store
+    assert f"run `geo3d verify-cache {tmp_path / 's.zarr'}`" in line and "--store" not in line
 
 
 @pytest.mark.parametrize("how", [["--taps", "info_sharing,encoder"], ["precompute.taps=info_sharing,encoder"]])

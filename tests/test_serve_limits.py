@@ -56,6 +56,10 @@ def test_defaults_bind_loopback_and_come_from_configs_eval_yaml():
     assert s.limits.max_frame_bytes == 32 * 2**20 and s.limits.max_instruction_tokens == 256
     with pytest.raises(ConfigError, match=r"serve.protocol must be one of \['auto', 'geo3d', 'starvla', 'openpi'\]"):
         serve_settings("serve.protocol=grpc")
+    # a frame cap of 0 would close every connection on its first frame: refused; any positive size is kept
+    with pytest.raises(ConfigError, match=r"serve.limits.max_frame_mb must be > 0, got 0"):
+        serve_settings("serve.limits.max_frame_mb=0")
+    assert serve_settings("serve.limits.max_frame_mb=0.5").limits.max_frame_bytes == 2**19
 
 
 @pytest.mark.parametrize("images, instruction, expect", [

@@ -1,6 +1,6 @@
 """The training run directory guarded like the store (issue 25 rows 1, 4, 7, 11): a lease, a started marker,
 nothing left by a failed start, a user's folder never written into. In-process `geo3d train` (CliRunner) on
-copies of the demo data; the two-process race is in test_signals_and_races.py (slow)."""
+copies of the demo data; the two-process race is in test_train_signals_and_races.py (slow)."""
 
 from __future__ import annotations
 

@@ -121,6 +121,25 @@ def test_resume_accepts_a_run_saved_before_the_patch_embed_switch_existed():
     assert resume_differences(conv, current) == []
 
 
+def test_resume_store_check_ignores_the_encoder_runtime_but_not_its_weights(monkeypatch, tmp_path):
+    """The runtime (device, kernel versions) is informational: another one resumes; other weights refuse."""
+    from geo3d.features_store import StoreSpec
+    from geo3d.train import preflight as preflight_module
+
+    identity = {"name": "tiny", "tap": "info_sharing", "fingerprint": "abc", "config": {"width": 32}}
+    recorded = {**identity, "runtime": {"device_type": "cuda", "torch": "2.5.1"}}
+    monkeypatch.setattr(preflight_module, "read_marker", lambda ckpt: {"store": {"encoder": recorded}})
+
+    def spec(encoder: dict) -> StoreSpec:
+        return StoreSpec(frames=8, views=2, tokens=4, dim=16, encoder=encoder, preprocessing={}, dataset={})
+
+    preflight_module.check_resume_store(tmp_path, spec({**identity, "runtime": {"device_type": "cpu",
+                                                                                "torch": "2.6.0"}}))
+    preflight_module.check_resume_store(tmp_path, spec(identity))  # a store made before runtimes were recorded
+    with pytest.raises(StoreError, match='fingerprint: checkpoint has "abc", store has "xyz"'):
+        preflight_module.check_resume_store(tmp_path, spec({**identity, "fingerprint": "xyz"}))
+
+
 def test_config_refuses_zero_intervals_before_any_work():
     preflight(compose_train_config([], [], {"suite": "demo"}))
     for key in ("save_interval", "grad_accum_steps", "per_device_batch_size", "max_steps"):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geo3d.core.config import data_root_from, save_resolved
 from geo3d.core.errors import Geo3dError, StoreError
-from geo3d.core.provenance import provenance
+from geo3d.core.provenance import provenance, without_runtime
 from geo3d.core.taps import refuse_other_tap, tap_of
 from geo3d.data.lerobot_layout import STATE_DIM
 from geo3d.data.mixture import LiberoMixture
@@ -99,7 +99,7 @@ def open_checked_store(cfg: DictConfig, store: str, mixture: Any) -> Any:
     """Open the store and refuse it unless it matches the model's token shape and this dataset."""
     reader = FeatureReader(store)
     refuse_other_tap(reader.spec.tap, OmegaConf.select(cfg, "train.tap", default=None), store,
-                     "this run (--tap / train.tap)")
+                     "this run (--tap / train.tap)", use="pass --store {}")
     refuse_old_store(reader.spec.preprocessing, store)
     check_token_shape(reader.spec, cfg.model.geometry, store)
     check_store_matches_dataset(reader, mixture, store, int(cfg.train.store_check_frames))
@@ -137,13 +137,15 @@ def store_record(cfg: DictConfig, spec: Any) -> dict[str, Any] | None:
 
 def check_resume_store(ckpt: Path | None, spec: Any) -> None:
     """A resumed run must read the same tokens it started on: the store path may move (train.store may change on
-    --resume), its encoder identity (weights, tap, dtype) may not."""
+    --resume), its encoder identity (weights, tap, dtype) may not. The identity's informational runtime (device,
+    kernel versions) is left out on both sides, as attaching a store does: a store remade or resumed on another
+    device or torch holds the same tokens by that identity."""
     if ckpt is None or spec is None:
         return
     recorded = (read_marker(ckpt).get("store") or {}).get("encoder")
     if not recorded:
         return
-    diffs = diff_specs({**recorded, "tap": tap_of(recorded)}, dict(spec.encoder))
+    diffs = diff_specs(without_runtime({**recorded, "tap": tap_of(recorded)}), without_runtime(spec.encoder))
     if diffs:
         raise StoreError(f"--resume: the store's tokens differ from those {ckpt} was trained on:\n  "
                          + "\n  ".join(d.replace("store has", "checkpoint has").replace("requested", "store has")

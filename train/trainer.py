@@ -2,7 +2,9 @@
 per-module LR schedule, EMA, metrics, periodic + preemption checkpoints, exact resume.
 
 Host syncs: one per optimizer step (the non-finite loss check, before the update is applied); gradient norms,
-the attention mass and the loss are device tensors read only on logging steps (`train.log_interval`).
+the attention mass and the loss are device tensors read only on logging steps (`train.log_interval`). In
+multi-process runs the preemption check adds one reduce (an all-reduce of one element, read on the host) per
+step: every rank must agree to stop at the same step, or the collective save would hang.
 
 One `step` is one optimizer step over `grad_accum_steps` micro-batches. The data order, the noise the
 flow-matching loss draws and every other random choice are restored from the checkpoint, so a run
