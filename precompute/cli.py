@@ -22,6 +22,13 @@ from geo3d.features_store.spec import StoreLayout
 
 DEFAULTS = ("data", "store", "precompute")
 DTYPES = OneOf("auto", "bfloat16", "float32")
+
+
+def auto_or_count(least: int) -> Rule:
+    """`auto` (resolved per device: precompute.run.cpu_split) or a count >= least."""
+    return Rule(("str", "int"), min=least, choices=("auto",))
+
+
 # Types and ranges configs/precompute.yaml's defaults cannot say (the type of a null default, bounds, choices).
 RULES = {
     **DATA_RULES,
@@ -34,12 +41,12 @@ RULES = {
     "precompute.taps": Rule(("list", "str")),  # a YAML list, or `--taps a,b` / `precompute.taps=a,b`
     "precompute.batch_size": Int(min=1),
     "precompute.full_batches": OneOf("auto", also=("bool",)),
-    "precompute.decode_workers": Int(min=0),
+    "precompute.decode_workers": auto_or_count(0),
     "precompute.prefetch_episodes": Int(min=1, null=True),
     "precompute.cpu_threads": Int(min=0, null=True),
     "precompute.shard": Int(min=0, null=True),
     "precompute.num_shards": Int(min=1, null=True),
-    "precompute.writer_threads": Int(min=1),
+    "precompute.writer_threads": auto_or_count(1),
     "precompute.preempt_grace_s": Float(min=0),
     "precompute.limit_frames": Int(min=1, null=True),
 }

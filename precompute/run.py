@@ -74,11 +74,22 @@ def _log_paths(store_path: Path) -> tuple[Path, Path]:
     return d / f"{stem}.config.yaml", d / f"{stem}.shards.jsonl"
 
 
-def _prefetch(p: Any) -> int:
+def _prefetch(p: Any, workers: int) -> int:
     """Episodes in flight ahead of the encoder: enough to keep every decode worker busy."""
     if p.prefetch_episodes is not None:
         return int(p.prefetch_episodes)
-    return max(2, 2 * int(p.decode_workers))
+    return max(2, 2 * workers)
+
+
+def cpu_split(p: Any, device: str) -> tuple[int, int]:
+    """(decode workers, writer threads): as configured, or `auto`. On CUDA the encoder outruns a few decode
+    processes: on an H200 (docs/gpu.md) 2 decoders + 1 writer fed the 1.2 TFLOP/frame encoder 191 of the 349
+    frames/s it can take, 8 + 4 on 16 CPUs all of them; so auto there = half the usable CPUs decoding (at most 8)
+    and a quarter writing (at most 4). On a CPU device the encoder needs the cores: 2 and 1."""
+    cuda, n = str(device).startswith("cuda"), usable_cpus()
+    workers = (min(8, max(2, n // 2)) if cuda else 2) if p.decode_workers == "auto" else int(p.decode_workers)
+    writers = (min(4, max(1, n // 4)) if cuda else 1) if p.writer_threads == "auto" else int(p.writer_threads)
+    return workers, writers
 
 
 def usable_cpus() -> int:
@@ -89,10 +100,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_threads(p: Any) -> int:
+def _cpu_threads(p: Any, workers: int) -> int:
     """On a CPU device: oversubscribed OpenMP threads (decode processes, other jobs) slow the encoder ~10x, so
     by default each decode process gets a CPU; with decode_workers=0 the encoder uses every CPU."""
-    return int(p.cpu_threads or max(1, usable_cpus() - int(p.decode_workers)))
+    return int(p.cpu_threads or max(1, usable_cpus() - workers))
 
 
 def full_batches(setting: Any, device: str) -> bool:
@@ -130,14 +141,15 @@ def run_precompute(cfg: DictConfig) -> RunResult:
                          "delete the old store (or run one worker with --overwrite) first, then start the workers")
     device = resolve_device(str(p.device), slot.local_rank)
     full_batches(p.full_batches, device)  # a bad setting fails here, before any slow work
+    workers, writers = cpu_split(p, device)
     if device == "cpu":
-        torch.set_num_threads(_cpu_threads(p))
+        torch.set_num_threads(_cpu_threads(p, workers))
     image_size, data_root = int(cfg.data.image_size), data_root_from(cfg)
     taps = parse_taps(p.taps)  # names checked before any slow work; which ones this encoder has: once built
     preflight_encoder(cfg.encoder, image_size)  # bad weights / package / hub code / size: before any other work
     mixture = LiberoMixture(cfg.data.suite, data_root, image_size=image_size).validate_files()
     feeder = EpisodeFeeder(mixture.episodes(), DataSource(cfg.data.suite, data_root, image_size),
-                           workers=int(p.decode_workers), prefetch=_prefetch(p))
+                           workers=workers, prefetch=_prefetch(p, workers))
     try:
         feeder.warm_up()  # decode workers start while the model is built (MapAnything: ~20 s)
         encoder = build_encoder(cfg.encoder, image_size, device, tap=taps[0])
@@ -192,7 +204,7 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
           f"encoder {encoder.name} on {device}; worker {slot.rank}/{slot.world} ({slot.source})",
           file=sys.stderr, flush=True)
     _note_other_device(group.first.spec.encoder, encoder.runtime())
-    threads, batch = max(1, int(p.writer_threads)), int(p.batch_size)
+    (workers, threads), batch = cpu_split(p, device), int(p.batch_size)
     # token buffers: the shards one batch can touch (ceil(batch / shard) + a partly encoded one + a short last
     # shard), one queued for the writer, one per writer thread
     in_flight = -(-batch // group.first.spec.shard_frames) + 2
@@ -201,7 +213,8 @@ def _run_store(cfg: DictConfig, slot: Any, device: str, encoder: Any, mixture: A
                            pinned=str(device).startswith("cuda"), count=in_flight + 1 + threads)
     full = full_batches(p.full_batches, device)
     writer_info = {"device": str(device), "worker": f"{slot.rank}/{slot.world}", "versions": encoder.versions(),
-                   "runtime": encoder.runtime(), "batch_size": batch, "full_batches": full}
+                   "runtime": encoder.runtime(), "batch_size": batch, "full_batches": full,
+                   "decode_workers": workers, "writer_threads": threads}
     writer = ShardWriter(group, writer_info, log_paths if p.log_shards else None, depth=1, threads=threads,
                          recycle=buffers.give_back)
     preempt = PreemptionFlag(announce="precompute stops at the next safe point (the current shard is finished "

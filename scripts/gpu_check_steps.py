@@ -92,6 +92,7 @@ def matmul_peak(device: str, full: bool) -> dict[str, Any]:
 
 def step_config(model_dir: Path, full: bool, compressor: str, batch: int, ckpt: bool) -> Any:
     overrides = [f"model.vlm.source={model_dir}", "preset=fork", f"train.per_device_batch_size={batch}",
+                 "train.grad_accum_steps=1",  # what train_step does: the estimate must describe the same step
                  f"model.vlm.gradient_checkpointing={ckpt}", f"model.action_head.gradient_checkpointing={ckpt}"]
     if not full:
         overrides += ["model_config=tiny", "model.geometry.tokens_per_view=16", "data.image_size=56"]

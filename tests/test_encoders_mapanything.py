@@ -298,5 +298,15 @@ def test_taps_of_one_forward_match_the_models_outputs(monkeypatch, tmp_path, wei
 @pytest.mark.parametrize("workers, cpus, expect", [(0, 8, 8), (2, 8, 6), (4, 2, 1)])
 def test_cpu_threads_default_uses_every_cpu_without_decode_workers(monkeypatch, workers, cpus, expect):
     monkeypatch.setattr(run, "usable_cpus", lambda: cpus)
-    assert run._cpu_threads(SimpleNamespace(cpu_threads=None, decode_workers=workers)) == expect
-    assert run._cpu_threads(SimpleNamespace(cpu_threads=3, decode_workers=workers)) == 3  # explicit wins
+    assert run._cpu_threads(SimpleNamespace(cpu_threads=None), workers) == expect
+    assert run._cpu_threads(SimpleNamespace(cpu_threads=3), workers) == 3  # explicit wins
+
+
+@pytest.mark.parametrize("device, cpus, expect", [("cpu", 16, (2, 1)), ("cuda:0", 16, (8, 4)), ("cuda", 6, (3, 1)),
+                                                  ("cuda", 64, (8, 4)), ("cuda", 2, (2, 1))])
+def test_auto_decode_workers_and_writer_threads_follow_the_device(monkeypatch, device, cpus, expect):
+    """auto: the CPU encoder keeps the cores; on CUDA half the CPUs decode and a quarter write (the setting that fed
+    the H200's encoder fully, docs/gpu.md); a number is taken as given."""
+    monkeypatch.setattr(run, "usable_cpus", lambda: cpus)
+    assert run.cpu_split(SimpleNamespace(decode_workers="auto", writer_threads="auto"), device) == expect
+    assert run.cpu_split(SimpleNamespace(decode_workers=5, writer_threads=3), device) == (5, 3)

@@ -13,10 +13,12 @@ prints it next to `torch.cuda.max_memory_allocated` on a real GPU. What the code
   optim temp   the optimizer step's scratch: foreach AdamW allocates sqrt(exp_avg_sq) for a whole parameter
                group (4 B x the largest group), the fused kernel nothing, the per-tensor loop one tensor's worth
   context      the CUDA context + cuBLAS workspace, an assumed constant (`make gpu-check` reads the real one)
-Peak = max(forward/backward, optimizer step) + context, where forward/backward = weights + grads + adam + ema +
-autocast + activations (exact from the second micro-step of an accumulating step on; with grad_accum_steps 1
-the gradients grow while activations are freed, so it is an upper bound) and optimizer step = weights + grads +
-adam + ema + optim temp.
+Peak = max(forward/backward, optimizer step) + context, where forward/backward = weights + adam + ema + autocast +
+activations + the gradients alive in the forward (all of them from the second micro-step of an accumulating step
+on; with grad_accum_steps 1 none, as zero_grad frees them, only DDP's buckets with >1 GPU) and optimizer step =
+weights + grads + adam + ema + optim temp. Measured on an H200 at grad_accum_steps 1 (docs/gpu.md, `make
+gpu-check`, the 3B fork preset, fused AdamW): 72.9 / 99.0 GiB peak allocated at batch 4 / 16 against 70.8 / 99.3
+estimated; with gradient checkpointing the optimizer step is the peak, 70.9-71.0 against 70.8.
 Activations (bytes saved for backward per layer, bf16 autocast, trainable fp32 weights so the residual stream is
 fp32): derived from what each op saves and checked against torch's saved-tensor hooks counted on CPU at the 3B
 widths (tests/test_train_memory.py): text decoder layer s*(8I + 30h + 4kv + 4 heads), vision block
@@ -61,6 +63,7 @@ class MemoryRow:
     activations_gb: float
     optimizer_temp_gb: float
     context_gb: float
+    grads_in_forward_gb: float  # gradients alive while activations peak (see the module docstring)
 
     @property
     def state_gb(self) -> float:
@@ -70,7 +73,9 @@ class MemoryRow:
     @property
     def allocated_gb(self) -> float:
         """The peak torch allocates (what torch.cuda.max_memory_allocated measures): no CUDA context."""
-        return self.state_gb + max(self.autocast_gb + self.activations_gb, self.optimizer_temp_gb)
+        always = self.weights_gb + self.optimizer_gb + self.ema_gb
+        return always + max(self.grads_in_forward_gb + self.autocast_gb + self.activations_gb,
+                            self.grads_gb + self.optimizer_temp_gb)
 
     @property
     def total_gb(self) -> float:
@@ -219,8 +224,12 @@ def estimate_memory(cfg: DictConfig, gpu_counts: tuple[int, ...] = GPU_COUNTS,
     ema = 4.0 * trainable if bool(cfg.train.ema.enabled) else 0.0
     autocast = 2.0 * sum(g["autocast_params"] for g in groups.values())
     temp = optimizer_temp_bytes(groups, impl)
-    rows = [MemoryRow("ddp", n, weights / GB, (2 if n > 1 else 1) * 4.0 * trainable / GB, 8.0 * trainable / GB,
-                      ema / GB, autocast / GB, act / GB, temp / GB, CUDA_CONTEXT_GIB) for n in gpu_counts]
+    grad = 4.0 * trainable / GB
+    accumulating = int(cfg.train.grad_accum_steps) > 1
+    rows = [MemoryRow("ddp", n, weights / GB, (2 if n > 1 else 1) * grad, 8.0 * trainable / GB, ema / GB,
+                      autocast / GB, act / GB, temp / GB, CUDA_CONTEXT_GIB,
+                      grads_in_forward_gb=(2 if n > 1 else 1) * grad if accumulating else (grad if n > 1 else 0.0))
+            for n in gpu_counts]
     info.update(params_total=sum(g["total"] for g in groups.values()), params_trainable=trainable,
                 params_by_module=groups, optimizer_implementation=impl, cuda_context_gib_assumed=CUDA_CONTEXT_GIB)
     return MemoryTable(rows, info)
