@@ -9,9 +9,9 @@ differ from the store's) the same computation rounds differently and the compari
 DEFAULT_RECOMPUTE_ATOL, on stored tokens of RMS ~1 (LayerNorm output, pooled): measured on CPU with the tiny
 encoder (scripts/bench_token_precision.py, precompute/README.md "Token precision"), the same frames differ by at
 most 0.016 between two bf16 kernel sets (oneDNN native vs capped at AVX2) and 0.031 between fp32 and bf16
-compute; another encoder (another seed) differs by O(1). 0.25 passes kernel rounding with 8x margin at those
-sizes and still fails a wrong encoder. CUDA vs CPU is not measured yet (no GPU in the session that set it):
-`--recompute-atol` overrides it.
+compute; another encoder (another seed) differs by O(1). CUDA (one H200, docs/gpu.md) vs CPU: at most 0.031
+(bf16 vs fp32) and 0.016 (bf16 vs bf16), also for the full-size stand-in. 0.25 passes kernel rounding with 8x
+margin and still fails a wrong encoder; `--recompute-atol` overrides it.
 """
 
 from __future__ import annotations
