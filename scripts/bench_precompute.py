@@ -46,7 +46,7 @@ from geo3d.encoders import build_encoder
 from geo3d.precompute.cli import precompute_config  # noqa: E402
 from geo3d.precompute.decode import DataSource, decode_episode
 from geo3d.precompute.pipeline import encode_frames
-from geo3d.precompute.run import _cpu_threads, full_batches, run_precompute
+from geo3d.precompute.run import _cpu_threads, cpu_split, full_batches, run_precompute
 
 from data_fixtures import make_synthetic_libero  # noqa: E402
 
@@ -69,7 +69,7 @@ def encoder_only(cfg_overrides: list[str], data_root: Path, frames: np.ndarray, 
     """The worker's encoder, batches and device, without decode or writes: frames/s."""
     cfg = precompute_config([f"data.data_root={data_root}", f"precompute.device={device}", *cfg_overrides])
     if device == "cpu":
-        torch.set_num_threads(_cpu_threads(cfg.precompute))  # the worker's setting
+        torch.set_num_threads(_cpu_threads(cfg.precompute, cpu_split(cfg.precompute, device)[0]))  # the worker's
     enc = build_encoder(cfg.encoder, int(cfg.data.image_size), device)
     batch, full = int(cfg.precompute.batch_size), full_batches(cfg.precompute.full_batches, device)
     out = torch.empty((len(frames), 2, enc.tokens_per_view, enc.dim), dtype=torch.bfloat16,

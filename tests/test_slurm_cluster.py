@@ -36,14 +36,15 @@ GEO3D = str(Path(sys.executable).parent / "geo3d")
 # `make test`'s venv in the checkout, else the venv running the tests (e.g. a git worktree without its own .venv)
 VENV = PACKAGE_ROOT / ".venv" if (PACKAGE_ROOT / ".venv" / "bin" / "activate").is_file() else Path(sys.prefix)
 ACTIVATE = f"source {VENV / 'bin' / 'activate'}"
-STEPS = 40  # enough that the USR1 sent after step 1 lands mid-run (6 steps took 1.2 s: the run could end first)
+STEPS = 120  # enough that the USR1 sent after step 1 lands mid-run: with 40 (~15 s) a loaded CI machine took ~15 s
+             # to deliver it and the run ended first (2026-12-04); 120 is ~45 s at the demo's ~2.6 steps/s
 # Small jobs: two array tasks share the node's 2 CPUs; the tiny encoder/policy run on CPU.
 JOB_SIZE = ["slurm.precompute.num_shards=2", "slurm.precompute.cpus=1", "slurm.precompute.mem=1G",
             "slurm.precompute.time=00:15:00", "slurm.verify.cpus=1", "slurm.verify.mem=1G",
             "slurm.verify.time=00:10:00", "slurm.train.cpus=1", "slurm.train.mem=2G",
             "slurm.train.time=00:20:00"]
 PRECOMPUTE_ARGS = ["store.shard_frames=8", "precompute.decode_workers=0", "precompute.batch_size=8"]
-TRAIN_ARGS = [f"train.max_steps={STEPS}", "train.save_interval=100", "train.log_interval=1"]
+TRAIN_ARGS = [f"train.max_steps={STEPS}", f"train.save_interval={10 * STEPS}", "train.log_interval=1"]
 EVAL_JOB = ["slurm.eval.cpus=1", "slurm.eval.mem=6G", "slurm.eval.time=00:20:00", "eval.tasks=[0]"]
 
 
