@@ -10,7 +10,8 @@ DEFAULT_RECOMPUTE_ATOL, on stored tokens of RMS ~1 (LayerNorm output, pooled): m
 encoder (scripts/bench_token_precision.py, precompute/README.md "Token precision"), the same frames differ by at
 most 0.016 between two bf16 kernel sets (oneDNN native vs capped at AVX2) and 0.031 between fp32 and bf16
 compute; another encoder (another seed) differs by O(1). CUDA (one H200, docs/gpu.md) vs CPU: at most 0.031
-(bf16 vs fp32) and 0.016 (bf16 vs bf16), also for the full-size stand-in. 0.25 passes kernel rounding with 8x
+(bf16 vs fp32) and 0.016 (bf16 vs bf16), demo and compute sizes (the full-size stand-in was not compared on
+CUDA). 0.25 passes kernel rounding with 8x
 margin and still fails a wrong encoder; `--recompute-atol` overrides it.
 """
 

@@ -85,8 +85,10 @@ def cpu_split(p: Any, device: str) -> tuple[int, int]:
     """(decode workers, writer threads): as configured, or `auto`. On CUDA the encoder outruns a few decode
     processes: on an H200 (docs/gpu.md) 2 decoders + 1 writer fed the 1.2 TFLOP/frame encoder 191 of the 349
     frames/s it can take, 8 + 4 on 16 CPUs all of them; so auto there = half the usable CPUs decoding (at most 8)
-    and a quarter writing (at most 4). On a CPU device the encoder needs the cores: 2 and 1."""
-    cuda, n = str(device).startswith("cuda"), usable_cpus()
+    and a quarter writing (at most 4). On a CPU device the encoder needs the cores: 2 and 1. Workers started by
+    torchrun on one node share its CPUs: each counts its LOCAL_WORLD_SIZE-th."""
+    cuda = str(device).startswith("cuda")
+    n = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     workers = (min(8, max(2, n // 2)) if cuda else 2) if p.decode_workers == "auto" else int(p.decode_workers)
     writers = (min(4, max(1, n // 4)) if cuda else 1) if p.writer_threads == "auto" else int(p.writer_threads)
     return workers, writers

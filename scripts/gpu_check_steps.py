@@ -141,11 +141,13 @@ def count_flops(policy: Any, batch: dict[str, Any], device: str) -> int:
     """Forward + backward FLOPs of one step (torch.utils.flop_counter: matmuls, convolutions, attention)."""
     impl = policy.vlm.model.config._attn_implementation
     policy.vlm.model.set_attn_implementation("eager")  # the counter refuses GQA SDPA shapes; eager = same FLOPs
-    with FlopCounterMode(display=False) as counter:
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            loss = policy(batch).loss
-        loss.backward()
-    policy.vlm.model.set_attn_implementation(impl)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                loss = policy(batch).loss
+            loss.backward()
+    finally:
+        policy.vlm.model.set_attn_implementation(impl)
     policy.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 

@@ -9,7 +9,7 @@ parameters, random weights drawn on the GPU, unhashed). The JSON says which, and
               (torch.utils.flop_counter) / the bf16 matmul rate measured here (a big bf16 matmul); `--compile`
               adds the same with torch.compile.
   end to end  `geo3d precompute` of the demo data on the GPU (decode workers + writer threads as configured, and a
-              wider setting) vs the encoder alone on the same frames; write rate; decode frames per CPU-second
+              old 2 decoders + 1 writer) vs the encoder alone on the same frames; write rate; decode frames per CPU-second
               and the decode workers the encoder needs.
   tokens      the same frames by the seeded tiny encoder on CUDA (bf16) vs CPU (fp32, bf16).
 `--tiny` runs every code path at toy size on whatever device there is (CPU: < 60 s), for CI. `run(tiny)` is the
@@ -206,8 +206,8 @@ def run(tiny: bool, compile: bool = False, weights: str | None = None, out: Path
         save()
         del encoder
         variants = {"configured": [], "wide": ["precompute.decode_workers=2", "precompute.writer_threads=2"]} if tiny \
-            else {"configured": ["precompute.batch_size=128"],
-                  "wide": ["precompute.batch_size=128", "precompute.decode_workers=8", "precompute.writer_threads=4"]}
+            else {"configured": ["precompute.batch_size=128"],  # auto CPU split (the H200 run's "wide": 8 + 4)
+                  "2+1": ["precompute.batch_size=128", "precompute.decode_workers=2", "precompute.writer_threads=1"]}
         rec["end_to_end"] = end_to_end(overrides, data_root, frames, device, tmp, variants, decode_rate)
         save()
         rec["tokens"] = btp.measure(btp.demo_frames(4 if tiny else 8), ["demo"] if tiny else ["demo", "compute"],

@@ -308,5 +308,15 @@ def test_auto_decode_workers_and_writer_threads_follow_the_device(monkeypatch, d
     """auto: the CPU encoder keeps the cores; on CUDA half the CPUs decode and a quarter write (the setting that fed
     the H200's encoder fully, docs/gpu.md); a number is taken as given."""
     monkeypatch.setattr(run, "usable_cpus", lambda: cpus)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert run.cpu_split(SimpleNamespace(decode_workers="auto", writer_threads="auto"), device) == expect
     assert run.cpu_split(SimpleNamespace(decode_workers=5, writer_threads=3), device) == (5, 3)
+
+
+def test_auto_cpu_split_shares_a_node_between_torchrun_workers(monkeypatch):
+    """8 torchrun workers on a 128-CPU node: 16 CPUs each, so 8 decoders + 4 writers each, not 8 x 64 CPUs' worth."""
+    monkeypatch.setattr(run, "usable_cpus", lambda: 128)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert run.cpu_split(SimpleNamespace(decode_workers="auto", writer_threads="auto"), "cuda:3") == (8, 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert run.cpu_split(SimpleNamespace(decode_workers="auto", writer_threads="auto"), "cuda:3") == (4, 2)
