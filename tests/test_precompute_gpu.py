@@ -82,9 +82,9 @@ def test_precompute_on_cuda_records_its_runtime_verifies_and_matches_cpu(data_ro
     cpu_store = tmp_path / "cpu.zarr"
     _run(_cmd(data_root, cpu_store, "cpu", "encoder.tiny.dtype=bfloat16"))  # same dtype as CUDA's auto
     cuda, cpu = _contents(cuda_store), _contents(cpu_store)
-    for k in cuda:
-        if k != "tokens":
-            assert np.array_equal(cuda[k], cpu[k]), k  # same frames, same index
+    for k in cuda:  # same frames, same index; the per-frame checksums hash the token bits, which differ by rounding
+        if k not in ("tokens", "checksum"):
+            assert np.array_equal(cuda[k], cpu[k]), k
     a = torch.from_numpy(cuda["tokens"].view(np.int16)).view(torch.bfloat16).float()
     b = torch.from_numpy(cpu["tokens"].view(np.int16)).view(torch.bfloat16).float()
     diff = (a - b).abs()
