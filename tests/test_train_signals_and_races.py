@@ -21,7 +21,8 @@ from helpers import geo3d_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow  # real geo3d train subprocesses
 
-STEPS = 12
+STEPS = 40  # the signal must land mid-run: with 12 (~3.5 s) a loaded CI machine once delivered the Ctrl-C sent at
+            # step 3 after the last step, and the run rightly ended 0 (2026-12-04)
 
 
 @pytest.fixture(scope="module")
